@@ -1,0 +1,1 @@
+"""The compute node: numpy kernels, worker processes, the SSH agent and the chain relay."""

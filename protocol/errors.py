@@ -1,0 +1,31 @@
+"""One small hierarchy of errors, split by who is at fault.
+
+Errors are raised where the fault is found and turned into a clear message at the
+edge: the CLI prints one line and exits non-zero, a session gets an error frame.
+"""
+
+from __future__ import annotations
+
+
+class ChainconsoleError(Exception):
+    """Base of every error chainconsole raises on purpose."""
+
+
+class TaskFileError(ChainconsoleError):
+    """A task file is not valid; ``problems`` holds one line per problem, naming the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class ProtocolError(ChainconsoleError):
+    """Something on the wire broke the protocol."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes or a message that break the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow (a bug on our side)."""
