@@ -1,0 +1,305 @@
+"""``chainconsole``: the command line. Errors are one line on stderr, never a traceback.
+
+Exit status: 0 success; 1 a task ended with failed items or was cancelled; 2 bad usage
+or an invalid task file; 3 cannot connect, or authentication refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from console.client import ConnectError, parse_address
+from console.statedir import StateDir, default_state_dir
+from protocol.errors import ChainconsoleError, TaskFileError
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+
+
+class CliError(ChainconsoleError):
+    """A mistake a user made on the command line; ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chainconsole",
+        description="Operator console and front-end for chains of SSH-connected compute nodes.",
+    )
+    _hosting_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="the front-end without the console; stops on SIGINT/SIGTERM")
+    _hosting_options(p)
+
+    p = sub.add_parser("run", help="one shot: a private front-end and local nodes run one task")
+    p.add_argument("task", metavar="TASK.json")
+    p.add_argument("--local-nodes", type=_count, default=os.cpu_count() or 1, metavar="N",
+                   help="node processes to start (default: one per core)")
+    _output_options(p)
+
+    from nodes.cli import add_arguments as node_arguments
+    p = sub.add_parser("node", help="run a compute node")
+    node_arguments(p)
+
+    p = sub.add_parser("submit", help="submit a task to a running front-end")
+    p.add_argument("task", metavar="TASK.json")
+    p.add_argument("--wait", action="store_true", help="follow the task until it ends (implied by -o)")
+    _client_options(p)
+    _output_options(p)
+
+    for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        _client_options(p)
+
+    p = sub.add_parser("result", help="download a finished task's results")
+    p.add_argument("task_id", metavar="ID")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    _client_options(p)
+
+    for name, what, help_text in (("cancel", "ID", "cancel a task"), ("drain", "NODE", "drain a node"),
+                                  ("kick", "NODE", "disconnect a node now"),
+                                  ("release", "NODE", "release a quarantined node")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("target", metavar=what)
+        _client_options(p)
+
+    p = sub.add_parser("validate", help="check a task file, run nothing")
+    p.add_argument("task", metavar="TASK.json")
+
+    keys = sub.add_parser("keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
+    keys.required = True
+    p = keys.add_parser("show", help="paths and fingerprints")
+    p.add_argument("--json", action="store_true")
+    for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key")):
+        p = keys.add_parser(name, help=help_text)
+        p.add_argument("pubkey", metavar="PUBKEY", help="a public key line, or a .pub file")
+        p.add_argument("--name", default="")
+        if name == "add-user":
+            p.add_argument("--operator", action="store_true", help="authorize as an operator")
+    p = keys.add_parser("pending", help="node keys that were refused and wait for approval")
+    p.add_argument("--json", action="store_true")
+    p = keys.add_parser("approve", help="authorize a pending node key")
+    p.add_argument("fingerprint", metavar="FINGERPRINT")
+    p.add_argument("--name", default="")
+    p = keys.add_parser("remove", help="remove a key from every authorized list")
+    p.add_argument("fingerprint", metavar="FINGERPRINT")
+    for p in (*keys.choices.values(),):
+        p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+    return parser
+
+
+def _hosting_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="state folder (default: the platform's user data folder)")
+    p.add_argument("--listen", type=_listen, metavar="HOST:PORT", default=argparse.SUPPRESS,
+                   help="address to listen on (default 127.0.0.1:8022)")
+    p.add_argument("--local-nodes", type=_count, metavar="N", default=argparse.SUPPRESS,
+                   help="node processes to start on this machine (default 0)")
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", metavar="HOST:PORT", help="front-end address (default: the one running on the state dir)")
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+    p.add_argument("--key", metavar="FILE", help="private key to log in with (default: the operator key)")
+    p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="write the results here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def state_dir(args: argparse.Namespace) -> StateDir:
+    return StateDir(Path(getattr(args, "state_dir", None) or default_state_dir()).expanduser())
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from console.app import run_console
+
+    return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from console.host import Host
+    from console.keys import KeyRegistry  # noqa: F401
+    from console.server import ServerSettings
+
+    host, port = getattr(args, "listen", ("127.0.0.1", 8022))
+    hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            address = await hosting.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT) from None
+        from console.keys import fingerprint
+        import asyncssh
+
+        fp = fingerprint(asyncssh.read_private_key(hosting.state.host_key))
+        print(f"chainconsole front-end listening on {address[0]}:{address[1]}", file=sys.stderr)
+        print(f"host key {fp}; state in {hosting.state.root}", file=sys.stderr, flush=True)
+        try:
+            await stop.wait()
+        finally:
+            print("shutting down", file=sys.stderr, flush=True)
+            await hosting.stop()
+
+    asyncio.run(serve())
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from console.host import Host
+    from console.server import ServerSettings
+    from protocol.taskfile import load_task_file
+
+    task = load_task_file(args.task)
+    if args.local_nodes < 1:
+        raise CliError("run needs at least one local node (--local-nodes N)")
+
+    async def one_shot() -> dict:
+        with tempfile.TemporaryDirectory(prefix="chainconsole-run-") as tmp:
+            hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes)
+            await hosting.start()
+            try:
+                assert hosting.frontend is not None
+                task_id = hosting.frontend.submit(task, "operator")
+                progress = _Progress(task.name, task.count) if sys.stderr.isatty() else None
+                waiter = asyncio.ensure_future(hosting.frontend.wait(task_id))
+                while not waiter.done():
+                    await asyncio.wait([waiter], timeout=0.25)
+                    if progress:
+                        row = next(r for r in hosting.frontend.task_rows() if r.task_id == task_id)
+                        progress.show(row.items_done)
+                if progress:
+                    progress.end()
+                summary = waiter.result()
+                if args.output:
+                    path = await asyncio.to_thread(hosting.frontend.result_file, task_id)
+                    await asyncio.to_thread(shutil.copyfile, path, args.output)
+                return summary
+            finally:
+                await hosting.stop()
+
+    summary = asyncio.run(one_shot())
+    return _report(summary, args.json)
+
+
+def _report(summary: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['task_id']} {summary['state']}: {summary['ok_items']}/{summary['items']} items ok, "
+              f"{summary['failed_items']} failed, {summary['wall_s']:.2f} s")
+    return EXIT_OK if summary["state"] == "done" else EXIT_TASK_FAILED
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.began = name, max(total, 1), time.monotonic()
+
+    def show(self, done: int) -> None:
+        width = 30
+        filled = int(width * done / self.total)
+        rate = done / max(time.monotonic() - self.began, 1e-9)
+        sys.stderr.write(f"\r{self.name} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                         f"{rate:,.0f} items/s ")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        sys.stderr.write("\n")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from console.validate import run_validate
+
+    return run_validate(args.task)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from nodes.cli import run
+
+    return run(args)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from console.keyscli import run_keys
+
+    return run_keys(state_dir(args), args)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from console.remote import run_remote
+
+    return asyncio.run(run_remote(state_dir(args), args))
+
+
+COMMANDS = {
+    None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
+    "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
+    "result": cmd_client, "cancel": cmd_client, "drain": cmd_client, "kick": cmd_client,
+    "release": cmd_client,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status = COMMANDS[args.command](args)
+    except TaskFileError as exc:
+        for problem in exc.problems:
+            print(f"chainconsole: {problem}", file=sys.stderr)
+        status = EXIT_USAGE
+    except ConnectError as exc:
+        print(f"chainconsole: {exc}", file=sys.stderr)
+        status = EXIT_CONNECT
+    except CliError as exc:
+        print(f"chainconsole: {exc}", file=sys.stderr)
+        status = exc.status
+    except ChainconsoleError as exc:
+        print(f"chainconsole: {exc}", file=sys.stderr)
+        status = EXIT_USAGE
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:
+        status = EXIT_OK
+    sys.exit(status)

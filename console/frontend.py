@@ -1,0 +1,556 @@
+"""The front-end: tasks, results and nodes around one Dispatcher.
+
+Every face — the SSH user commands, the CLI's one-shot ``run``, the Textual console —
+calls this API. It owns no sockets: node sessions (``console.node_session``) feed it
+messages, and it answers by carrying out the Dispatcher's actions. Nothing here imports
+Textual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from console.journal import Journal
+from console.results import ResultStore, export_npz, read_summary, write_summary
+from console.statedir import StateDir
+from console.verify import DEFAULT_SAMPLE, check_result
+from protocol import dispatcher as d
+from protocol.errors import ChainconsoleError
+from protocol.inputs import GeneratedInput
+from protocol.messages import Assign, Cancel, Drain, Hello, Result
+from protocol.taskfile import Task, task_from_parts
+
+DEFAULT_TICK_S = 0.5
+EVENT_LOG_SIZE = 2000
+LOST_NODES_KEPT = 200
+
+
+class FrontEndError(ChainconsoleError):
+    """A request the front-end cannot honour (unknown task or node, result not ready)."""
+
+
+class NodeLink(Protocol):
+    """What the front-end needs from a connected node's session."""
+
+    def send(self, message: object) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the events log."""
+
+    time: float
+    kind: str
+    message: str
+    task_id: str = ""
+    node_id: str = ""
+
+
+@dataclass
+class NodeInfo:
+    """What the front-end knows of a node beyond the Dispatcher's view."""
+
+    node_id: str
+    name: str
+    address: str
+    slots: int
+    via: tuple[str, ...] = ()
+    connected_at: float = field(default_factory=time.time)
+    lost_at: float | None = None
+    lost_reason: str = ""
+
+
+@dataclass
+class TaskRecord:
+    """A task the front-end holds, live or finished."""
+
+    task_id: str
+    name: str
+    owner: str
+    items: int
+    operation: str
+    return_mode: str
+    submitted_at: float
+    task: Task | None = None
+    store: ResultStore | None = None
+    state: str = "queued"
+    started_at: float | None = None
+    finished_at: float | None = None
+    summary: dict | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One node as ``nodes --json`` and the console show it."""
+
+    node_id: str
+    name: str
+    state: str
+    slots: int
+    in_flight: int
+    items_done: int
+    errors: int
+    via: tuple[str, ...]
+    address: str
+    heartbeat_age_s: float | None
+    items_per_s: float
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One task as ``tasks --json`` and the console show it."""
+
+    task_id: str
+    name: str
+    owner: str
+    state: str
+    items: int
+    items_done: int
+    items_failed: int
+    submitted_at: float
+    wall_s: float | None
+    items_per_s: float
+
+
+class FrontEnd:
+    """Tasks, nodes and results around one Dispatcher; the API all faces call."""
+
+    def __init__(
+        self,
+        state: StateDir,
+        *,
+        heartbeat_interval_s: float = 1.0,
+        heartbeat_timeout_s: float = 5.0,
+        tick_s: float = DEFAULT_TICK_S,
+        verify_sample: int = DEFAULT_SAMPLE,
+    ) -> None:
+        self.state = state
+        self.dispatcher = d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.tick_s = tick_s
+        self.verify_sample = verify_sample
+        self.journal = Journal(state.journal)
+        self.tasks: dict[str, TaskRecord] = {}
+        self.nodes: dict[str, NodeInfo] = {}
+        self.links: dict[str, NodeLink] = {}
+        self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_LOG_SIZE)
+        self.started_at = time.time()
+        self._node_seq = 0
+        self._ticker: asyncio.Task | None = None
+        self._finishing: set[asyncio.Task] = set()
+        self._listeners: list[Callable[[Event], None]] = []
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume journaled tasks and start the tick loop."""
+        self._resume()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        """Stop ticking and close every node link; results stay on disk."""
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for link in list(self.links.values()):
+            link.close("front-end shutting down")
+        for task in list(self._finishing):
+            with contextlib.suppress(Exception):
+                await task
+        for record in self.tasks.values():
+            if record.store is not None:
+                record.store.flush()
+        self.journal.close()
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._run(d.Tick())
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def submit(self, task: Task, owner: str) -> str:
+        """Queue ``task`` for ``owner`` and return its id."""
+        document = task_document(task)
+        task_id = self.journal.new_task(task.name, owner, document, task.count)
+        folder = self.state.task_dir(task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_array_inputs(folder, task)
+        record = self._make_record(task_id, task, owner, time.time())
+        self.tasks[task_id] = record
+        self._log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
+        self._run(d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner))
+        return task_id
+
+    def _make_record(self, task_id: str, task: Task, owner: str, submitted_at: float) -> TaskRecord:
+        store = ResultStore(
+            self.state.task_dir(task_id),
+            count=task.count,
+            item_shape=task.result_item_shape,
+            dtype=task.result_dtype,
+            return_mode=task.return_mode,
+        )
+        return TaskRecord(task_id, task.name, owner, task.count, task.operation, task.return_mode,
+                          submitted_at, task=task, store=store)
+
+    def _resume(self) -> None:
+        """Load finished tasks' records and resubmit unfinished ones from the journal."""
+        for row in self.journal.tasks():
+            if row.state in ("done", "failed", "cancelled"):
+                record = TaskRecord(row.task_id, row.name, row.owner, row.items,
+                                    row.document.get("operation", ""), row.document.get("return", "full"),
+                                    row.submitted_at, state=row.state, finished_at=row.finished_at,
+                                    summary=row.summary)
+                record.finished.set()
+                self.tasks[row.task_id] = record
+                continue
+            try:
+                task = task_from_document(row.document, self.state.task_dir(row.task_id))
+            except ChainconsoleError as exc:
+                self.journal.set_state(row.task_id, "failed", {"error": f"cannot resume: {exc}"})
+                continue
+            record = self._make_record(row.task_id, task, row.owner, row.submitted_at)
+            self.tasks[row.task_id] = record
+            completed = []
+            for chunk in self.journal.chunks(row.task_id):
+                completed.append((chunk.start, chunk.stop))
+            self._log("resumed", f"{row.name}: {len(completed)} stored chunks kept", task_id=row.task_id)
+            self._run(d.TaskSubmitted(row.task_id, task.count, task.chunk_size, task.max_attempts,
+                                      row.owner, completed=tuple(completed)))
+
+    def cancel(self, task_id: str) -> None:
+        record = self.task(task_id)
+        if record.finished.is_set():
+            return
+        self._log("cancel", f"{record.name} cancelled", task_id=task_id)
+        self._run(d.TaskCancelled(task_id))
+
+    def task(self, task_id: str) -> TaskRecord:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise FrontEndError(f"no task {task_id!r}") from None
+
+    async def wait(self, task_id: str) -> dict:
+        """Wait until the task ends and return its summary."""
+        record = self.task(task_id)
+        await record.finished.wait()
+        assert record.summary is not None
+        return record.summary
+
+    def result_file(self, task_id: str) -> Path:
+        """The ``.npz`` of a finished task (built on first request)."""
+        record = self.task(task_id)
+        if not record.finished.is_set():
+            raise FrontEndError(f"task {task_id} is {record.state}, not finished yet")
+        folder = self.state.task_dir(task_id)
+        if not (folder / "ok.npy").exists():
+            raise FrontEndError(f"task {task_id} has no results on disk")
+        return export_npz(folder)
+
+    # -- nodes -----------------------------------------------------------------------
+
+    def attach_node(self, link: NodeLink, hello: Hello, key_name: str, address: str) -> str:
+        """Register a node that said hello; return its id."""
+        node_id = self._unique_node_id(hello.name or key_name)
+        self.links[node_id] = link
+        self.nodes[node_id] = NodeInfo(node_id, hello.name or key_name, address, hello.slots, tuple(hello.via))
+        self._log("join", f"{node_id} joined from {address} with {hello.slots} slots", node_id=node_id)
+        return node_id
+
+    def start_node(self, node_id: str, hello: Hello) -> None:
+        """Let the Dispatcher hand work to a node once it has been welcomed."""
+        self._run(d.NodeJoined(node_id, hello.slots, hello.window))
+
+    def detach_node(self, node_id: str, *, clean: bool, reason: str) -> None:
+        """A node's session ended: its chunks go back to the queue."""
+        if self.links.pop(node_id, None) is None:
+            return
+        info = self.nodes.get(node_id)
+        if info is not None:
+            info.lost_at, info.lost_reason = time.time(), reason
+        self._log("leave" if clean else "lost", f"{node_id}: {reason}", node_id=node_id)
+        self._run(d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason))
+        self._forget_old_nodes()
+
+    def drain(self, node_id: str) -> None:
+        self._require_node(node_id)
+        self._log("drain", f"{node_id} draining", node_id=node_id)
+        self.links[node_id].send(Drain("operator"))
+        self._run(d.DrainRequested(node_id))
+
+    def kick(self, node_id: str) -> None:
+        self._require_node(node_id)
+        self._log("kick", f"{node_id} kicked", node_id=node_id)
+        self._run(d.KickRequested(node_id))
+
+    def release(self, node_id: str) -> None:
+        self._require_node(node_id)
+        self._run(d.QuarantineReleased(node_id))
+
+    def node_alive(self, node_id: str) -> None:
+        self._run(d.HeartbeatReceived(node_id))
+
+    def node_credit(self, node_id: str, window: int) -> None:
+        self._run(d.CreditChanged(node_id, window))
+
+    def node_failed(self, node_id: str, task_id: str, chunk: int, attempt: int, reason: str) -> None:
+        self._run(d.ChunkFailed(node_id, task_id, chunk, attempt, reason))
+
+    async def node_result(self, node_id: str, result: Result) -> None:
+        """Check and store a result off the event loop, then tell the Dispatcher."""
+        if not self.dispatcher.wants_result(result.task_id, result.chunk, result.attempt):
+            self._run(d.HeartbeatReceived(node_id))
+            return
+        record = self.tasks[result.task_id]
+        start, stop = self.dispatcher.chunk_range(result.task_id, result.chunk)
+        assert record.task is not None and record.store is not None
+        problem = await asyncio.to_thread(self._check_and_store, record, start, stop, result)
+        if problem:
+            self._log("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
+                      task_id=result.task_id, node_id=node_id)
+        if record.started_at is None:
+            record.started_at = time.time()
+        items_ok = int(np.count_nonzero(result.ok)) if not problem else 0
+        event = d.ResultReceived(node_id, result.task_id, result.chunk, result.attempt,
+                                 items_ok, result.elapsed_s, valid=not problem)
+        for action in self.dispatcher.handle(event, self.now()):
+            if isinstance(action, d.ChunkCompleted) and action.task_id == result.task_id \
+                    and action.chunk == result.chunk and record.store is not None:
+                # Flags go in only once the Dispatcher accepted this copy: a result that
+                # lost the race (cancelled task, another copy first) leaves no trace.
+                record.store.ok[start:stop] = result.ok
+            self._carry_out(action)
+
+    def _check_and_store(self, record: TaskRecord, start: int, stop: int, result: Result) -> str:
+        """Check a result and write its values (not yet its ok flags); return the problem, if any."""
+        assert record.task is not None and record.store is not None
+        problem = check_result(record.task, start, stop, result, sample=self.verify_sample)
+        if not problem:
+            values = result.result if result.result is not None else result.norms
+            record.store.write_values(start, stop, values)
+        return problem
+
+    def _require_node(self, node_id: str) -> None:
+        if node_id not in self.links:
+            raise FrontEndError(f"no connected node {node_id!r}")
+
+    def _unique_node_id(self, name: str) -> str:
+        if name not in self.links:
+            return name
+        self._node_seq += 1
+        while f"{name}-{self._node_seq}" in self.links:
+            self._node_seq += 1
+        return f"{name}-{self._node_seq}"
+
+    def _forget_old_nodes(self) -> None:
+        lost = [n for n in self.nodes.values() if n.lost_at is not None]
+        for info in sorted(lost, key=lambda n: n.lost_at or 0)[:-LOST_NODES_KEPT]:
+            del self.nodes[info.node_id]
+
+    # -- carrying out the Dispatcher's actions ----------------------------------------
+
+    def _run(self, event: object) -> None:
+        for action in self.dispatcher.handle(event, self.now()):
+            self._carry_out(action)
+
+    def _carry_out(self, action: object) -> None:
+        match action:
+            case d.AssignChunk():
+                self._send_assign(action)
+            case d.CancelChunk(node_id=node_id, task_id=task_id, chunk=chunk, attempt=attempt):
+                if node_id in self.links:
+                    self.links[node_id].send(Cancel(task_id, chunk, attempt))
+            case d.CloseNode(node_id=node_id, reason=reason):
+                self._log("close", f"{node_id}: {reason}", node_id=node_id)
+                link = self.links.get(node_id)
+                if link is not None:
+                    link.close(reason)
+                    self.detach_node(node_id, clean=False, reason=reason)
+            case d.NodeDrained(node_id=node_id):
+                link = self.links.get(node_id)
+                if link is not None:
+                    link.close("drained")
+                    self.detach_node(node_id, clean=True, reason="drained")
+            case d.ChunkCompleted():
+                self._chunk_completed(action)
+            case d.ChunkRequeued(task_id=task_id, chunk=chunk, node_id=node_id, reason=reason):
+                self._log("requeue", f"chunk {task_id}/{chunk} from {node_id}: {reason}",
+                          task_id=task_id, node_id=node_id)
+            case d.ChunkAbandoned(task_id=task_id, chunk=chunk, start=start, stop=stop, reason=reason):
+                record = self.tasks[task_id]
+                if record.store is not None:
+                    record.store.fail(start, stop)
+                self.journal.chunk_stored(task_id, start, stop, "", 0)
+                self._log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
+            case d.NodeQuarantined(node_id=node_id, reason=reason):
+                self._log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
+            case d.TaskFinished():
+                self._task_finished(action)
+
+    def _send_assign(self, action: d.AssignChunk) -> None:
+        record = self.tasks[action.task_id]
+        task = record.task
+        assert task is not None
+        generated: dict[str, dict] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name, source in task.inputs.items():
+            if isinstance(source, GeneratedInput):
+                generated[name] = source.to_spec()
+            else:
+                arrays[name] = source[action.start:action.stop]
+        if record.state == "queued":
+            record.state = "running"
+            self.journal.set_state(action.task_id, "running")
+        self.links[action.node_id].send(Assign(
+            action.task_id, action.chunk, action.attempt, task.operation,
+            action.start, action.stop, task.return_mode, generated, arrays,
+        ))
+
+    def _chunk_completed(self, action: d.ChunkCompleted) -> None:
+        record = self.tasks[action.task_id]
+        assert record.store is not None
+        items_ok = int(np.count_nonzero(record.store.ok[action.start:action.stop]))
+        self.journal.chunk_stored(action.task_id, action.start, action.stop, action.node_id, items_ok)
+
+    def _task_finished(self, action: d.TaskFinished) -> None:
+        record = self.tasks[action.task_id]
+        state = action.state.value
+        job = asyncio.get_running_loop().create_task(self._seal(record, state, action))
+        self._finishing.add(job)
+        job.add_done_callback(self._finishing.discard)
+
+    async def _seal(self, record: TaskRecord, state: str, action: d.TaskFinished) -> None:
+        """Make the results durable, then — only then — report the task finished."""
+        if record.store is not None:
+            await asyncio.to_thread(record.store.flush)
+        record.finished_at = time.time()
+        wall = record.finished_at - record.submitted_at
+        by_node = {}
+        for chunk in self.journal.chunks(record.task_id):
+            if chunk.node:
+                by_node[chunk.node] = by_node.get(chunk.node, 0) + (chunk.stop - chunk.start)
+        record.summary = {
+            "task_id": record.task_id,
+            "name": record.name,
+            "owner": record.owner,
+            "operation": record.operation,
+            "state": state,
+            "items": record.items,
+            "ok_items": action.items_ok,
+            "failed_items": action.items_failed,
+            "wall_s": round(wall, 4),
+            "items_per_node": by_node,
+            "return": record.return_mode,
+        }
+        write_summary(self.state.task_dir(record.task_id), record.summary)
+        self.journal.set_state(record.task_id, state, record.summary)
+        record.state = state
+        record.task = None
+        record.store = None
+        record.finished.set()
+        self._log("finished", f"{record.name} {state}: {action.items_ok}/{record.items} ok in {wall:.2f}s",
+                  task_id=record.task_id)
+
+    # -- views -----------------------------------------------------------------------
+
+    def node_rows(self) -> list[NodeRow]:
+        """Connected nodes, then recently lost ones."""
+        now = self.now()
+        snapshot = self.dispatcher.snapshot(now)
+        rows = []
+        seen = set()
+        for view in snapshot.nodes:
+            info = self.nodes.get(view.node_id)
+            if info is None:
+                continue
+            seen.add(view.node_id)
+            elapsed = max(time.time() - info.connected_at, 1e-9)
+            rows.append(NodeRow(view.node_id, info.name, view.state.value, view.slots, view.in_flight,
+                                view.items_done, view.errors, info.via, info.address,
+                                round(now - view.last_seen, 3), view.items_done / elapsed))
+        for info in self.nodes.values():
+            if info.node_id in seen:
+                continue
+            state = "lost" if info.lost_at is not None else "connecting"
+            rows.append(NodeRow(info.node_id, info.name, state, info.slots, 0, 0, 0, info.via,
+                                info.address, None, 0.0))
+        return rows
+
+    def task_rows(self) -> list[TaskRow]:
+        views = {v.task_id: v for v in self.dispatcher.snapshot(self.now()).tasks}
+        rows = []
+        for record in self.tasks.values():
+            view = views.get(record.task_id)
+            if record.summary is not None:
+                s = record.summary
+                done = s.get("ok_items", 0) + s.get("failed_items", 0)
+                rows.append(TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
+                                    done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
+                                    0.0))
+            elif view is not None:
+                state = "running" if record.state == "running" else view.state.value
+                rows.append(TaskRow(record.task_id, record.name, record.owner, state, record.items,
+                                    view.items_done, view.items_failed, record.submitted_at, None,
+                                    view.items_per_s))
+        return rows
+
+    def on_event(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def _log(self, kind: str, message: str, *, task_id: str = "", node_id: str = "") -> None:
+        event = Event(time.time(), kind, message, task_id, node_id)
+        self.events.append(event)
+        for listener in self._listeners:
+            listener(event)
+
+
+def task_document(task: Task) -> dict:
+    """The journal's description of a task: enough to rebuild it after a restart."""
+    return {
+        "name": task.name,
+        "operation": task.operation,
+        "inputs": task.describe_inputs(),
+        "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
+        "return": task.return_mode,
+        "max_attempts": task.max_attempts,
+    }
+
+
+def task_from_document(document: dict, folder: Path) -> Task:
+    """Rebuild a journaled task, reading its array inputs back from the task folder."""
+    generated, arrays = {}, {}
+    for name, described in document["inputs"].items():
+        if "generate" in described:
+            generated[name] = described["generate"]
+        else:
+            arrays[name] = np.load(folder / "inputs" / f"{name}.npy", mmap_mode="r")
+    chunk_size = document["chunk_size"]
+    return task_from_parts(document["name"], document["operation"], generated, arrays,
+                           None if chunk_size == "auto" else chunk_size,
+                           document["return"], document["max_attempts"])
+
+
+def _save_array_inputs(folder: Path, task: Task) -> None:
+    for name, source in task.inputs.items():
+        if not isinstance(source, GeneratedInput):
+            (folder / "inputs").mkdir(exist_ok=True)
+            np.save(folder / "inputs" / f"{name}.npy", source)
+

@@ -1,0 +1,85 @@
+"""Hosting a front-end in this process: the FrontEnd, its SSH server and local nodes.
+
+``serve``, ``run`` and the Textual console all start the same way and stop the same way;
+this is that one way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from console.frontend import FrontEnd
+from console.keys import initialize
+from console.server import FrontEndServer, ServerSettings
+from console.statedir import StateDir, make_private_dir
+
+NODE_STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Host:
+    """A running front-end: start it with ``await host.start()``, end it with ``await host.stop()``."""
+
+    state: StateDir
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    local_nodes: int = 0
+    frontend_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.frontend: FrontEnd | None = None
+        self.server: FrontEndServer | None = None
+        self.nodes: list[subprocess.Popen] = []
+
+    async def start(self) -> tuple[str, int]:
+        initialize(self.state)
+        self.frontend = FrontEnd(self.state, **self.frontend_options)
+        await self.frontend.start()
+        self.server = FrontEndServer(self.frontend, self.settings)
+        address = await self.server.start()
+        self.nodes = [start_local_node(self.state, address, f"local{i + 1}") for i in range(self.local_nodes)]
+        return address
+
+    async def stop(self) -> None:
+        """Stop local nodes (they finish and say bye), then the server, then the front-end."""
+        for proc in self.nodes:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        await asyncio.to_thread(_reap, self.nodes)
+        if self.server is not None:
+            await self.server.close()
+        if self.frontend is not None:
+            await self.frontend.stop()
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots: int = 1) -> subprocess.Popen:
+    """Start a full node process on this machine that connects over SSH like any other."""
+    host, port = address
+    logs = make_private_dir(state.root / "logs")
+    log = open(logs / f"{name}.log", "ab")
+    cmd = [sys.executable, "-m", "nodes", "--connect", f"{host}:{port}", "--name", name,
+           "--slots", str(slots), "--key", str(state.node_key),
+           "--host-key", str(state.host_key.with_name("host_key.pub")), "--state-dir", str(state.root)]
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
+def _reap(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        try:
+            proc.wait(NODE_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,248 @@
+"""Keys and roles: the one place that decides who a connecting key is.
+
+A key's role comes only from which authorized-keys file holds it — nodes, users or
+operators — never from anything the peer claims. Files use the OpenSSH
+authorized_keys line format (``ssh-ed25519 AAAA… NAME``) with the name as comment.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import asyncssh
+
+from console.statedir import StateDir, make_private_dir, write_private_file
+from protocol.errors import ChainconsoleError
+
+KEY_ALGORITHM = "ssh-ed25519"
+MAX_PENDING = 256
+
+
+class KeyError_(ChainconsoleError):
+    """A key given by the user is not usable (bad format, unknown fingerprint)."""
+
+
+class Role(enum.Enum):
+    """What a connecting key may do."""
+
+    NODE = "node"
+    USER = "user"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """One authorized key: its role, the name it goes by, and its fingerprint."""
+
+    role: Role
+    name: str
+    fingerprint: str
+    public_key: str
+
+
+@dataclass
+class PendingKey:
+    """A node key that tried to log in and is not authorized (yet)."""
+
+    fingerprint: str
+    public_key: str
+    address: str
+    first_seen: float
+    last_seen: float
+    attempts: int = 1
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """The SHA256 fingerprint OpenSSH prints for ``key``."""
+    return key.get_fingerprint("sha256")
+
+
+def public_key_line(key: asyncssh.SSHKey, name: str = "") -> str:
+    """``key`` as one authorized_keys line, ``name`` as its comment."""
+    text = key.export_public_key("openssh").decode().split()
+    return " ".join(text[:2] + ([name] if name else []))
+
+
+def parse_public_key(text: str) -> asyncssh.SSHKey:
+    """Parse one OpenSSH public key line; raise KeyError_ if it is not one."""
+    try:
+        return asyncssh.import_public_key(text.strip())
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise KeyError_(f"not an OpenSSH public key: {exc}") from None
+
+
+def ensure_keypair(path: Path, comment: str) -> asyncssh.SSHKey:
+    """Load the private key at ``path``, creating it (0600) and ``path.pub`` on first use."""
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    make_private_dir(path.parent)
+    key = asyncssh.generate_private_key(KEY_ALGORITHM, comment=comment)
+    write_private_file(path, key.export_private_key("openssh"))
+    write_private_file(path.with_name(path.name + ".pub"), key.export_public_key("openssh"))
+    return key
+
+
+def read_authorized(path: Path, role: Role) -> list[KeyEntry]:
+    """The entries of one authorized-keys file; unparsable lines are skipped."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = asyncssh.import_public_key(line)
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+        parts = line.split(maxsplit=2)
+        name = parts[2] if len(parts) > 2 else ""
+        entries.append(KeyEntry(role, name, fingerprint(key), public_key_line(key)))
+    return entries
+
+
+class KeyRegistry:
+    """Authorized and pending keys of one state directory.
+
+    Files are re-read when they change on disk, so ``chainconsole keys …`` run in another
+    process takes effect for the next login without a restart.
+    """
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self._files = {
+            Role.NODE: state.authorized_nodes,
+            Role.USER: state.authorized_users,
+            Role.OPERATOR: state.authorized_operators,
+        }
+        self._cache: dict[Role, tuple[float, list[KeyEntry]]] = {}
+
+    def entries(self) -> list[KeyEntry]:
+        """Every authorized key, operators first."""
+        result: list[KeyEntry] = []
+        for role in (Role.OPERATOR, Role.USER, Role.NODE):
+            result.extend(self._entries(role))
+        return result
+
+    def _entries(self, role: Role) -> list[KeyEntry]:
+        path = self._files[role]
+        mtime = path.stat().st_mtime_ns if path.exists() else -1
+        cached = self._cache.get(role)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, read_authorized(path, role))
+            self._cache[role] = cached
+        return cached[1]
+
+    def lookup(self, key: asyncssh.SSHKey) -> KeyEntry | None:
+        """The entry that authorizes ``key``, or None."""
+        fp = fingerprint(key)
+        for entry in self.entries():
+            if entry.fingerprint == fp:
+                return entry
+        return None
+
+    def find(self, fp: str) -> KeyEntry | None:
+        return next((e for e in self.entries() if e.fingerprint == fp), None)
+
+    def add(self, role: Role, public_key: str, name: str = "") -> KeyEntry:
+        """Authorize ``public_key`` for ``role`` (replacing any earlier entry of that key)."""
+        key = parse_public_key(public_key)
+        fp = fingerprint(key)
+        name = name or key.get_comment() or fp[7:19]
+        self.remove(fp)
+        path = self._files[role]
+        lines = path.read_text().splitlines() if path.exists() else []
+        lines.append(public_key_line(key, _safe_name(name)))
+        write_private_file(path, ("\n".join(lines) + "\n").encode())
+        self._drop_pending(fp)
+        return KeyEntry(role, _safe_name(name), fp, public_key_line(key))
+
+    def remove(self, fp: str) -> bool:
+        """Remove the key with fingerprint ``fp`` from every file; True if it was anywhere."""
+        found = self._drop_pending(fp)
+        for path in self._files.values():
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    same = fingerprint(asyncssh.import_public_key(line.strip())) == fp
+                except (asyncssh.KeyImportError, ValueError):
+                    same = False
+                found |= same
+                if not same:
+                    kept.append(line)
+            if len(kept) != len(path.read_text().splitlines()):
+                write_private_file(path, ("\n".join(kept) + "\n" if kept else "").encode())
+        return found
+
+    # -- pending node keys -------------------------------------------------------------
+
+    def pending(self) -> list[PendingKey]:
+        path = self.state.pending_nodes
+        if not path.exists():
+            return []
+        try:
+            return [PendingKey(**item) for item in json.loads(path.read_text())]
+        except (ValueError, TypeError):
+            return []
+
+    def note_refused(self, key: asyncssh.SSHKey, address: str) -> None:
+        """Record a refused node key so an operator can approve it."""
+        fp = fingerprint(key)
+        now = time.time()
+        items = self.pending()
+        for item in items:
+            if item.fingerprint == fp:
+                item.last_seen, item.address = now, address
+                item.attempts += 1
+                break
+        else:
+            items.append(PendingKey(fp, public_key_line(key), address, now, now))
+        self._write_pending(items[-MAX_PENDING:])
+
+    def approve(self, fp: str, name: str = "") -> KeyEntry:
+        """Authorize a pending node key as a node."""
+        item = next((p for p in self.pending() if p.fingerprint == fp), None)
+        if item is None:
+            raise KeyError_(f"no pending key with fingerprint {fp}")
+        return self.add(Role.NODE, item.public_key, name)
+
+    def _drop_pending(self, fp: str) -> bool:
+        items = self.pending()
+        kept = [p for p in items if p.fingerprint != fp]
+        if len(kept) != len(items):
+            self._write_pending(kept)
+        return len(kept) != len(items)
+
+    def _write_pending(self, items: list[PendingKey]) -> None:
+        data = json.dumps([asdict(p) for p in items], indent=1).encode()
+        write_private_file(self.state.pending_nodes, data)
+
+
+def _safe_name(name: str) -> str:
+    """A name that fits in an authorized_keys comment: one token, printable."""
+    cleaned = "".join(c if c.isalnum() or c in "-_.@" else "-" for c in name.strip())
+    return cleaned[:64] or "unnamed"
+
+
+def initialize(state: StateDir) -> None:
+    """Create the state folder and its keys on first start.
+
+    The operator's key is authorized as an operator and the local-node key as a node
+    when they are created; removing them later is the operator's choice and sticks.
+    """
+    make_private_dir(state.root)
+    ensure_keypair(state.host_key, "chainconsole-host")
+    registry = KeyRegistry(state)
+    for path, role, name in (
+        (state.operator_key, Role.OPERATOR, "operator"),
+        (state.node_key, Role.NODE, "local"),
+    ):
+        if not path.exists():
+            key = ensure_keypair(path, f"chainconsole-{name}")
+            registry.add(role, public_key_line(key), name)

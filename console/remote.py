@@ -1,0 +1,148 @@
+"""CLI commands that talk to a running front-end over SSH, as any user would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import asyncssh
+
+from console.client import ConnectError, connect, resolve_endpoint
+from console.statedir import StateDir
+from protocol.frames import encode_frame, pack_arrays
+from protocol.inputs import GeneratedInput
+from protocol.taskfile import Task, load_task_file
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+
+
+def upload_bytes(task: Task) -> list:
+    """What ``submit`` sends on stdin: plain JSON, or one frame when there are array inputs."""
+    generated = {n: s.to_spec() for n, s in task.inputs.items() if isinstance(s, GeneratedInput)}
+    arrays = {n: s for n, s in task.inputs.items() if not isinstance(s, GeneratedInput)}
+    common = {"name": task.name, "operation": task.operation,
+              "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
+              "return": task.return_mode, "max_attempts": task.max_attempts}
+    if not arrays:
+        document = {**common, "inputs": {n: {"generate": spec} for n, spec in generated.items()}}
+        return [json.dumps(document).encode()]
+    meta, parts = pack_arrays(arrays)
+    chunk = common["chunk_size"]
+    header = {"type": "submit", "arrays": meta,
+              "task": {**common, "chunk_size": None if chunk == "auto" else chunk, "generated": generated}}
+    return encode_frame(header, parts)
+
+
+async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
+    endpoint = resolve_endpoint(state, args.connect, args.key, args.host_key)
+    if args.command == "submit":
+        task = load_task_file(args.task)  # refuse a bad file before connecting
+    async with await connect(endpoint) as conn:
+        match args.command:
+            case "submit":
+                return await _submit(conn, task, args)
+            case "tasks" | "nodes":
+                result = await _call(conn, args.command)
+                rows = json.loads(result.stdout)
+                print(json.dumps(rows, indent=2) if args.json else _table(args.command, rows))
+                return EXIT_OK
+            case "result":
+                return await _download(conn, args.task_id, Path(args.output))
+            case "cancel" | "drain" | "kick" | "release":
+                result = await _call(conn, f"{args.command} {shlex.quote(args.target)}")
+                print(result.stdout.decode().strip())
+                return EXIT_OK
+    raise AssertionError(args.command)
+
+
+async def _call(conn: asyncssh.SSHClientConnection, command: str, stdin: bytes | None = None):
+    result = await conn.run(command, input=stdin, encoding=None, check=False)
+    if result.exit_status != 0:
+        message = (result.stderr or b"").decode(errors="replace").strip() or f"{command} failed"
+        raise _Remote(message.removeprefix("chainconsole: "), result.exit_status or EXIT_USAGE)
+    return result
+
+
+class _Remote(ConnectError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse.Namespace) -> int:
+    wait = args.wait or bool(args.output)
+    data = b"".join(bytes(p) for p in upload_bytes(task))
+    process = await conn.create_process("submit" if wait else "submit --detach", encoding=None)
+    process.stdin.write(data)
+    process.stdin.write_eof()
+    summary = None
+    progress = None
+    if wait and sys.stderr.isatty():
+        from console.cli import _Progress
+        progress = _Progress(task.name, task.count)
+    task_id = None
+    while line := await process.stdout.readline():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # not ours to interpret: the summary below says what happened
+        if not wait:
+            task_id = event.get("task_id")
+        elif event.get("event") == "accepted":
+            task_id = event["task_id"]
+            if not progress and not args.json:
+                print(f"submitted {task_id}", file=sys.stderr)
+        elif event.get("event") == "progress" and progress:
+            progress.show(event["items_done"])
+        elif event.get("event") == "done":
+            summary = {k: v for k, v in event.items() if k != "event"}
+    await process.wait_closed()
+    if progress:
+        progress.end()
+    status = process.exit_status
+    if status == EXIT_USAGE:
+        for line in (await process.stderr.read()).decode().splitlines():
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    if not wait:
+        print(json.dumps({"task_id": task_id}) if args.json else task_id)
+        return EXIT_OK
+    if summary is None:
+        print("chainconsole: the front-end closed the session before the task ended", file=sys.stderr)
+        return EXIT_CONNECT
+    if args.output:
+        await _download(conn, summary["task_id"], Path(args.output))
+    from console.cli import _report
+    return _report(summary, args.json)
+
+
+async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Path) -> int:
+    process = await conn.create_process(f"result {shlex.quote(task_id)}", encoding=None)
+    tmp = output.with_name(output.name + ".part")
+    with open(tmp, "wb") as sink:
+        while data := await process.stdout.read(1 << 20):
+            sink.write(data)
+    await process.wait_closed()
+    if process.exit_status != 0:
+        tmp.unlink(missing_ok=True)
+        message = (await process.stderr.read()).decode().strip().removeprefix("chainconsole: ")
+        print(f"chainconsole: {message}", file=sys.stderr)
+        return process.exit_status or EXIT_USAGE
+    os.replace(tmp, output)
+    return EXIT_OK
+
+
+def _table(kind: str, rows: list[dict]) -> str:
+    if kind == "tasks":
+        columns = ("task_id", "name", "owner", "state", "items", "items_done", "items_failed")
+    else:
+        columns = ("name", "state", "slots", "in_flight", "items_done", "errors", "address")
+    data = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(d[i]) for d in data]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths)).rstrip() for d in data]
+    return "\n".join(lines) if data else f"no {kind}"

@@ -1,0 +1,106 @@
+"""Result arrays of one task on disk: ``.npy`` memmaps written chunk by chunk, then a summary.
+
+Memory stays flat however large the result: a chunk's rows go straight into the
+memory-mapped file, and ``export_npz`` streams the arrays into the ``.npz`` users fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from console.statedir import make_private_dir
+
+OK_FILE = "ok.npy"
+RESULT_FILE = "result.npy"
+NORMS_FILE = "norms.npy"
+SUMMARY_FILE = "summary.json"
+NPZ_FILE = "result.npz"
+
+
+class ResultStore:
+    """The ``ok`` flags and result values of one task, as memory-mapped ``.npy`` files."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        count: int,
+        item_shape: tuple[int, ...],
+        dtype: np.dtype,
+        return_mode: str,
+    ) -> None:
+        self.folder = make_private_dir(folder)
+        self.return_mode = return_mode
+        self.values_name = "result" if return_mode == "full" else "norms"
+        values_file = RESULT_FILE if return_mode == "full" else NORMS_FILE
+        if return_mode == "full":
+            shape, values_dtype = (count, *item_shape), np.dtype(dtype)
+        else:
+            shape, values_dtype = (count,), np.dtype(np.float64)
+        self.ok = _open(self.folder / OK_FILE, np.dtype(bool), (count,))
+        self.values = _open(self.folder / values_file, values_dtype, shape)
+
+    def write_values(self, start: int, stop: int, values: np.ndarray) -> None:
+        """Store the values of items ``start..stop-1``; their ``ok`` flags are set apart."""
+        self.values[start:stop] = values
+
+    def fail(self, start: int, stop: int) -> None:
+        """Mark items ``start..stop-1`` failed: ``ok`` false and NaN values."""
+        self.values[start:stop] = np.nan
+        self.ok[start:stop] = False
+
+    def flush(self) -> None:
+        """Make every write durable on disk."""
+        for array in (self.values, self.ok):
+            array.flush()
+            fd = os.open(array.filename, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.flush()
+        del self.ok, self.values
+
+
+def _open(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """Open ``path`` for update, creating it when missing or of another shape."""
+    if path.exists():
+        array = np.lib.format.open_memmap(path, mode="r+")
+        if array.shape == shape and array.dtype == dtype:
+            return array
+        del array
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    """Write the task's summary JSON (atomically)."""
+    tmp = folder / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, folder / SUMMARY_FILE)
+
+
+def read_summary(folder: Path) -> dict | None:
+    path = folder / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def export_npz(folder: Path) -> Path:
+    """Build (once) the ``.npz`` users download: ``ok`` and ``result`` or ``norms``."""
+    target = folder / NPZ_FILE
+    if target.exists():
+        return target
+    tmp = folder / (NPZ_FILE + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, filename in (("ok", OK_FILE), ("result", RESULT_FILE), ("norms", NORMS_FILE)):
+            source = folder / filename
+            if source.exists():
+                archive.write(source, arcname=name + ".npy")
+    os.replace(tmp, target)
+    return target

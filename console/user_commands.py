@@ -1,0 +1,243 @@
+"""The user commands: what a user or operator may run over SSH (``ssh … submit``).
+
+Every command answers in JSON (one object, or JSON lines while a task runs) so the
+stock OpenSSH client is a complete client. Exit status follows the CLI's contract:
+0 success, 1 a task ended with failed items or was cancelled, 2 a bad request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from console.frontend import FrontEnd, FrontEndError, TaskRecord
+from console.keys import KeyEntry, Role
+from protocol.errors import ChainconsoleError, RemoteProtocolError, TaskFileError
+from protocol.frames import FrameDecoder, unpack_arrays
+from protocol.taskfile import parse_task_text, task_from_parts
+
+if TYPE_CHECKING:
+    from console.server import FrontEndServer
+
+MAX_TASK_TEXT = 64 * 1024 * 1024
+MAX_UPLOAD = 1024 * 1024 * 1024
+PROGRESS_EVERY_S = 0.5
+SEND_CHUNK = 1024 * 1024
+FRAME_MAGIC = b"CC"
+
+USAGE = """commands:
+  submit [--detach]     read a task (JSON) on stdin and run it
+  watch ID              follow a task until it ends (JSON lines)
+  tasks | nodes         list as JSON
+  status ID             one task as JSON
+  result ID             the results as .npz bytes on stdout
+  cancel ID
+  drain NODE | kick NODE | release NODE     (operators)
+"""
+
+
+class UsageError(ChainconsoleError):
+    """A command line a user typed is not one we know."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # never print usage and exit the server
+        raise UsageError(message)
+
+
+class Session:
+    """One user command on one SSH channel."""
+
+    def __init__(self, server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
+        self.server = server
+        self.frontend: FrontEnd = server.frontend
+        self.process = process
+        self.key = key
+        self.operator = key.role is Role.OPERATOR
+
+    def out(self, obj: object) -> None:
+        self.process.stdout.write((json.dumps(obj) + "\n").encode())
+
+    def fail(self, message: str, status: int = 2) -> int:
+        self.process.stderr.write(f"chainconsole: {message}\n".encode())
+        return status
+
+    async def run(self) -> int:
+        try:
+            words = shlex.split(self.process.command or "")
+        except ValueError as exc:
+            return self.fail(f"cannot parse command: {exc}")
+        if not words or words[0] in ("help", "--help", "-h"):
+            self.process.stdout.write(USAGE.encode())
+            return 0 if words else 2
+        handler = getattr(self, f"cmd_{words[0]}", None)
+        if handler is None:
+            return self.fail(f"unknown command {words[0]!r}; try 'help'")
+        try:
+            return await handler(words[1:])
+        except UsageError as exc:
+            return self.fail(f"{words[0]}: {exc}")
+        except FrontEndError as exc:
+            return self.fail(str(exc), 1 if "not finished" in str(exc) else 2)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _own_task(self, task_id: str) -> TaskRecord:
+        record = self.frontend.task(task_id)
+        if not self.operator and record.owner != self.key.name:
+            raise FrontEndError(f"no task {task_id!r}")  # other users' tasks do not exist for you
+        return record
+
+    def _require_operator(self) -> None:
+        if not self.operator:
+            raise FrontEndError("only operators may do that")
+
+    @staticmethod
+    def _one_arg(args: list[str], what: str) -> str:
+        if len(args) != 1:
+            raise UsageError(f"expects exactly one {what}")
+        return args[0]
+
+    async def _read_stdin(self, limit: int) -> bytes:
+        parts, size = [], 0
+        while True:
+            data = await self.process.stdin.read(SEND_CHUNK)
+            if not data:
+                return b"".join(parts)
+            size += len(data)
+            if size > limit:
+                raise UsageError(f"input larger than {limit} bytes")
+            parts.append(data)
+
+    # -- commands --------------------------------------------------------------------
+
+    async def cmd_submit(self, args: list[str]) -> int:
+        parser = _Parser(prog="submit", add_help=False)
+        parser.add_argument("--detach", action="store_true")
+        opts = parser.parse_args(args)
+        data = await self._read_stdin(MAX_UPLOAD)
+        try:
+            task = _parse_upload(data)
+        except TaskFileError as exc:
+            for problem in exc.problems:
+                self.process.stderr.write(f"chainconsole: {problem}\n".encode())
+            self.out({"event": "rejected", "problems": exc.problems})
+            return 2
+        task_id = self.frontend.submit(task, self.key.name)
+        if opts.detach:
+            self.out({"task_id": task_id})
+            return 0
+        self.out({"event": "accepted", "task_id": task_id, "name": task.name, "items": task.count})
+        return await self._follow(task_id)
+
+    async def cmd_watch(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        return await self._follow(record.task_id)
+
+    async def _follow(self, task_id: str) -> int:
+        record = self.frontend.task(task_id)
+        last = None
+        while not record.finished.is_set():
+            row = next((r for r in self.frontend.task_rows() if r.task_id == task_id), None)
+            if row is not None:
+                progress = {"event": "progress", "task_id": task_id, "state": row.state, "items": row.items,
+                            "items_done": row.items_done, "items_failed": row.items_failed}
+                if progress != last:
+                    self.out(progress)
+                    last = progress
+            try:
+                await asyncio.wait_for(record.finished.wait(), PROGRESS_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+        summary = record.summary or {}
+        self.out({"event": "done", **summary})
+        return 0 if summary.get("state") == "done" else 1
+
+    async def cmd_tasks(self, args: list[str]) -> int:
+        rows = [asdict(r) for r in self.frontend.task_rows()
+                if self.operator or r.owner == self.key.name]
+        self.out(rows)
+        return 0
+
+    async def cmd_status(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        row = next(r for r in self.frontend.task_rows() if r.task_id == record.task_id)
+        self.out({**asdict(row), "summary": record.summary})
+        return 0
+
+    async def cmd_nodes(self, args: list[str]) -> int:
+        self.out([asdict(r) for r in self.frontend.node_rows()])
+        return 0
+
+    async def cmd_result(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        path = await asyncio.to_thread(self.frontend.result_file, record.task_id)
+        with open(path, "rb") as source:
+            while chunk := await asyncio.to_thread(source.read, SEND_CHUNK):
+                self.process.stdout.write(chunk)
+                await self.process.stdout.drain()
+        return 0
+
+    async def cmd_cancel(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        self.frontend.cancel(record.task_id)
+        await record.finished.wait()
+        self.out({"task_id": record.task_id, "state": record.state})
+        return 0
+
+    async def cmd_drain(self, args: list[str]) -> int:
+        self._require_operator()
+        node = self._one_arg(args, "node name")
+        self.frontend.drain(node)
+        self.out({"node": node, "state": "draining"})
+        return 0
+
+    async def cmd_kick(self, args: list[str]) -> int:
+        self._require_operator()
+        node = self._one_arg(args, "node name")
+        self.frontend.kick(node)
+        self.out({"node": node, "state": "kicked"})
+        return 0
+
+    async def cmd_release(self, args: list[str]) -> int:
+        self._require_operator()
+        node = self._one_arg(args, "node name")
+        self.frontend.release(node)
+        self.out({"node": node, "state": "released"})
+        return 0
+
+
+def _parse_upload(data: bytes):
+    """A task from ``submit``'s stdin: JSON text, or one frame with array inputs."""
+    if not data.startswith(FRAME_MAGIC):
+        if len(data) > MAX_TASK_TEXT:
+            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
+        return parse_task_text(data, allow_files=False)
+    decoder = FrameDecoder(max_payload=MAX_UPLOAD)
+    try:
+        decoder.feed(data)
+        frame = decoder.next_frame()
+        decoder.close()
+        if frame is None or frame.header.get("type") != "submit":
+            raise RemoteProtocolError("expected one submit frame")
+        spec = frame.header.get("task")
+        if not isinstance(spec, dict):
+            raise RemoteProtocolError("submit frame has no task object")
+        arrays = unpack_arrays(frame.header.get("arrays", []), memoryview(frame.payload))
+        return task_from_parts(
+            spec.get("name", "task"), spec.get("operation", ""), spec.get("generated", {}), arrays,
+            spec.get("chunk_size"), spec.get("return", "full"), spec.get("max_attempts", 3),
+        )
+    except RemoteProtocolError as exc:
+        raise TaskFileError([f"upload: {exc}"]) from None
+
+
+async def run_user_command(server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
+    status = await Session(server, process, key).run()
+    process.exit(status)

@@ -1,0 +1,137 @@
+"""Checks of returned results that cost far less than computing them.
+
+Every result is checked for shape, dtype and length. Then a sample of its items is
+checked per operation: randomized O(n²) products for ``invert``, ``solve`` and
+``matmul`` (Freivalds), trace and Frobenius identities for ``eigvalsh`` and
+``svdvals``, and a recomputation for ``det`` and for ``norms`` results, whose values
+cannot be checked any other way. A node cannot know which items are checked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol.messages import Result
+from protocol.taskfile import Task
+
+# Relative residual a correct result stays under, by dtype (generous: ill-conditioned
+# inputs are legitimate; corrupted results miss by orders of magnitude).
+TOLERANCE = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 5e-3}
+
+_rng = np.random.default_rng()
+
+
+DEFAULT_SAMPLE = 1
+DEFAULT_RECOMPUTE_FRACTION = 0.25
+
+
+def check_result(task: Task, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
+                 recompute_fraction: float = DEFAULT_RECOMPUTE_FRACTION) -> str:
+    """Return "" when ``result`` is plausible for items ``start..stop-1``, else the problem.
+
+    ``sample`` items of each chunk get the operation's cheap check. Where the only check
+    is computing the item again (``det``, ``norms`` results) it runs on one item in a
+    ``recompute_fraction`` of the chunks, so checking never costs a real share of the work.
+    """
+    count = stop - start
+    if result.ok.shape != (count,) or result.ok.dtype != np.bool_:
+        return f"ok flags have shape {result.ok.shape}, expected ({count},)"
+    if task.return_mode == "full":
+        values = result.result
+        shape, dtype = (count, *task.result_item_shape), task.result_dtype
+    else:
+        values = result.norms
+        shape, dtype = (count,), np.dtype(np.float64)
+    if values is None:
+        return f"result carries no {'result' if task.return_mode == 'full' else 'norms'} array"
+    if values.shape != shape or values.dtype != dtype:
+        return f"values have shape {values.shape} {values.dtype}, expected {shape} {dtype}"
+    if task.return_mode == "norms" or task.operation == "det":
+        sample = 1 if _rng.random() < recompute_fraction else 0
+    if sample <= 0 or count == 0:
+        return ""
+    for offset in _rng.choice(count, size=min(sample, count), replace=False):
+        problem = _check_item(task, start + int(offset), bool(result.ok[offset]), values[offset])
+        if problem:
+            return f"item {start + int(offset)}: {problem}"
+    return ""
+
+
+def _check_item(task: Task, index: int, ok: bool, value: np.ndarray) -> str:
+    inputs = {name: task.input_items(name, index, index + 1)[0] for name in task.inputs}
+    tol = TOLERANCE.get(task.result_dtype, 1e-7)
+    if not ok or task.return_mode == "norms" or task.operation == "det":
+        return _recompute(task, inputs, ok, value, tol)
+    value = value.astype(np.float64)
+    a = inputs["a"].astype(np.float64)
+    match task.operation:
+        case "invert":
+            r = _rng.standard_normal(a.shape[0])
+            residual = a @ (value @ r) - r
+            scale = np.linalg.norm(a) * np.linalg.norm(value) * np.linalg.norm(r)
+        case "solve":
+            b = inputs["b"].astype(np.float64)
+            residual = a @ value - b
+            scale = np.linalg.norm(a) * np.linalg.norm(value) + np.linalg.norm(b)
+        case "matmul":
+            b = inputs["b"].astype(np.float64)
+            r = _rng.standard_normal(value.shape[-1])
+            residual = value @ r - a @ (b @ r)
+            scale = np.linalg.norm(a) * np.linalg.norm(b) * np.linalg.norm(r)
+        case "eigvalsh" | "svdvals":
+            # Both are orthogonal invariants: their squares sum to the Frobenius norm².
+            frob = np.linalg.norm(a) ** 2
+            residual = np.array([np.sum(value ** 2) - frob])
+            if task.operation == "eigvalsh":
+                residual = np.append(residual, np.sum(value) - np.trace(a))
+                ordered = np.all(np.diff(value) >= -tol * (abs(value).max() + 1))
+            else:
+                ordered = np.all(np.diff(value) <= tol * (abs(value).max() + 1)) and value.min() >= -tol
+            if not ordered:
+                return "values are not in the documented order"
+            scale = frob + 1.0
+        case _:
+            return _recompute(task, inputs, ok, value, tol)
+    if not np.all(np.isfinite(residual)) or np.linalg.norm(residual) > tol * max(scale, 1e-300):
+        return f"{task.operation} check failed (residual {np.linalg.norm(residual):.3g})"
+    return ""
+
+
+def _recompute(task: Task, inputs: dict[str, np.ndarray], ok: bool, value: np.ndarray, tol: float) -> str:
+    """Compute the item again with plain numpy and compare (for what has no cheaper check)."""
+    try:
+        with np.errstate(all="ignore"):
+            reference = np.asarray(_REFERENCE[task.operation](inputs), dtype=np.float64)
+        computable = bool(np.all(np.isfinite(reference)))
+    except np.linalg.LinAlgError:
+        computable = False
+    if not ok:
+        # A node may only call an item failed when numpy cannot compute it either.
+        if computable and not _ill_conditioned(inputs["a"]):
+            return "item reported failed but it computes"
+        return ""
+    if not computable:
+        return ""
+    if task.return_mode == "norms":
+        reference = np.asarray(np.linalg.norm(reference))
+    if not np.allclose(value, reference, rtol=tol * 100, atol=tol * 100 * float(np.abs(reference).max(initial=0))):
+        return f"{task.operation} value differs from recomputation"
+    return ""
+
+
+def _ill_conditioned(a: np.ndarray) -> bool:
+    """True when a float32 or float64 kernel may fairly fail on ``a``."""
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        return False
+    return bool(np.linalg.cond(a.astype(np.float64)) > 1e6)
+
+
+# An independent reference for one item, so a bug in the node's kernels is caught too.
+_REFERENCE = {
+    "invert": lambda x: np.linalg.inv(x["a"].astype(np.float64)),
+    "det": lambda x: np.linalg.det(x["a"].astype(np.float64)),
+    "solve": lambda x: np.linalg.solve(x["a"].astype(np.float64), x["b"].astype(np.float64)),
+    "matmul": lambda x: x["a"].astype(np.float64) @ x["b"].astype(np.float64),
+    "eigvalsh": lambda x: np.linalg.eigvalsh(x["a"].astype(np.float64)),
+    "svdvals": lambda x: np.linalg.svd(x["a"].astype(np.float64), compute_uv=False),
+}

@@ -1,0 +1,321 @@
+"""The compute node's agent: dial in over SSH, pull chunks, compute, send results back.
+
+One SSH connection per upstream; the node protocol runs on the ``chainconsole-node``
+subsystem. The agent says hello with its slots, computes what it is assigned in its
+worker pool, heartbeats, and reconnects with capped exponential backoff and jitter
+when the session drops. On SIGINT/SIGTERM it asks for no more work, finishes what it
+holds (for a bounded time), says bye and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from nodes.pool import ChunkJob, WorkerCrashed, WorkerPool
+from protocol.errors import ChainconsoleError, RemoteProtocolError
+from protocol.messages import (
+    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Failed, Heartbeat, Hello,
+    MessageReader, Reject, Result, Welcome, encode_message,
+)
+
+NODE_SUBSYSTEM = "chainconsole-node"
+NODE_USERNAME = "node"
+READ_SIZE = 1024 * 1024
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+           "aes128-ctr", "aes256-ctr"]
+
+log = logging.getLogger("chainconsole.node")
+
+
+class NodeExit(ChainconsoleError):
+    """The node must stop for good (host key mismatch, told to leave)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything a node is told on its command line."""
+
+    upstreams: tuple[tuple[str, int], ...]
+    """Front-ends or chain links to connect to, tried in order."""
+    key_path: Path
+    """This node's private key."""
+    name: str
+    slots: int
+    prefetch: int = 1
+    """Chunks asked for beyond the slots, so a worker never waits for the network."""
+    host_key: Path | None = None
+    """The pinned public host key of the front-end; None records the first one seen."""
+    recorded_host_key: Path | None = None
+    """Where the host key seen first is recorded (when ``host_key`` is None)."""
+    blas_threads: int = 1
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    keepalive_interval_s: float = 2.0
+    keepalive_count: int = 2
+    drain_grace_s: float = 60.0
+    """How long a stopping node keeps computing what it holds before handing it back."""
+
+
+@dataclass
+class _Held:
+    assign: Assign
+    future: Future
+    waiter: asyncio.Task | None = None
+
+
+@dataclass
+class _Stats:
+    chunks_done: int = 0
+    items_done: int = 0
+    sessions: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class NodeAgent:
+    """A compute node: connects, works, reconnects, until told to stop."""
+
+    def __init__(self, settings: NodeSettings, *, out=sys.stderr) -> None:
+        self.settings = settings
+        self.pool = WorkerPool(settings.slots, blas_threads=settings.blas_threads)
+        self.stats = _Stats()
+        self.stopping = asyncio.Event()
+        self._out = out
+        self._process: asyncssh.SSHClientProcess | None = None
+        self._held: dict[tuple[str, int, int], _Held] = {}
+        self._left = False
+
+    def say(self, message: str) -> None:
+        print(f"[{self.settings.name}] {message}", file=self._out, flush=True)
+
+    # -- the outer loop: connect, work, back off, again ---------------------------------
+
+    async def run(self) -> int:
+        """Work until stopped; return the process exit status."""
+        await self.pool.warm_up()
+        backoff = self.settings.backoff_initial_s
+        try:
+            while not self.stopping.is_set() and not self._left:
+                for host, port in self.settings.upstreams:
+                    if self.stopping.is_set() or self._left:
+                        break
+                    try:
+                        worked = await self._connect_and_work(host, port)
+                    except NodeExit as exc:
+                        self.say(str(exc))
+                        return exc.status
+                    if worked:
+                        backoff = self.settings.backoff_initial_s
+                        break
+                if self.stopping.is_set() or self._left:
+                    break
+                delay = backoff * random.uniform(0.5, 1.0)
+                backoff = min(backoff * 2, self.settings.backoff_max_s)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+            return 0
+        finally:
+            self.pool.close()
+
+    def stop(self) -> None:
+        """Finish what is held, hand the rest back, say bye (called on SIGINT/SIGTERM)."""
+        self.stopping.set()
+
+    async def _connect_and_work(self, host: str, port: int) -> bool:
+        """One session with one upstream; True if it got as far as working."""
+        s = self.settings
+        known_hosts = ([str(s.host_key)], [], []) if s.host_key else self._recorded_known_hosts()
+        try:
+            conn = await asyncssh.connect(
+                host, port, username=NODE_USERNAME, client_keys=[str(s.key_path)],
+                known_hosts=known_hosts, config=None, agent_path=None, gss_host=None,
+                keepalive_interval=s.keepalive_interval_s, keepalive_count_max=s.keepalive_count,
+                compression_algs=None, encryption_algs=CIPHERS, connect_timeout=10,
+                max_pktsize=256 * 1024, window=16 * 1024 * 1024,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise NodeExit(f"{host}:{port} is not the front-end this node trusts "
+                           f"(host key does not match the pinned key): {exc}", 3) from None
+        except asyncssh.PermissionDenied:
+            self.say(f"{host}:{port} refused this node's key; it is listed as pending there: "
+                     f"approve it with 'chainconsole keys approve {self.fingerprint()}'")
+            return False
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            self.say(f"cannot connect to {host}:{port}: {exc}")
+            return False
+        async with conn:
+            if known_hosts is None:
+                self._record_host_key(conn)
+            try:
+                return await self._work(conn, f"{host}:{port}")
+            except (asyncssh.Error, ConnectionError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+                self.say(f"session with {host}:{port} lost: {exc}")
+                return True
+            except RemoteProtocolError as exc:
+                self.say(f"{host}:{port} broke the protocol: {exc}")
+                return True
+            finally:
+                self._abandon_held()
+
+    def fingerprint(self) -> str:
+        return asyncssh.read_private_key(self.settings.key_path).get_fingerprint("sha256")
+
+    def _recorded_known_hosts(self):
+        path = self.settings.recorded_host_key
+        if path is not None and path.exists():
+            return ([str(path)], [], [])
+        return None
+
+    def _record_host_key(self, conn: asyncssh.SSHClientConnection) -> None:
+        path = self.settings.recorded_host_key
+        key = conn.get_server_host_key()
+        if path is None or key is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(key.export_public_key("openssh"))
+        self.say(f"recorded front-end host key {key.get_fingerprint('sha256')} in {path}")
+
+    # -- one session ----------------------------------------------------------------------
+
+    async def _work(self, conn: asyncssh.SSHClientConnection, where: str) -> bool:
+        process = await conn.create_process(subsystem=NODE_SUBSYSTEM, encoding=None)
+        self._process = process
+        reader = MessageReader()
+        s = self.settings
+        self._send(Hello(PROTOCOL_VERSION, s.name, s.slots, s.slots + s.prefetch,
+                         f"chainconsole-node/{PROTOCOL_VERSION}"))
+        first = await self._next(process, reader)
+        if isinstance(first, Reject):
+            raise NodeExit(f"{where} rejected this node: {first.reason}", 2)
+        if not isinstance(first, Welcome):
+            raise RemoteProtocolError(f"expected welcome, got {type(first).__name__}")
+        self.stats.sessions += 1
+        self.say(f"connected to {where} as {first.node_id} with {s.slots} slots")
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(first.heartbeat_interval_s))
+        stop = asyncio.get_running_loop().create_task(self._on_stop())
+        try:
+            while True:
+                message = await self._next(process, reader)
+                if message is None:
+                    self.say(f"{where} closed the session")
+                    return True
+                if isinstance(message, Bye):
+                    self.say(f"{where} said bye: {message.reason}")
+                    self._left = True
+                    return True
+                self._handle(message)
+        finally:
+            beat.cancel()
+            stop.cancel()
+            self._process = None
+
+    async def _next(self, process: asyncssh.SSHClientProcess, reader: MessageReader):
+        while True:
+            message = reader.next_message()
+            if message is not None:
+                return message
+            data = await process.stdout.read(READ_SIZE)
+            if not data:
+                reader.close()
+                return None
+            reader.feed(data)
+
+    def _handle(self, message: object) -> None:
+        match message:
+            case Assign():
+                self._start_chunk(message)
+            case Cancel(task_id=task_id, chunk=chunk, attempt=attempt):
+                held = self._held.get((task_id, chunk, attempt))
+                if held is not None and held.future.cancel():
+                    self._held.pop((task_id, chunk, attempt), None)
+            case Drain(reason=reason):
+                self.say(f"draining ({reason}): finishing held chunks, then leaving")
+            case Error(code=code, message=text):
+                raise RemoteProtocolError(f"front-end error {code}: {text}")
+            case _:
+                raise RemoteProtocolError(f"a front-end may not send {type(message).__name__}")
+
+    def _start_chunk(self, assign: Assign) -> None:
+        job = ChunkJob(assign.operation, assign.start, assign.stop, assign.return_mode,
+                       {k: dict(v) for k, v in assign.generated.items()},
+                       dict(assign.arrays))
+        key = (assign.task_id, assign.chunk, assign.attempt)
+        held = _Held(assign, self.pool.submit(job))
+        held.waiter = asyncio.get_running_loop().create_task(self._finish_chunk(key, held))
+        self._held[key] = held
+
+    async def _finish_chunk(self, key: tuple[str, int, int], held: _Held) -> None:
+        a = held.assign
+        try:
+            done = await self.pool.result(held.future)
+        except asyncio.CancelledError:
+            return
+        except WorkerCrashed as exc:
+            self._held.pop(key, None)
+            self._send(Failed(a.task_id, a.chunk, a.attempt, str(exc), True))
+            return
+        except Exception as exc:  # a kernel bug: report it, never die of it
+            self._held.pop(key, None)
+            self._send(Failed(a.task_id, a.chunk, a.attempt, f"{type(exc).__name__}: {exc}", True))
+            return
+        if self._held.pop(key, None) is None:
+            return  # cancelled or the session ended: nobody wants it on this session
+        self.stats.chunks_done += 1
+        self.stats.items_done += a.stop - a.start
+        self._send(Result(a.task_id, a.chunk, a.attempt, done.ok, done.result, done.norms, done.elapsed_s))
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._send(Heartbeat(time.time(), len(self._held)))
+
+    async def _on_stop(self) -> None:
+        """On SIGINT/SIGTERM: no more work, finish what is held, then bye."""
+        await self.stopping.wait()
+        self.say("stopping: finishing held chunks")
+        self._send(Credit(0))
+        deadline = time.monotonic() + self.settings.drain_grace_s
+        while self._held and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._send(Bye("node stopping"))
+        if self._process is not None:
+            self._process.stdin.write_eof()
+            self._process.close()
+
+    def _send(self, message: object) -> None:
+        process = self._process
+        if process is None:
+            return
+        try:
+            for piece in encode_message(message):
+                process.stdin.write(piece)
+        except (BrokenPipeError, asyncssh.Error, ConnectionError):
+            pass
+
+    def _abandon_held(self) -> None:
+        """The session ended: the front-end requeues what we held; stop computing it."""
+        for held in self._held.values():
+            held.future.cancel()
+            if held.waiter is not None:
+                held.waiter.cancel()
+        self._held.clear()
+
+
+def install_signal_handlers(agent: NodeAgent) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, agent.stop)

@@ -1,0 +1,88 @@
+"""``chainconsole node``: the command line of a compute node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+import asyncssh
+import platformdirs
+
+from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
+
+APP_NAME = "chainconsole"
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port {number} out of range")
+    return host.strip("[]") or "127.0.0.1", number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connect", type=_address, action="append", required=True, metavar="HOST:PORT",
+                        help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
+    parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="chunks computed at once, one worker process each (default: one per core)")
+    parser.add_argument("--name", default=socket.gethostname(), help="name shown on the console (default: host name)")
+    parser.add_argument("--state-dir", type=Path, metavar="D",
+                        help="where the node keeps its key (default: the platform's user data folder)")
+    parser.add_argument("--key", type=Path, metavar="FILE", help="private key to log in with (default: D/node_key)")
+    parser.add_argument("--host-key", type=Path, metavar="FILE",
+                        help="the front-end's public host key to pin (default: the one recorded on first connection)")
+    parser.add_argument("--blas-threads", type=int, default=1, metavar="N", help="BLAS threads per worker (default 1)")
+    parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a node until SIGINT/SIGTERM; return the exit status."""
+    if args.slots < 1 or args.blas_threads < 1 or args.prefetch < 0:
+        print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
+        return 2
+    state = args.state_dir or Path(platformdirs.user_data_dir(APP_NAME))
+    key_path = args.key or state / "node_key"
+    if args.host_key is not None and not args.host_key.exists():
+        print(f"chainconsole node: no host key file {args.host_key}", file=sys.stderr)
+        return 2
+    if not key_path.exists():
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-node-{args.name}")
+        key.write_private_key(key_path)
+        key.write_public_key(key_path.with_name(key_path.name + ".pub"))
+        os.chmod(key_path, 0o600)
+        print(f"created node key {key_path} ({key.get_fingerprint('sha256')})", file=sys.stderr)
+    try:
+        fingerprint = asyncssh.read_private_key(key_path).get_fingerprint("sha256")
+    except (OSError, asyncssh.KeyImportError) as exc:
+        print(f"chainconsole node: cannot read key {key_path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"node {args.name}: key {fingerprint}", file=sys.stderr, flush=True)
+    settings = NodeSettings(
+        upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=args.slots,
+        prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
+        blas_threads=args.blas_threads,
+    )
+    return asyncio.run(_main(settings))
+
+
+async def _main(settings: NodeSettings) -> int:
+    agent = NodeAgent(settings)
+    install_signal_handlers(agent)
+    return await agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chainconsole node", description="Run a compute node.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,123 @@
+"""The node's worker processes: one per slot, one BLAS thread each unless told otherwise.
+
+Processes are started with ``spawn`` (never ``fork`` a process that runs an asyncio
+loop) and limit their BLAS threads in their initializer, so slots × threads never
+oversubscribe the cores. A worker that dies (the OOM killer, a segfault) breaks the
+pool: every chunk it held fails with ``WorkerCrashed`` and a fresh pool takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol.errors import ChainconsoleError
+
+DEFAULT_BLAS_THREADS = 1
+
+
+class WorkerCrashed(ChainconsoleError):
+    """A worker process died while computing a chunk."""
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything a worker needs to compute one chunk."""
+
+    operation: str
+    start: int
+    stop: int
+    return_mode: str
+    generated: Mapping[str, Mapping[str, object]]
+    arrays: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """A computed chunk: per-item flags, values (results or norms) and compute time."""
+
+    ok: np.ndarray
+    result: np.ndarray | None
+    norms: np.ndarray | None
+    elapsed_s: float
+
+
+def _init_worker(blas_threads: int) -> None:
+    import nodes.kernels  # noqa: F401  (numpy must be loaded for threadpoolctl to find its BLAS)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(blas_threads)
+
+
+def _warm_up() -> int:
+    import os
+
+    return os.getpid()
+
+
+def compute_chunk(job: ChunkJob) -> ChunkDone:
+    """Run in a worker: build the chunk's inputs and compute it."""
+    from nodes.kernels import compute
+    from protocol.inputs import GeneratedInput
+
+    began = time.perf_counter()
+    inputs = dict(job.arrays)
+    for name, spec in job.generated.items():
+        inputs[name] = GeneratedInput.from_spec(spec).items(job.start, job.stop)
+    out = compute(job.operation, inputs, job.return_mode)
+    return ChunkDone(out.ok, out.result, out.norms, time.perf_counter() - began)
+
+
+class WorkerPool:
+    """A pool of worker processes that replaces itself when a worker dies."""
+
+    def __init__(self, slots: int, *, blas_threads: int = DEFAULT_BLAS_THREADS) -> None:
+        self.slots = slots
+        self.blas_threads = blas_threads
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.slots,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.blas_threads,),
+        )
+
+    async def warm_up(self) -> None:
+        """Start every worker now, so the first chunk does not pay for process start-up."""
+        await asyncio.gather(*(asyncio.wrap_future(self._executor.submit(_warm_up))
+                               for _ in range(self.slots)))
+
+    def submit(self, job: ChunkJob) -> Future:
+        """Queue ``job``; the future can be cancelled while it has not started."""
+        try:
+            return self._executor.submit(compute_chunk, job)
+        except BrokenProcessPool:
+            self._replace()
+            return self._executor.submit(compute_chunk, job)
+
+    async def result(self, future: Future) -> ChunkDone:
+        """Wait for a submitted job; ``WorkerCrashed`` if its worker died."""
+        try:
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            self._replace()
+            raise WorkerCrashed("a worker process died while computing this chunk") from None
+
+    def _replace(self) -> None:
+        broken = self._executor
+        if not getattr(broken, "_broken", False):
+            return  # already replaced by another chunk's failure
+        self._executor = self._new_executor()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,646 @@
+"""The Dispatcher decides which node computes which chunk, under failure: events in, actions out.
+
+It does no I/O and reads no clock; the shell (the front-end's SSH server, or a chain relay)
+turns what it sees into events, calls `handle(event, now)` and carries out the actions.
+
+Rules of this module (DESIGN.md decisions 2, 4 and 5):
+
+- Credit: a node holds at most min(window, slots + prefetch) attempts, and none if it has
+  no slots. Room is filled as soon as it appears: nodes with an idle slot before nodes with
+  only prefetch room, round-robin among them. Draining, quarantined and departed nodes get
+  nothing.
+- Fairness: running tasks take turns per assignment, in submission order; a task with
+  nothing for the node asking is skipped.
+- Leases: every assignment is a numbered attempt. A departed node's attempts go back in
+  line at once; a node not heard from for `heartbeat_timeout_s` is closed and counts as
+  lost. An attempt older than max(min_lease_s, straggler_factor x expected time) gets one
+  backup copy on another node; the first valid result wins and the other copies are
+  cancelled.
+- Results are idempotent by (chunk, attempt): an issued attempt at an open chunk of a live
+  task is accepted from the node it was issued to, even after that node has gone (except
+  while it is quarantined); anything else is ignored.
+- Bounded attempts: a chunk's failures (the node reported one, the node was lost holding
+  it, the result was invalid) are counted; at `max_attempts`, once no copy is left
+  running, the chunk is abandoned and its items fail. Clean goodbyes, kicks and
+  quarantines are not the chunk's fault and do not count.
+- Quarantine: invalid results count against their node; at `max_node_errors` it gets no
+  more work and what it holds is cancelled and requeued, until the operator releases it.
+- Nothing from the network makes it raise: unknown ids and stale attempts are ignored.
+- Assigning costs the same whatever the number of nodes and chunks: deques of nodes with
+  room and of runnable tasks, per-task queues, and heaps of deadlines whose stale entries
+  are skipped when they surface (and compacted when they pile up).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+from protocol.chunking import ChunkSizer, Chunk, Lease, Outcome, TaskChunks, merge_ranges
+from protocol.dispatch_events import (
+    Action,
+    AssignChunk,
+    CancelChunk,
+    ChunkAbandoned,
+    ChunkCompleted,
+    ChunkFailed,
+    ChunkRequeued,
+    ChunkView,
+    CloseNode,
+    CreditChanged,
+    DispatcherSnapshot,
+    DrainRequested,
+    Event,
+    HeartbeatReceived,
+    KickRequested,
+    NodeDrained,
+    NodeJoined,
+    NodeLeft,
+    NodeLost,
+    NodeQuarantined,
+    NodeState,
+    NodeView,
+    QuarantineReleased,
+    ResultReceived,
+    TaskCancelled,
+    TaskFinished,
+    TaskState,
+    TaskSubmitted,
+    TaskView,
+    Tick,
+)
+
+DEFAULT_PREFETCH = 1
+"""Chunks a node may hold beyond its slots, so it never idles between chunks."""
+DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0
+"""A node not heard from for longer than this is closed and its chunks requeued."""
+DEFAULT_TARGET_CHUNK_S = 1.0
+"""What an automatically sized chunk should take on one slot."""
+DEFAULT_STRAGGLER_FACTOR = 4.0
+"""An attempt this many times slower than expected gets a backup copy ..."""
+DEFAULT_MIN_LEASE_S = 10.0
+"""... but never before it has run this long."""
+DEFAULT_MAX_NODE_ERRORS = 3
+"""Invalid results after which a node is quarantined."""
+
+_FINISHED = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+_FROM_NODES = frozenset({NodeJoined, CreditChanged, HeartbeatReceived, ResultReceived, ChunkFailed, NodeLeft})
+_HUNGRY, _TOPPING = 1, 2  # room tiers: an idle slot, or only prefetch room
+_COMPACT_SLACK = 1024
+
+
+class _Node:
+    """A connected node, as the Dispatcher tracks it."""
+
+    __slots__ = (
+        "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
+        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping",
+    )
+
+    def __init__(self, node_id: str, now: float) -> None:
+        self.node_id = node_id
+        self.slots = 0
+        self.window = 0
+        self.capacity = 0
+        self.leases: set[Lease] = set()
+        self.last_seen = now
+        self.joined_at = now
+        self.items_done = 0
+        self.chunks_done = 0
+        self.errors = 0
+        self.draining = False
+        self.quarantined = False
+        self.gone = False
+        # whether the node has an entry in each room deque (entries may be stale)
+        self.in_hungry = False
+        self.in_topping = False
+
+    @property
+    def assignable(self) -> bool:
+        """Whether the node may get new work at all."""
+        return not (self.gone or self.draining or self.quarantined)
+
+    def room_tier(self) -> int:
+        """_HUNGRY if a slot is idle, _TOPPING if only prefetch room is left, else 0."""
+        held = len(self.leases)
+        if held >= self.capacity or self.gone or self.draining or self.quarantined:
+            return 0
+        return _HUNGRY if held < self.slots else _TOPPING
+
+
+class _Task:
+    """A submitted task and its running tallies."""
+
+    __slots__ = (
+        "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
+        "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
+        "items_by_node", "running_chunks", "runnable",
+    )
+
+    def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
+        items = max(0, event.items)
+        done = merge_ranges(items, event.completed)
+        done_items = sum(stop - start for start, stop in done)
+        self.task_id = event.task_id
+        self.owner = event.owner
+        self.items = items
+        self.max_attempts = max(1, event.max_attempts)
+        self.sizer = ChunkSizer(items, event.chunk_size, event.max_chunk_size, target_chunk_s)
+        self.chunks = TaskChunks(event.task_id, items, done, self.sizer)
+        self.state = TaskState.QUEUED
+        self.submitted_at = now
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.items_resolved = done_items  # items with an accepted result, ok or not
+        self.items_bad = min(max(0, event.completed_failed), done_items)  # per-item failures
+        self.items_abandoned = 0
+        self.items_computed = 0  # items resolved by results in this run, for the rate
+        self.items_by_node: dict[str, int] = {}
+        self.running_chunks = 0
+        self.runnable = False
+
+    @property
+    def live(self) -> bool:
+        """Whether the task still wants results."""
+        return self.state not in _FINISHED
+
+    @property
+    def items_failed(self) -> int:
+        """Per-item failures plus the items of abandoned chunks."""
+        return self.items_bad + self.items_abandoned
+
+
+class Dispatcher:
+    """Delegates the chunks of tasks to nodes and keeps every item accounted for."""
+
+    def __init__(
+        self,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+        target_chunk_s: float = DEFAULT_TARGET_CHUNK_S,
+        straggler_factor: float = DEFAULT_STRAGGLER_FACTOR,
+        min_lease_s: float = DEFAULT_MIN_LEASE_S,
+        max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
+    ) -> None:
+        self._prefetch = max(0, prefetch)
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._target_chunk_s = target_chunk_s
+        self._straggler_factor = straggler_factor
+        self._min_lease_s = min_lease_s
+        self._max_node_errors = max(1, max_node_errors)
+        self._nodes: dict[str, _Node] = {}
+        self._tasks: dict[str, _Task] = {}  # in submission order
+        self._runnable: deque[_Task] = deque()
+        self._hungry: deque[_Node] = deque()
+        self._topping: deque[_Node] = deque()
+        self._lease_deadlines: list[tuple[float, int, Lease]] = []
+        self._live_leases = 0
+        self._silence_deadlines: list[tuple[float, int, _Node]] = []
+        self._seq = itertools.count()  # tie-breaker for heap entries
+        self._total_slots = 0  # of assignable nodes, for chunk sizing
+        self._open_nodes = 0  # assignable nodes with any capacity
+        self._handlers: dict[type, Callable[[Any, float, list[Action]], None]] = {
+            NodeJoined: self._node_joined,
+            CreditChanged: self._credit_changed,
+            HeartbeatReceived: lambda event, now, out: None,  # handle() already noted the sign of life
+            ResultReceived: self._result_received,
+            ChunkFailed: self._chunk_failed,
+            NodeLeft: lambda event, now, out: self._node_gone(event.node_id, "node left", False, now, out),
+            NodeLost: lambda event, now, out: self._node_gone(event.node_id, "node lost", True, now, out),
+            DrainRequested: self._drain_requested,
+            KickRequested: self._kick_requested,
+            QuarantineReleased: self._quarantine_released,
+            TaskSubmitted: self._task_submitted,
+            TaskCancelled: self._task_cancelled,
+            Tick: self._tick,
+        }
+
+    # --- the one entry point ------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event at time `now` and return what the shell must do, in order."""
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a dispatcher event: {event!r}")
+        if type(event) in _FROM_NODES:
+            node = self._nodes.get(event.node_id)  # type: ignore[union-attr]
+            if node is not None and now > node.last_seen:
+                node.last_seen = now
+        out: list[Action] = []
+        handler(event, now, out)
+        self._fill(now, out)
+        return out
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def wants_result(self, task_id: str, chunk: int, attempt: int) -> bool:
+        """True iff that attempt was issued, the chunk is not completed and the task is live."""
+        task = self._tasks.get(task_id)
+        if task is None or not task.live:
+            return False
+        open_chunk = task.chunks.open_chunk(chunk)
+        return open_chunk is not None and 1 <= attempt <= open_chunk.attempts
+
+    def chunk_range(self, task_id: str, chunk: int) -> tuple[int, int]:
+        """Items [start, stop) of a chunk; KeyError for an unknown task or chunk."""
+        return self._tasks[task_id].chunks.range_of(chunk)
+
+    def snapshot(self, now: float) -> DispatcherSnapshot:
+        """Every connected node and every task, as immutable views."""
+        return DispatcherSnapshot(
+            nodes=tuple(self._node_view(node) for node in self._nodes.values()),
+            tasks=tuple(self._task_view(task, now) for task in self._tasks.values()),
+        )
+
+    def chunk_map(self, task_id: str) -> list[ChunkView]:
+        """Every item range of a task in item order, with its state; KeyError for an unknown task."""
+        return self._tasks[task_id].chunks.views()
+
+    # --- nodes --------------------------------------------------------------------------------
+
+    def _node_joined(self, event: NodeJoined, now: float, out: list[Action]) -> None:
+        node = self._nodes.get(event.node_id)
+        if node is None:
+            node = self._nodes[event.node_id] = _Node(event.node_id, now)
+            self._watch_silence(node, now)
+        else:
+            # The same node opened a new session: what the old session held went with it.
+            # Its standing (draining, quarantine, errors) stays: it is the same node.
+            self._release_leases(node, "node rejoined", False, now, out)
+        self._account(node, -1)
+        node.slots = max(0, event.slots)
+        node.window = max(0, event.window)
+        node.capacity = self._capacity(node)
+        self._account(node, +1)
+        self._offer(node)
+        if node.draining and not node.leases:
+            out.append(NodeDrained(node.node_id))
+
+    def _credit_changed(self, event: CreditChanged, now: float, out: list[Action]) -> None:
+        node = self._nodes.get(event.node_id)
+        if node is None:
+            return
+        self._account(node, -1)
+        node.window = max(0, event.window)
+        node.capacity = self._capacity(node)
+        self._account(node, +1)
+        self._offer(node)
+
+    def _node_gone(self, node_id: str, reason: str, counts: bool, now: float, out: list[Action]) -> None:
+        node = self._nodes.get(node_id)
+        if node is None:
+            return
+        self._account(node, -1)
+        node.gone = True
+        del self._nodes[node_id]
+        self._release_leases(node, reason, counts, now, out)
+
+    def _drain_requested(self, event: DrainRequested, now: float, out: list[Action]) -> None:
+        node = self._nodes.get(event.node_id)
+        if node is None:
+            return
+        self._account(node, -1)
+        node.draining = True
+        if not node.leases:
+            out.append(NodeDrained(node.node_id))
+
+    def _kick_requested(self, event: KickRequested, now: float, out: list[Action]) -> None:
+        if event.node_id in self._nodes:
+            out.append(CloseNode(event.node_id, "kicked by the operator"))
+            self._node_gone(event.node_id, "node kicked", False, now, out)
+
+    def _quarantine(self, node: _Node, now: float, out: list[Action]) -> None:
+        self._account(node, -1)
+        node.quarantined = True
+        out.append(NodeQuarantined(node.node_id, f"{node.errors} invalid results"))
+        for lease in list(node.leases):
+            out.append(CancelChunk(node.node_id, lease.task_id, lease.chunk.number, lease.attempt))
+        self._release_leases(node, "node quarantined", False, now, out)
+
+    def _quarantine_released(self, event: QuarantineReleased, now: float, out: list[Action]) -> None:
+        node = self._nodes.get(event.node_id)
+        if node is None or not node.quarantined:
+            return
+        node.quarantined = False
+        node.errors = 0  # a fresh start, or the next slip would quarantine it again
+        self._account(node, +1)
+        self._offer(node)
+
+    def _capacity(self, node: _Node) -> int:
+        return min(node.window, node.slots + self._prefetch) if node.slots else 0
+
+    def _account(self, node: _Node, sign: int) -> None:
+        """Add (+1) or remove (-1) an assignable node's share of the fleet totals."""
+        if node.assignable:
+            self._total_slots += sign * node.slots
+            if node.capacity:
+                self._open_nodes += sign
+
+    def _watch_silence(self, node: _Node, since: float) -> None:
+        heapq.heappush(self._silence_deadlines, (since + self._heartbeat_timeout_s, next(self._seq), node))
+
+    # --- tasks and results --------------------------------------------------------------------
+
+    def _task_submitted(self, event: TaskSubmitted, now: float, out: list[Action]) -> None:
+        if event.task_id in self._tasks:
+            return
+        task = self._tasks[event.task_id] = _Task(event, self._target_chunk_s, now)
+        if not self._finish_if_resolved(task, now, out):
+            self._wake(task)
+
+    def _task_cancelled(self, event: TaskCancelled, now: float, out: list[Action]) -> None:
+        task = self._tasks.get(event.task_id)
+        if task is None or not task.live:
+            return
+        for chunk in task.chunks.open_chunks():
+            for lease in chunk.live_leases():
+                out.append(CancelChunk(lease.node_id, task.task_id, chunk.number, lease.attempt))
+                self._end(lease, out)
+        self._finish(task, TaskState.CANCELLED, now, out)
+
+    def _result_received(self, event: ResultReceived, now: float, out: list[Action]) -> None:
+        task = self._tasks.get(event.task_id)
+        chunk = task.chunks.open_chunk(event.chunk) if task is not None and task.live else None
+        lease = chunk.lease(event.attempt) if chunk is not None else None
+        if task is None or chunk is None or lease is None or lease.node_id != event.node_id:
+            return
+        node = self._nodes.get(event.node_id)
+        if node is not None and node.quarantined:
+            return  # its answers are not trusted until the operator releases it
+        if event.valid:
+            self._complete(task, chunk, event, now, out)
+        elif not lease.ended and node is not None:
+            # (an invalid copy that already ended was counted when its node went)
+            chunk.failures += 1
+            node.errors += 1
+            self._end(lease, out)
+            self._settle(task, chunk, node.node_id, "invalid result", now, out)
+            if node.errors >= self._max_node_errors:
+                self._quarantine(node, now, out)
+
+    def _complete(self, task: _Task, chunk: Chunk, event: ResultReceived, now: float, out: list[Action]) -> None:
+        size = chunk.size
+        items_ok = min(max(0, event.items_ok), size)  # a count from the network
+        out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, event.attempt, event.node_id))
+        for lease in chunk.live_leases():
+            if lease.attempt != event.attempt:
+                out.append(CancelChunk(lease.node_id, task.task_id, chunk.number, lease.attempt))
+            self._end(lease, out)
+        task.chunks.close(chunk, Outcome.DONE_AFTER_FAILURE if chunk.failures else Outcome.DONE)
+        task.sizer.observe(size, event.elapsed_s)
+        task.items_resolved += size
+        task.items_bad += size - items_ok
+        task.items_computed += size
+        task.items_by_node[event.node_id] = task.items_by_node.get(event.node_id, 0) + size
+        node = self._nodes.get(event.node_id)
+        if node is not None:
+            node.items_done += size
+            node.chunks_done += 1
+        self._finish_if_resolved(task, now, out)
+
+    def _chunk_failed(self, event: ChunkFailed, now: float, out: list[Action]) -> None:
+        task = self._tasks.get(event.task_id)
+        chunk = task.chunks.open_chunk(event.chunk) if task is not None and task.live else None
+        lease = chunk.lease(event.attempt) if chunk is not None else None
+        if task is None or chunk is None or lease is None or lease.ended or lease.node_id != event.node_id:
+            return
+        chunk.failures += 1
+        self._end(lease, out)
+        self._settle(task, chunk, event.node_id, f"failed: {event.reason}", now, out)
+
+    def _finish_if_resolved(self, task: _Task, now: float, out: list[Action]) -> bool:
+        if task.items_resolved + task.items_abandoned < task.items:
+            return False
+        self._finish(task, TaskState.FAILED if task.items_failed else TaskState.DONE, now, out)
+        return True
+
+    def _finish(self, task: _Task, state: TaskState, now: float, out: list[Action]) -> None:
+        task.state = state
+        task.finished_at = now
+        items_ok = task.items_resolved - task.items_bad
+        out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed))
+
+    # --- leases -------------------------------------------------------------------------------
+
+    def _issue(self, task: _Task, chunk: Chunk, node: _Node, now: float, out: list[Action]) -> None:
+        attempt = len(chunk.leases) + 1
+        lease = Lease(task.task_id, chunk, attempt, node.node_id, now)
+        chunk.leases.append(lease)
+        if not chunk.live:
+            task.running_chunks += 1
+        chunk.live += 1
+        node.leases.add(lease)
+        self._live_leases += 1
+        # Every lease lasts at least min_lease_s; Tick works out the rest when that passes.
+        heapq.heappush(self._lease_deadlines, (now + self._min_lease_s, next(self._seq), lease))
+        if task.state is TaskState.QUEUED:
+            task.state = TaskState.RUNNING
+            task.started_at = now
+        out.append(AssignChunk(node.node_id, task.task_id, chunk.number, chunk.start, chunk.stop, attempt))
+
+    def _end(self, lease: Lease, out: list[Action]) -> None:
+        """A live copy ends (result, failure, cancel, its node gone); free its node's room."""
+        lease.ended = True
+        chunk = lease.chunk
+        chunk.live -= 1
+        if not chunk.live:
+            self._tasks[lease.task_id].running_chunks -= 1
+        self._live_leases -= 1
+        if len(self._lease_deadlines) > 2 * self._live_leases + _COMPACT_SLACK:
+            self._lease_deadlines = [entry for entry in self._lease_deadlines if not entry[2].ended]
+            heapq.heapify(self._lease_deadlines)
+        node = self._nodes.get(lease.node_id)
+        if node is None or lease not in node.leases:
+            return  # its node has gone (or came back as a new session that never held it)
+        node.leases.discard(lease)
+        if node.draining and not node.leases:
+            out.append(NodeDrained(node.node_id))
+        self._offer(node)
+
+    def _release_leases(self, node: _Node, reason: str, counts: bool, now: float, out: list[Action]) -> None:
+        """End every copy a node holds and put the chunks back in line."""
+        for lease in list(node.leases):
+            task = self._tasks[lease.task_id]
+            if counts:
+                lease.chunk.failures += 1
+            self._end(lease, out)
+            self._settle(task, lease.chunk, node.node_id, reason, now, out)
+
+    def _settle(self, task: _Task, chunk: Chunk, node_id: str, reason: str, now: float, out: list[Action]) -> None:
+        """After a copy ended without a result: requeue, back up, wait or abandon the chunk."""
+        if chunk.live:
+            # Another copy still runs; if it is overdue it may have a backup again.
+            (other, *more) = chunk.live_leases()
+            if not more and other.overdue and chunk.failures < task.max_attempts:
+                if task.chunks.want_backup(chunk):
+                    out.append(ChunkRequeued(task.task_id, chunk.number, chunk.start, chunk.stop, node_id, reason))
+                    self._wake(task)
+            return
+        if chunk.failures >= task.max_attempts:
+            task.chunks.close(chunk, Outcome.ABANDONED)
+            task.items_abandoned += chunk.size
+            out.append(ChunkAbandoned(
+                task.task_id, chunk.number, chunk.start, chunk.stop,
+                f"failed {chunk.failures} times, last: {reason}",
+            ))
+            self._finish_if_resolved(task, now, out)
+            return
+        task.chunks.requeue(chunk, avoid=node_id)
+        out.append(ChunkRequeued(task.task_id, chunk.number, chunk.start, chunk.stop, node_id, reason))
+        self._wake(task)
+
+    def _tick(self, event: Tick, now: float, out: list[Action]) -> None:
+        self._close_silent(now, out)
+        self._back_up_overdue(now, out)
+
+    def _close_silent(self, now: float, out: list[Action]) -> None:
+        deadlines = self._silence_deadlines
+        while deadlines and deadlines[0][0] < now:
+            _, _, node = heapq.heappop(deadlines)
+            if node.gone:
+                continue
+            if node.last_seen + self._heartbeat_timeout_s < now:
+                out.append(CloseNode(node.node_id, f"silent for {now - node.last_seen:.1f} s"))
+                self._node_gone(node.node_id, "node lost", True, now, out)
+            else:
+                self._watch_silence(node, node.last_seen)
+
+    def _back_up_overdue(self, now: float, out: list[Action]) -> None:
+        deadlines = self._lease_deadlines
+        while deadlines and deadlines[0][0] < now:
+            _, _, lease = heapq.heappop(deadlines)
+            if lease.ended:
+                continue
+            task = self._tasks[lease.task_id]
+            chunk = lease.chunk
+            expected_s = task.sizer.expected_s(chunk.size)
+            limit = self._min_lease_s
+            if expected_s is not None:
+                limit = max(limit, self._straggler_factor * expected_s)
+            due = lease.assigned_at + limit
+            if not due < now:
+                heapq.heappush(deadlines, (due, next(self._seq), lease))
+                continue
+            lease.overdue = True
+            if chunk.live == 1 and chunk.failures < task.max_attempts and task.chunks.want_backup(chunk):
+                out.append(ChunkRequeued(
+                    task.task_id, chunk.number, chunk.start, chunk.stop, lease.node_id, "overdue, re-issued",
+                ))
+                self._wake(task)
+
+    # --- assigning ----------------------------------------------------------------------------
+
+    def _wake(self, task: _Task) -> None:
+        if not task.runnable and task.live:
+            task.runnable = True
+            self._runnable.append(task)
+
+    def _offer(self, node: _Node) -> None:
+        """Make sure a node with room has an entry in the deque of its room tier."""
+        tier = node.room_tier()
+        if tier == _HUNGRY and not node.in_hungry:
+            node.in_hungry = True
+            self._hungry.append(node)
+            if len(self._hungry) > 2 * len(self._nodes) + _COMPACT_SLACK:
+                self._hungry = self._compacted(self._hungry, _HUNGRY)
+        elif tier == _TOPPING and not node.in_topping:
+            node.in_topping = True
+            self._topping.append(node)
+            if len(self._topping) > 2 * len(self._nodes) + _COMPACT_SLACK:
+                self._topping = self._compacted(self._topping, _TOPPING)
+
+    @staticmethod
+    def _compacted(queue: deque[_Node], tier: int) -> deque[_Node]:
+        kept: deque[_Node] = deque()
+        for node in queue:
+            if node.room_tier() == tier:
+                kept.append(node)
+            elif tier == _HUNGRY:
+                node.in_hungry = False
+            else:
+                node.in_topping = False
+        return kept
+
+    def _next_with_room(self) -> _Node | None:
+        """Pop the next node with room: idle slots first, then prefetch room."""
+        while self._hungry:
+            node = self._hungry.popleft()
+            node.in_hungry = False
+            if node.room_tier() == _HUNGRY:
+                return node
+            self._offer(node)  # its room changed since it queued
+        while self._topping:
+            node = self._topping.popleft()
+            node.in_topping = False
+            if node.room_tier() == _TOPPING:
+                return node
+            self._offer(node)
+        return None
+
+    def _fill(self, now: float, out: list[Action]) -> None:
+        """Give work to every node with room while some task has work for it."""
+        passed_over: list[_Node] = []
+        while self._runnable:
+            node = self._next_with_room()
+            if node is None:
+                break
+            if self._assign_one(node, now, out):
+                self._offer(node)  # to the back of the line: nodes take turns
+            else:
+                passed_over.append(node)  # nothing suits it now; offer it again next time
+        for node in passed_over:
+            self._offer(node)
+
+    def _assign_one(self, node: _Node, now: float, out: list[Action]) -> bool:
+        runnable = self._runnable
+        lone_node = self._open_nodes <= 1
+        for _ in range(len(runnable)):
+            task = runnable[0]
+            chunk = task.chunks.take(node.node_id, self._total_slots, lone_node) if task.live else None
+            if chunk is None and not (task.live and task.chunks.has_work()):
+                runnable.popleft()
+                task.runnable = False
+                continue
+            runnable.rotate(-1)  # the next assignment goes to the next task
+            if chunk is not None:
+                self._issue(task, chunk, node, now, out)
+                return True
+        return False
+
+    # --- views --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _node_view(node: _Node) -> NodeView:
+        if node.quarantined:
+            state = NodeState.QUARANTINED
+        elif node.draining:
+            state = NodeState.DRAINING
+        else:
+            state = NodeState.BUSY if node.leases else NodeState.IDLE
+        return NodeView(
+            node.node_id, state, node.slots, node.capacity, len(node.leases), node.items_done,
+            node.chunks_done, node.errors, node.last_seen, node.joined_at,
+        )
+
+    @staticmethod
+    def _task_view(task: _Task, now: float) -> TaskView:
+        end = task.finished_at if task.finished_at is not None else now
+        elapsed = end - task.started_at if task.started_at is not None else 0.0
+        return TaskView(
+            task_id=task.task_id,
+            owner=task.owner,
+            state=task.state,
+            items=task.items,
+            items_done=task.items_resolved,
+            items_failed=task.items_failed,
+            chunks_in_flight=task.running_chunks,
+            submitted_at=task.submitted_at,
+            finished_at=task.finished_at,
+            items_per_s=task.items_computed / elapsed if elapsed > 0 else 0.0,
+            items_by_node=MappingProxyType(dict(task.items_by_node)),
+        )

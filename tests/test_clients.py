@@ -1,0 +1,146 @@
+"""Independent clients against a real front-end: stock OpenSSH ``ssh``, paramiko, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from console.host import Host
+from tests.conftest import REPO, wait_until
+from tests.reference import check_npz
+
+pytestmark = pytest.mark.timeout(90)
+
+TASK = {"name": "ssh-demo", "operation": "invert", "chunk_size": 10,
+        "inputs": {"a": {"generate": {"count": 50, "shape": [16, 16], "seed": 21, "distribution": "normal"}}}}
+
+
+def _known_hosts(host: Host, path) -> str:
+    address = host.server.address
+    key = (host.state.host_key.with_name("host_key.pub")).read_text().split()[:2]
+    path.write_text(f"[{address[0]}]:{address[1]} {' '.join(key)}\n")
+    return str(path)
+
+
+async def _ssh(host: Host, tmp_path, command: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        pytest.skip("OpenSSH client not installed")
+    address = host.server.address
+    args = [ssh, "-F", "/dev/null", "-p", str(address[1]), "-i", str(host.state.operator_key),
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={_known_hosts(host, tmp_path / 'known_hosts')}",
+            f"user@{address[0]}", command]
+    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    return proc.returncode, out, err
+
+
+async def test_stock_openssh_client_submits_and_fetches_results(host: Host, nodes, tmp_path) -> None:
+    nodes("n1")
+    status, out, err = await _ssh(host, tmp_path, "submit", json.dumps(TASK).encode())
+    assert status == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["event"] == "accepted" and events[-1]["event"] == "done"
+    assert events[-1]["state"] == "done" and events[-1]["ok_items"] == 50
+    task_id = events[0]["task_id"]
+
+    status, npz, err = await _ssh(host, tmp_path, f"result {task_id}")
+    assert status == 0, err
+    (tmp_path / "out.npz").write_bytes(npz)
+    check_npz(tmp_path / "out.npz", TASK, rtol=1e-8)
+
+    status, out, _ = await _ssh(host, tmp_path, "submit --detach", json.dumps(TASK).encode())
+    assert status == 0 and json.loads(out)["task_id"] != task_id
+
+
+async def test_paramiko_is_a_second_independent_client(host: Host, nodes) -> None:
+    paramiko = pytest.importorskip("paramiko")
+    nodes("n1")
+    address = host.server.address
+
+    def session() -> tuple[list[dict], bytes]:
+        client = paramiko.SSHClient()
+        kind, data = host.state.host_key.with_name("host_key.pub").read_text().split()[:2]
+        client.get_host_keys().add(f"[{address[0]}]:{address[1]}", kind,
+                                   paramiko.PKey.from_type_string(kind, base64.b64decode(data)))
+        client.connect(address[0], address[1], username="user", key_filename=str(host.state.operator_key),
+                       look_for_keys=False, allow_agent=False, timeout=20)
+        try:
+            stdin, stdout, _ = client.exec_command("submit")
+            stdin.write(json.dumps(TASK))
+            stdin.channel.shutdown_write()
+            events = [json.loads(line) for line in stdout.read().splitlines()]
+            _, stdout, _ = client.exec_command(f"result {events[0]['task_id']}")
+            return events, stdout.read()
+        finally:
+            client.close()
+
+    events, npz = await asyncio.to_thread(session)
+    assert events[-1]["state"] == "done"
+    np.testing.assert_array_equal(np.load(io.BytesIO(npz))["ok"], np.ones(50, bool))
+    check_npz(io.BytesIO(npz), TASK, rtol=1e-8)
+
+
+async def _cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from console.cli import main; main()", *args, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_submit_wait_and_nodes_against_a_running_front_end(host: Host, nodes, tmp_path) -> None:
+    nodes("alpha")
+    nodes("beta")
+    await wait_until(lambda: len(host.frontend.node_rows()) == 2, what="two nodes")
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps({**TASK, "inputs": {"a": {"generate": {
+        "count": 400, "shape": [32, 32], "seed": 3}}}}))
+    state = ["--state-dir", str(host.state.root)]
+    status, out, err = await _cli("submit", str(task_file), *state, "--wait", "-o", str(tmp_path / "o.npz"), "--json")
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["state"] == "done" and summary["ok_items"] == 400
+    check_npz(tmp_path / "o.npz", json.loads(task_file.read_text()), rtol=1e-8)
+
+    status, out, err = await _cli("nodes", "--json", *state)
+    assert status == 0, err
+    listed = {row["name"]: row for row in json.loads(out)}
+    assert set(listed) == {"alpha", "beta"}
+    assert sum(row["items_done"] for row in listed.values()) == 400
+
+    status, out, err = await _cli("submit", str(task_file), *state, "--json")
+    assert status == 0, err
+    task_id = json.loads(out)["task_id"]
+    status, out, err = await _cli("tasks", "--json", *state)
+    assert task_id in {row["task_id"] for row in json.loads(out)}
+
+
+async def test_cli_errors_are_one_line_with_the_documented_exit_status(tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"operation": "invert", "inputs": {"a": {"generate": {"count": 2, "shape": [3, 4], "seed": 1}}}}')
+    status, out, err = await _cli("submit", str(bad), "--state-dir", str(tmp_path / "s"))
+    assert status == 2 and "inputs.a.generate.shape" in err and "Traceback" not in err
+    bad.write_text(json.dumps(TASK))
+    status, out, err = await _cli("submit", str(bad), "--state-dir", str(tmp_path / "s"), "--connect", "127.0.0.1:1")
+    assert status == 3 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_cli_run_one_shot(tmp_path) -> None:
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(TASK))
+    status, out, err = await _cli("run", str(task_file), "--local-nodes", "2", "-o", str(tmp_path / "r.npz"), "--json")
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["state"] == "done" and summary["ok_items"] == 50
+    check_npz(tmp_path / "r.npz", TASK, rtol=1e-8)

@@ -1,0 +1,85 @@
+"""The shape rules of the whitelisted operations, table-driven, and their result shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.operations import OPERATIONS, ShapeProblem
+
+FITTING = [
+    ("invert", {"a": (3, 3)}, (3, 3)),
+    ("det", {"a": (4, 4)}, ()),
+    ("solve", {"a": (4, 4), "b": (4,)}, (4,)),
+    ("solve", {"a": (4, 4), "b": (4, 2)}, (4, 2)),
+    ("matmul", {"a": (2, 3), "b": (3, 5)}, (2, 5)),
+    ("eigvalsh", {"a": (6, 6)}, (6,)),
+    ("svdvals", {"a": (7, 3)}, (3,)),
+    ("svdvals", {"a": (2, 9)}, (2,)),
+]
+
+NOT_FITTING = [
+    ("invert", {"a": (3, 4)}, "a", "invert needs square matrices, got [3, 4]"),
+    ("invert", {"a": (3,)}, "a", "invert needs square matrices, got [3]"),
+    ("det", {"a": (2, 2, 2)}, "a", "det needs square matrices, got [2, 2, 2]"),
+    ("eigvalsh", {"a": (2, 3)}, "a", "eigvalsh needs square matrices, got [2, 3]"),
+    ("svdvals", {"a": (5,)}, "a", "svdvals needs matrices (2-D items), got [5]"),
+    ("solve", {"a": (4, 3), "b": (4,)}, "a", "solve needs a to be square matrices, got [4, 3]"),
+    (
+        "solve",
+        {"a": (4, 4), "b": (3,)},
+        "b",
+        "solve needs b to be a vector of length 4 or a matrix with 4 rows",
+    ),
+    ("solve", {"a": (4, 4), "b": (3, 2)}, "b", "to match a (4 by 4), got [3, 2]"),
+    ("solve", {"a": (4, 4), "b": (4, 2, 2)}, "b", "solve needs b to be vectors or matrices"),
+    (
+        "matmul",
+        {"a": (2, 3), "b": (4, 5)},
+        "b",
+        "matmul needs b to have 3 rows to match the 3 columns of a, got [4, 5]",
+    ),
+    ("matmul", {"a": (2,), "b": (2, 5)}, "a", "matmul needs a to be matrices (2-D items), got [2]"),
+    ("matmul", {"a": (2, 2), "b": (2,)}, "b", "matmul needs b to be matrices (2-D items), got [2]"),
+]
+
+
+@pytest.mark.parametrize("operation, shapes, result", FITTING)
+def test_fitting_shapes_give_the_result_shape(operation: str, shapes: dict, result: tuple) -> None:
+    spec = OPERATIONS[operation]
+    assert spec.check_shapes(shapes) == []
+    assert spec.result_item_shape(shapes) == result
+
+
+@pytest.mark.parametrize("operation, shapes, blamed, message", NOT_FITTING)
+def test_shapes_that_do_not_fit_are_explained(
+    operation: str, shapes: dict, blamed: str, message: str
+) -> None:
+    spec = OPERATIONS[operation]
+    [problem] = spec.check_shapes(shapes)
+    assert isinstance(problem, ShapeProblem)
+    assert problem.input == blamed
+    assert message in str(problem)
+    with pytest.raises(ValueError, match="needs"):
+        spec.result_item_shape(shapes)
+
+
+def test_both_inputs_of_matmul_can_be_wrong_at_once() -> None:
+    problems = OPERATIONS["matmul"].check_shapes({"a": (2,), "b": (2, 2, 2)})
+    assert [problem.input for problem in problems] == ["a", "b"]
+
+
+def test_every_operation_names_its_inputs_and_only_eigvalsh_needs_symmetry() -> None:
+    assert {name: spec.inputs for name, spec in OPERATIONS.items()} == {
+        "invert": ("a",),
+        "det": ("a",),
+        "solve": ("a", "b"),
+        "matmul": ("a", "b"),
+        "eigvalsh": ("a",),
+        "svdvals": ("a",),
+    }
+    assert [name for name, spec in OPERATIONS.items() if spec.symmetric_inputs] == ["eigvalsh"]
+
+
+def test_a_missing_input_is_a_caller_bug() -> None:
+    with pytest.raises(KeyError):
+        OPERATIONS["solve"].check_shapes({"a": (2, 2)})
