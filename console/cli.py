@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -55,16 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console and front-end for chains of SSH-connected compute nodes.",
     )
     _hosting_options(parser)
+    _limit_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("serve", help="the front-end without the console; stops on SIGINT/SIGTERM")
     _hosting_options(p)
+    _limit_options(p)
 
     p = sub.add_parser("run", help="one shot: a private front-end and local nodes run one task")
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--local-nodes", type=_count, default=os.cpu_count() or 1, metavar="N",
                    help="node processes to start (default: one per core)")
     _output_options(p)
+    _limit_options(p)
 
     from nodes.cli import add_arguments as node_arguments
     p = sub.add_parser("node", help="run a compute node")
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow the task until it ends (implied by -o)")
     _client_options(p)
     _output_options(p)
+    _limit_options(p)
 
     for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes")):
         p = sub.add_parser(name, help=help_text)
@@ -95,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a task file, run nothing")
     p.add_argument("task", metavar="TASK.json")
+    _limit_options(p)
 
     keys = sub.add_parser("keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
@@ -134,6 +140,20 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
 
 
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    """Task size limits a user raises on purpose (defaults in protocol.taskfile)."""
+    p.add_argument("--max-items", type=_count, metavar="N", help="items per task")
+    p.add_argument("--max-item-elements", type=_count, metavar="N", help="elements in one item")
+    p.add_argument("--max-task-bytes", type=_count, metavar="N", help="bytes of all inputs and results of a task")
+
+
+def limits_from(args: argparse.Namespace):
+    from protocol.taskfile import DEFAULT_LIMITS
+
+    chosen = {name: getattr(args, name, None) for name in ("max_items", "max_item_elements", "max_task_bytes")}
+    return dataclasses.replace(DEFAULT_LIMITS, **{k: v for k, v in chosen.items() if v is not None})
+
+
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the results here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -149,16 +169,17 @@ def state_dir(args: argparse.Namespace) -> StateDir:
 def cmd_console(args: argparse.Namespace) -> int:
     from console.app import run_console
 
-    return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0))
+    return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
+                       limits=limits_from(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from console.host import Host
-    from console.keys import KeyRegistry  # noqa: F401
     from console.server import ServerSettings
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
-    hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0))
+    hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
+                   {"limits": limits_from(args)})
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -190,13 +211,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from console.server import ServerSettings
     from protocol.taskfile import load_task_file
 
-    task = load_task_file(args.task)
+    task = load_task_file(args.task, limits=limits_from(args))
     if args.local_nodes < 1:
         raise CliError("run needs at least one local node (--local-nodes N)")
 
     async def one_shot() -> dict:
         with tempfile.TemporaryDirectory(prefix="chainconsole-run-") as tmp:
-            hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes)
+            hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes,
+                           {"limits": limits_from(args)})
             await hosting.start()
             try:
                 assert hosting.frontend is not None
@@ -252,7 +274,7 @@ class _Progress:
 def cmd_validate(args: argparse.Namespace) -> int:
     from console.validate import run_validate
 
-    return run_validate(args.task)
+    return run_validate(args.task, limits=limits_from(args))
 
 
 def cmd_node(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
 from protocol.messages import Assign, Cancel, Drain, Hello, Result
-from protocol.taskfile import Task, task_from_parts
+from protocol.taskfile import DEFAULT_LIMITS, NO_LIMITS, Task, TaskLimits, task_from_parts
 
 DEFAULT_TICK_S = 0.5
 EVENT_LOG_SIZE = 2000
@@ -133,6 +133,7 @@ class FrontEnd:
         *,
         heartbeat_interval_s: float = 1.0,
         heartbeat_timeout_s: float = 5.0,
+        limits: TaskLimits = DEFAULT_LIMITS,
         tick_s: float = DEFAULT_TICK_S,
         verify_sample: int = DEFAULT_SAMPLE,
     ) -> None:
@@ -140,6 +141,8 @@ class FrontEnd:
         self.dispatcher = d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.limits = limits
+        """Size limits for tasks submitted over SSH."""
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         self.journal = Journal(state.journal)
@@ -545,7 +548,7 @@ def task_from_document(document: dict, folder: Path) -> Task:
     chunk_size = document["chunk_size"]
     return task_from_parts(document["name"], document["operation"], generated, arrays,
                            None if chunk_size == "auto" else chunk_size,
-                           document["return"], document["max_attempts"])
+                           document["return"], document["max_attempts"], limits=NO_LIMITS)
 
 
 def _save_array_inputs(folder: Path, task: Task) -> None:

@@ -40,7 +40,9 @@ def upload_bytes(task: Task) -> list:
 async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
     endpoint = resolve_endpoint(state, args.connect, args.key, args.host_key)
     if args.command == "submit":
-        task = load_task_file(args.task)  # refuse a bad file before connecting
+        from console.cli import limits_from
+
+        task = load_task_file(args.task, limits=limits_from(args))  # refuse a bad file before connecting
     async with await connect(endpoint) as conn:
         match args.command:
             case "submit":

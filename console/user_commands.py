@@ -20,7 +20,7 @@ from console.frontend import FrontEnd, FrontEndError, TaskRecord
 from console.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, RemoteProtocolError, TaskFileError
 from protocol.frames import FrameDecoder, unpack_arrays
-from protocol.taskfile import parse_task_text, task_from_parts
+from protocol.taskfile import Task, TaskLimits, parse_task_text, task_from_parts
 
 if TYPE_CHECKING:
     from console.server import FrontEndServer
@@ -123,7 +123,7 @@ class Session:
         opts = parser.parse_args(args)
         data = await self._read_stdin(MAX_UPLOAD)
         try:
-            task = _parse_upload(data)
+            task = _parse_upload(data, self.frontend.limits)
         except TaskFileError as exc:
             for problem in exc.problems:
                 self.process.stderr.write(f"chainconsole: {problem}\n".encode())
@@ -213,12 +213,12 @@ class Session:
         return 0
 
 
-def _parse_upload(data: bytes):
+def _parse_upload(data: bytes, limits: TaskLimits) -> Task:
     """A task from ``submit``'s stdin: JSON text, or one frame with array inputs."""
     if not data.startswith(FRAME_MAGIC):
         if len(data) > MAX_TASK_TEXT:
             raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
-        return parse_task_text(data, allow_files=False)
+        return parse_task_text(data, allow_files=False, limits=limits)
     decoder = FrameDecoder(max_payload=MAX_UPLOAD)
     try:
         decoder.feed(data)
@@ -232,7 +232,7 @@ def _parse_upload(data: bytes):
         arrays = unpack_arrays(frame.header.get("arrays", []), memoryview(frame.payload))
         return task_from_parts(
             spec.get("name", "task"), spec.get("operation", ""), spec.get("generated", {}), arrays,
-            spec.get("chunk_size"), spec.get("return", "full"), spec.get("max_attempts", 3),
+            spec.get("chunk_size"), spec.get("return", "full"), spec.get("max_attempts", 3), limits=limits,
         )
     except RemoteProtocolError as exc:
         raise TaskFileError([f"upload: {exc}"]) from None

@@ -205,6 +205,7 @@ class NodeAgent:
             raise RemoteProtocolError(f"expected welcome, got {type(first).__name__}")
         self.stats.sessions += 1
         self.say(f"connected to {where} as {first.node_id} with {s.slots} slots")
+        chunks_before, items_before = self.stats.chunks_done, self.stats.items_done
         beat = asyncio.get_running_loop().create_task(self._heartbeat(first.heartbeat_interval_s))
         stop = asyncio.get_running_loop().create_task(self._on_stop())
         try:
@@ -222,6 +223,8 @@ class NodeAgent:
             beat.cancel()
             stop.cancel()
             self._process = None
+            self.say(f"session with {where} ended after {self.stats.chunks_done - chunks_before} chunks "
+                     f"({self.stats.items_done - items_before} items)")
 
     async def _next(self, process: asyncssh.SSHClientProcess, reader: MessageReader):
         while True:
@@ -270,7 +273,7 @@ class NodeAgent:
             return
         except Exception as exc:  # a kernel bug: report it, never die of it
             self._held.pop(key, None)
-            self._send(Failed(a.task_id, a.chunk, a.attempt, f"{type(exc).__name__}: {exc}", True))
+            self._send(Failed(a.task_id, a.chunk, a.attempt, _reason(f"{type(exc).__name__}: {exc}"), True))
             return
         if self._held.pop(key, None) is None:
             return  # cancelled or the session ended: nobody wants it on this session
@@ -313,6 +316,12 @@ class NodeAgent:
             if held.waiter is not None:
                 held.waiter.cancel()
         self._held.clear()
+
+
+def _reason(text: str, limit: int = 1000) -> str:
+    """An exception's text made fit for a message: printable and bounded."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text)
+    return cleaned[:limit]
 
 
 def install_signal_handlers(agent: NodeAgent) -> None:
