@@ -30,6 +30,7 @@ from protocol.messages import Assign, Cancel, Drain, Hello, Result
 from protocol.taskfile import DEFAULT_LIMITS, NO_LIMITS, Task, TaskLimits, task_from_parts
 
 DEFAULT_TICK_S = 0.5
+DEFAULT_MAX_UNFINISHED_PER_OWNER = 100
 EVENT_LOG_SIZE = 2000
 LOST_NODES_KEPT = 200
 
@@ -134,6 +135,7 @@ class FrontEnd:
         heartbeat_interval_s: float = 1.0,
         heartbeat_timeout_s: float = 5.0,
         limits: TaskLimits = DEFAULT_LIMITS,
+        max_unfinished_per_owner: int = DEFAULT_MAX_UNFINISHED_PER_OWNER,
         tick_s: float = DEFAULT_TICK_S,
         verify_sample: int = DEFAULT_SAMPLE,
     ) -> None:
@@ -143,6 +145,7 @@ class FrontEnd:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.limits = limits
         """Size limits for tasks submitted over SSH."""
+        self.max_unfinished_per_owner = max_unfinished_per_owner
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         self.journal = Journal(state.journal)
@@ -191,6 +194,10 @@ class FrontEnd:
 
     def submit(self, task: Task, owner: str) -> str:
         """Queue ``task`` for ``owner`` and return its id."""
+        unfinished = sum(1 for r in self.tasks.values() if r.owner == owner and not r.finished.is_set())
+        if unfinished >= self.max_unfinished_per_owner:
+            raise FrontEndError(f"{owner} already has {unfinished} unfinished tasks, the most allowed; "
+                                "wait for some to finish or cancel them")
         document = task_document(task)
         task_id = self.journal.new_task(task.name, owner, document, task.count)
         folder = self.state.task_dir(task_id)
@@ -198,7 +205,7 @@ class FrontEnd:
         _save_array_inputs(folder, task)
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
-        self._log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
+        self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
         self._run(d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner))
         return task_id
 
@@ -234,7 +241,7 @@ class FrontEnd:
             completed = []
             for chunk in self.journal.chunks(row.task_id):
                 completed.append((chunk.start, chunk.stop))
-            self._log("resumed", f"{row.name}: {len(completed)} stored chunks kept", task_id=row.task_id)
+            self.log("resumed", f"{row.name}: {len(completed)} stored chunks kept", task_id=row.task_id)
             self._run(d.TaskSubmitted(row.task_id, task.count, task.chunk_size, task.max_attempts,
                                       row.owner, completed=tuple(completed)))
 
@@ -242,7 +249,7 @@ class FrontEnd:
         record = self.task(task_id)
         if record.finished.is_set():
             return
-        self._log("cancel", f"{record.name} cancelled", task_id=task_id)
+        self.log("cancel", f"{record.name} cancelled", task_id=task_id)
         self._run(d.TaskCancelled(task_id))
 
     def task(self, task_id: str) -> TaskRecord:
@@ -275,7 +282,7 @@ class FrontEnd:
         node_id = self._unique_node_id(hello.name or key_name)
         self.links[node_id] = link
         self.nodes[node_id] = NodeInfo(node_id, hello.name or key_name, address, hello.slots, tuple(hello.via))
-        self._log("join", f"{node_id} joined from {address} with {hello.slots} slots", node_id=node_id)
+        self.log("join", f"{node_id} joined from {address} with {hello.slots} slots", node_id=node_id)
         return node_id
 
     def start_node(self, node_id: str, hello: Hello) -> None:
@@ -289,19 +296,19 @@ class FrontEnd:
         info = self.nodes.get(node_id)
         if info is not None:
             info.lost_at, info.lost_reason = time.time(), reason
-        self._log("leave" if clean else "lost", f"{node_id}: {reason}", node_id=node_id)
+        self.log("leave" if clean else "lost", f"{node_id}: {reason}", node_id=node_id)
         self._run(d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason))
         self._forget_old_nodes()
 
     def drain(self, node_id: str) -> None:
         self._require_node(node_id)
-        self._log("drain", f"{node_id} draining", node_id=node_id)
+        self.log("drain", f"{node_id} draining", node_id=node_id)
         self.links[node_id].send(Drain("operator"))
         self._run(d.DrainRequested(node_id))
 
     def kick(self, node_id: str) -> None:
         self._require_node(node_id)
-        self._log("kick", f"{node_id} kicked", node_id=node_id)
+        self.log("kick", f"{node_id} kicked", node_id=node_id)
         self._run(d.KickRequested(node_id))
 
     def release(self, node_id: str) -> None:
@@ -327,7 +334,7 @@ class FrontEnd:
         assert record.task is not None and record.store is not None
         problem = await asyncio.to_thread(self._check_and_store, record, start, stop, result)
         if problem:
-            self._log("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
+            self.log("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
                       task_id=result.task_id, node_id=node_id)
         if record.started_at is None:
             record.started_at = time.time()
@@ -382,7 +389,7 @@ class FrontEnd:
                 if node_id in self.links:
                     self.links[node_id].send(Cancel(task_id, chunk, attempt))
             case d.CloseNode(node_id=node_id, reason=reason):
-                self._log("close", f"{node_id}: {reason}", node_id=node_id)
+                self.log("close", f"{node_id}: {reason}", node_id=node_id)
                 link = self.links.get(node_id)
                 if link is not None:
                     link.close(reason)
@@ -395,16 +402,16 @@ class FrontEnd:
             case d.ChunkCompleted():
                 self._chunk_completed(action)
             case d.ChunkRequeued(task_id=task_id, chunk=chunk, node_id=node_id, reason=reason):
-                self._log("requeue", f"chunk {task_id}/{chunk} from {node_id}: {reason}",
+                self.log("requeue", f"chunk {task_id}/{chunk} from {node_id}: {reason}",
                           task_id=task_id, node_id=node_id)
             case d.ChunkAbandoned(task_id=task_id, chunk=chunk, start=start, stop=stop, reason=reason):
                 record = self.tasks[task_id]
                 if record.store is not None:
                     record.store.fail(start, stop)
                 self.journal.chunk_stored(task_id, start, stop, "", 0)
-                self._log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
+                self.log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
             case d.NodeQuarantined(node_id=node_id, reason=reason):
-                self._log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
+                self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
             case d.TaskFinished():
                 self._task_finished(action)
 
@@ -469,7 +476,7 @@ class FrontEnd:
         record.task = None
         record.store = None
         record.finished.set()
-        self._log("finished", f"{record.name} {state}: {action.items_ok}/{record.items} ok in {wall:.2f}s",
+        self.log("finished", f"{record.name} {state}: {action.items_ok}/{record.items} ok in {wall:.2f}s",
                   task_id=record.task_id)
 
     # -- views -----------------------------------------------------------------------
@@ -518,7 +525,7 @@ class FrontEnd:
     def on_event(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
 
-    def _log(self, kind: str, message: str, *, task_id: str = "", node_id: str = "") -> None:
+    def log(self, kind: str, message: str, *, task_id: str = "", node_id: str = "") -> None:
         event = Event(time.time(), kind, message, task_id, node_id)
         self.events.append(event)
         for listener in self._listeners:

@@ -139,13 +139,10 @@ class KeyRegistry:
 
     def lookup(self, key: asyncssh.SSHKey) -> KeyEntry | None:
         """The entry that authorizes ``key``, or None."""
-        fp = fingerprint(key)
-        for entry in self.entries():
-            if entry.fingerprint == fp:
-                return entry
-        return None
+        return self.find(fingerprint(key))
 
     def find(self, fp: str) -> KeyEntry | None:
+        """The entry with fingerprint ``fp``; a key listed twice counts with its first (highest) role."""
         return next((e for e in self.entries() if e.fingerprint == fp), None)
 
     def add(self, role: Role, public_key: str, name: str = "") -> KeyEntry:

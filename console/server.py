@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import asyncssh
@@ -19,6 +20,7 @@ import asyncssh
 from console.frontend import FrontEnd
 from console.keys import KeyEntry, KeyRegistry, Role, ensure_keypair
 from console.node_session import NodeSession
+from console.throttle import DEFAULT_MAX_FAILURES, AuthThrottle
 from console.user_commands import run_user_command
 
 NODE_SUBSYSTEM = "chainconsole-node"
@@ -28,6 +30,7 @@ NODE_USERNAME = "node"
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
            "aes128-ctr", "aes256-ctr"]
 MAX_PACKET = 256 * 1024
+KEY_CHECK_S = 1.0
 WINDOW = 16 * 1024 * 1024
 
 
@@ -42,11 +45,18 @@ class ServerSettings:
     keepalive_count: int = 3
     login_timeout_s: float = 20.0
     max_connections: int = 2000
+    max_auth_failures: int = DEFAULT_MAX_FAILURES
+    """Failed logins from one address within a minute before it is refused outright."""
 
 
 def _peer(conn: asyncssh.SSHServerConnection) -> str:
     peer = conn.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+def _peer_host(conn: asyncssh.SSHServerConnection) -> str:
+    peer = conn.get_extra_info("peername")
+    return str(peer[0]) if peer else "?"
 
 
 class _Gate(asyncssh.SSHServer):
@@ -62,6 +72,8 @@ class _Gate(asyncssh.SSHServer):
         self._server.connections.add(conn)
         if len(self._server.connections) > self._server.settings.max_connections:
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
+        elif not self._server.throttle.allowed(_peer_host(conn), time.monotonic()):
+            conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many failed logins; try later")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self._conn)
@@ -78,8 +90,10 @@ class _Gate(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         entry = self._server.registry.lookup(key)
         if entry is None:
-            if username == NODE_USERNAME and self._conn is not None:
-                self._server.registry.note_refused(key, _peer(self._conn))
+            if self._conn is not None:
+                self._server.throttle.failed(_peer_host(self._conn), time.monotonic())
+                if username == NODE_USERNAME:
+                    self._server.registry.note_refused(key, _peer(self._conn))
             return False
         # The last key validated before success is the one that signed (asyncssh checks
         # the signature right after this call), so remember it until auth completes.
@@ -99,7 +113,9 @@ class FrontEndServer:
         self.settings = settings or ServerSettings()
         self.registry = KeyRegistry(frontend.state)
         self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.throttle = AuthThrottle(max_failures=self.settings.max_auth_failures)
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._watcher: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
         self.address: tuple[str, int] = (self.settings.host, self.settings.port)
 
@@ -124,6 +140,7 @@ class FrontEndServer:
             max_pktsize=MAX_PACKET,
             window=WINDOW,
         )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_keys())
         sock = self._acceptor.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
         self._write_endpoint()
@@ -134,8 +151,21 @@ class FrontEndServer:
         data = {"host": host, "port": port, "pid": os.getpid()}
         self.frontend.state.endpoint.write_text(json.dumps(data) + "\n")
 
+    async def _watch_keys(self) -> None:
+        """Close the live sessions of keys that were removed (or changed role) on disk."""
+        while True:
+            await asyncio.sleep(KEY_CHECK_S)
+            current = {e.fingerprint: e.role for e in self.registry.entries()}
+            for conn in list(self.connections):
+                entry: KeyEntry | None = conn.get_extra_info("chainconsole_key")
+                if entry is not None and current.get(entry.fingerprint) is not entry.role:
+                    self.frontend.log("revoked", f"closing the session of {entry.name}: its key was removed")
+                    conn.disconnect(asyncssh.DISC_BY_APPLICATION, "key no longer authorized")
+
     async def close(self) -> None:
         """Stop accepting, close every connection and wait for them to finish."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._acceptor is not None:
             self._acceptor.close()
         for conn in list(self.connections):
@@ -153,16 +183,6 @@ class FrontEndServer:
                 await asyncio.wait_for(self._acceptor.wait_closed(), 5)
         with contextlib.suppress(FileNotFoundError):
             self.frontend.state.endpoint.unlink()
-
-    def disconnect_key(self, fingerprint: str) -> int:
-        """Close every live connection that authenticated with the key ``fingerprint``."""
-        closed = 0
-        for conn in list(self.connections):
-            entry = conn.get_extra_info("chainconsole_key")
-            if entry is not None and entry.fingerprint == fingerprint:
-                conn.disconnect(asyncssh.DISC_BY_APPLICATION, "key removed")
-                closed += 1
-        return closed
 
     def _on_process(self, process: asyncssh.SSHServerProcess) -> None:
         handler = asyncio.get_running_loop().create_task(self._serve(process))
@@ -191,7 +211,7 @@ class FrontEndServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the edge: never let one channel take the connection down
-            self.frontend._log("error", f"internal error serving {entry.name if entry else '?'}: {exc!r}")
+            self.frontend.log("error", f"internal error serving {entry.name if entry else '?'}: {exc!r}")
             with contextlib.suppress(Exception):
                 _refuse(process, "internal error", 70)
         finally:

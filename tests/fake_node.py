@@ -1,0 +1,107 @@
+"""A scriptable node for tests: speaks the real protocol over real SSH, misbehaves on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+import numpy as np
+
+from nodes.kernels import compute
+from protocol.inputs import GeneratedInput
+from protocol.messages import (
+    PROTOCOL_VERSION, Assign, Failed, Hello, MessageReader, Result, Welcome, encode_message,
+)
+
+Tamper = Callable[[Assign, Result], "Result | Failed | None"]
+
+
+def honest(assign: Assign, result: Result) -> Result:
+    return result
+
+
+@dataclass
+class FakeNode:
+    """An in-process node: computes assigned chunks, then lets ``tamper`` change the answer."""
+
+    address: tuple[str, int]
+    key: Path
+    host_key_pub: Path
+    name: str = "fake"
+    slots: int = 1
+    tamper: Tamper = honest
+    results_sent: int = 0
+    _conn: asyncssh.SSHClientConnection | None = None
+    _process: asyncssh.SSHClientProcess | None = None
+    _task: asyncio.Task | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> Welcome:
+        self._conn = await asyncssh.connect(
+            *self.address, username="node", client_keys=[str(self.key)],
+            known_hosts=([str(self.host_key_pub)], [], []), config=None, agent_path=None, gss_host=None)
+        self._process = await self._conn.create_process(subsystem="chainconsole-node", encoding=None)
+        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1))
+        reader = MessageReader()
+        welcome = await self._next(reader)
+        assert isinstance(welcome, Welcome), welcome
+        self._task = asyncio.get_running_loop().create_task(self._serve(reader))
+        return welcome
+
+    def send(self, message: object) -> None:
+        assert self._process is not None
+        for piece in encode_message(message):
+            self._process.stdin.write(piece)
+
+    async def _next(self, reader: MessageReader):
+        assert self._process is not None
+        while (message := reader.next_message()) is None:
+            data = await self._process.stdout.read(1 << 20)
+            if not data:
+                return None
+            reader.feed(data)
+        return message
+
+    async def _serve(self, reader: MessageReader) -> None:
+        try:
+            while (message := await self._next(reader)) is not None:
+                if isinstance(message, Assign):
+                    answer = self.tamper(message, await asyncio.to_thread(_compute, message))
+                    if answer is not None:
+                        self.send(answer)
+                        self.results_sent += 1
+        except (asyncssh.Error, ConnectionError, BrokenPipeError):
+            pass
+        finally:
+            self.closed.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(Exception):
+                await self._conn.wait_closed()
+
+
+def _compute(assign: Assign) -> Result:
+    inputs = dict(assign.arrays)
+    for name, spec in assign.generated.items():
+        inputs[name] = GeneratedInput.from_spec(spec).items(assign.start, assign.stop)
+    out = compute(assign.operation, inputs, assign.return_mode)
+    return Result(assign.task_id, assign.chunk, assign.attempt, out.ok, out.result, out.norms, 0.01)
+
+
+def corrupt(assign: Assign, result: Result) -> Result:
+    """Nudge every value by 0.1%: plausible-looking, and wrong."""
+    values = result.result if result.result is not None else result.norms
+    bent = np.asarray(values) * 1.001
+    return Result(result.task_id, result.chunk, result.attempt, result.ok,
+                  bent if result.result is not None else None, bent if result.norms is not None else None,
+                  result.elapsed_s)
