@@ -243,3 +243,6 @@ def initialize(state: StateDir) -> None:
         if not path.exists():
             key = ensure_keypair(path, f"chainconsole-{name}")
             registry.add(role, public_key_line(key), name)
+    for path in (state.authorized_nodes, state.authorized_users, state.authorized_operators):
+        if not path.exists():
+            write_private_file(path, b"")  # there to be edited, like ~/.ssh/authorized_keys

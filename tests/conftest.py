@@ -64,6 +64,6 @@ def cli(*args: str, input: bytes | None = None, timeout: float = 60, env: dict |
     """Run the ``chainconsole`` CLI as a user would, in a subprocess."""
     return subprocess.run(
         [sys.executable, "-c", "from console.cli import main; main()", *args],
-        input=input, capture_output=True, timeout=timeout, cwd=REPO,
+        input=input, capture_output=True, timeout=timeout, cwd=REPO, text=input is None,
         env={**os.environ, **(env or {})},
     )
