@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ class NodeLink(Protocol):
 
     def send(self, message: object) -> None: ...
 
-    def close(self, reason: str) -> None: ...
+    def close(self, reason: str, *, farewell: bool = True) -> None:
+        """End the session; with ``farewell`` the node is told to leave rather than come back."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,10 @@ class FrontEnd:
         self.links: dict[str, NodeLink] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_LOG_SIZE)
         self.started_at = time.time()
+        self.instance = uuid.uuid4().hex[:16]
+        """This run of the front-end: nodes offer results kept across a reconnect only to it."""
         self._node_seq = 0
+        self._kicked: set[str] = set()
         self._ticker: asyncio.Task | None = None
         self._finishing: set[asyncio.Task] = set()
         self._listeners: list[Callable[[Event], None]] = []
@@ -309,6 +314,7 @@ class FrontEnd:
     def kick(self, node_id: str) -> None:
         self._require_node(node_id)
         self.log("kick", f"{node_id} kicked", node_id=node_id)
+        self._kicked.add(node_id)
         self._run(d.KickRequested(node_id))
 
     def release(self, node_id: str) -> None:
@@ -392,7 +398,9 @@ class FrontEnd:
                 self.log("close", f"{node_id}: {reason}", node_id=node_id)
                 link = self.links.get(node_id)
                 if link is not None:
-                    link.close(reason)
+                    # A kicked node is told to leave; a silent one may come back when it wakes.
+                    link.close(reason, farewell=node_id in self._kicked)
+                    self._kicked.discard(node_id)
                     self.detach_node(node_id, clean=False, reason=reason)
             case d.NodeDrained(node_id=node_id):
                 link = self.links.get(node_id)

@@ -53,11 +53,12 @@ class NodeSession:
         except (BrokenPipeError, asyncssh.Error, ConnectionError):
             self.close("connection broken")
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, farewell: bool = True) -> None:
         """End the session now (kick, silence, protocol error)."""
         if self._closed:
             return
-        self.send(Bye(reason))
+        if farewell:
+            self.send(Bye(reason))
         self._closed = True
         conn = self.process.get_extra_info("connection")
         with contextlib.suppress(Exception):
@@ -77,7 +78,7 @@ class NodeSession:
                 return
             self.node_id = self.frontend.attach_node(self, hello, self.key.name, self.address)
             self.send(Welcome(PROTOCOL_VERSION, self.node_id, self.frontend.heartbeat_interval_s,
-                              self.frontend.heartbeat_timeout_s))
+                              self.frontend.heartbeat_timeout_s, instance=self.frontend.instance))
             self.frontend.start_node(self.node_id, hello)
             while not self._closed:
                 message = await self._next_message()
@@ -97,7 +98,7 @@ class NodeSession:
         finally:
             if self.node_id is not None:
                 self.frontend.detach_node(self.node_id, clean=clean, reason=reason)
-            self.close(reason)
+            self.close(reason, farewell=False)
 
     async def _next_message(self) -> object | None:
         """The next message, or None at a clean end of stream."""

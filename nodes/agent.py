@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import signal
 import sys
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from nodes.pool import ChunkJob, WorkerCrashed, WorkerPool
+from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Failed, Heartbeat, Hello,
-    MessageReader, Reject, Result, Welcome, encode_message,
+    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, MessageReader, Reject,
+    Result, Welcome, encode_message,
 )
 
 NODE_SUBSYSTEM = "chainconsole-node"
@@ -35,7 +33,6 @@ READ_SIZE = 1024 * 1024
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
            "aes128-ctr", "aes256-ctr"]
 
-log = logging.getLogger("chainconsole.node")
 
 
 class NodeExit(ChainconsoleError):
@@ -71,33 +68,27 @@ class NodeSettings:
     """How long a stopping node keeps computing what it holds before handing it back."""
 
 
-@dataclass
-class _Held:
-    assign: Assign
-    future: Future
-    waiter: asyncio.Task | None = None
-
-
-@dataclass
-class _Stats:
-    chunks_done: int = 0
-    items_done: int = 0
-    sessions: int = 0
-    started: float = field(default_factory=time.monotonic)
+OUTBOX_LIMIT = 64
 
 
 class NodeAgent:
     """A compute node: connects, works, reconnects, until told to stop."""
 
-    def __init__(self, settings: NodeSettings, *, out=sys.stderr) -> None:
+    def __init__(self, settings: NodeSettings, work: Work | None = None, *, host_key_line: str = "",
+                 out=sys.stderr) -> None:
         self.settings = settings
-        self.pool = WorkerPool(settings.slots, blas_threads=settings.blas_threads)
-        self.stats = _Stats()
+        self.work: Work = work or LocalWork(settings.slots, prefetch=settings.prefetch,
+                                            blas_threads=settings.blas_threads)
+        self.work.attach(self._emit)
+        self.host_key_line = host_key_line
+        """A chain link's public host key, offered to the console for certification."""
         self.stopping = asyncio.Event()
         self._out = out
         self._process: asyncssh.SSHClientProcess | None = None
-        self._held: dict[tuple[str, int, int], _Held] = {}
+        self._instance = ""
+        self._outbox: list[tuple[str, Result]] = []
         self._left = False
+        self._sent = 0
 
     def say(self, message: str) -> None:
         print(f"[{self.settings.name}] {message}", file=self._out, flush=True)
@@ -106,7 +97,7 @@ class NodeAgent:
 
     async def run(self) -> int:
         """Work until stopped; return the process exit status."""
-        await self.pool.warm_up()
+        await self.work.start()
         backoff = self.settings.backoff_initial_s
         try:
             while not self.stopping.is_set() and not self._left:
@@ -129,7 +120,7 @@ class NodeAgent:
                     await asyncio.wait_for(self.stopping.wait(), delay)
             return 0
         finally:
-            self.pool.close()
+            await self.work.close()
 
     def stop(self) -> None:
         """Finish what is held, hand the rest back, say bye (called on SIGINT/SIGTERM)."""
@@ -138,7 +129,7 @@ class NodeAgent:
     async def _connect_and_work(self, host: str, port: int) -> bool:
         """One session with one upstream; True if it got as far as working."""
         s = self.settings
-        known_hosts = ([str(s.host_key)], [], []) if s.host_key else self._recorded_known_hosts()
+        known_hosts = self._known_hosts()
         try:
             conn = await asyncssh.connect(
                 host, port, username=NODE_USERNAME, client_keys=[str(s.key_path)],
@@ -169,16 +160,19 @@ class NodeAgent:
                 self.say(f"{host}:{port} broke the protocol: {exc}")
                 return True
             finally:
-                self._abandon_held()
+                self._process = None
+                self.work.upstream_lost()
 
     def fingerprint(self) -> str:
         return asyncssh.read_private_key(self.settings.key_path).get_fingerprint("sha256")
 
-    def _recorded_known_hosts(self):
-        path = self.settings.recorded_host_key
-        if path is not None and path.exists():
-            return ([str(path)], [], [])
-        return None
+    def _known_hosts(self):
+        """Trust the pinned console key, and chain links whose host key it certified."""
+        s = self.settings
+        pinned = s.host_key if s.host_key else s.recorded_host_key
+        if pinned is None or not pinned.exists():
+            return None
+        return ([str(pinned)], [str(pinned)], [])
 
     def _record_host_key(self, conn: asyncssh.SSHClientConnection) -> None:
         path = self.settings.recorded_host_key
@@ -196,16 +190,17 @@ class NodeAgent:
         self._process = process
         reader = MessageReader()
         s = self.settings
-        self._send(Hello(PROTOCOL_VERSION, s.name, s.slots, s.slots + s.prefetch,
-                         f"chainconsole-node/{PROTOCOL_VERSION}"))
+        self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
+                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line))
         first = await self._next(process, reader)
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)
         if not isinstance(first, Welcome):
             raise RemoteProtocolError(f"expected welcome, got {type(first).__name__}")
-        self.stats.sessions += 1
-        self.say(f"connected to {where} as {first.node_id} with {s.slots} slots")
-        chunks_before, items_before = self.stats.chunks_done, self.stats.items_done
+        self.say(f"connected to {where} as {first.node_id} with {self.work.slots} slots")
+        self.work.handle(first)
+        self._deliver_outbox(first.instance)
+        sent_before = self._sent
         beat = asyncio.get_running_loop().create_task(self._heartbeat(first.heartbeat_interval_s))
         stop = asyncio.get_running_loop().create_task(self._on_stop())
         try:
@@ -222,9 +217,7 @@ class NodeAgent:
         finally:
             beat.cancel()
             stop.cancel()
-            self._process = None
-            self.say(f"session with {where} ended after {self.stats.chunks_done - chunks_before} chunks "
-                     f"({self.stats.items_done - items_before} items)")
+            self.say(f"session with {where} ended after {self._sent - sent_before} results")
 
     async def _next(self, process: asyncssh.SSHClientProcess, reader: MessageReader):
         while True:
@@ -240,51 +233,22 @@ class NodeAgent:
     def _handle(self, message: object) -> None:
         match message:
             case Assign():
-                self._start_chunk(message)
+                self.work.assign(message)
             case Cancel(task_id=task_id, chunk=chunk, attempt=attempt):
-                held = self._held.get((task_id, chunk, attempt))
-                if held is not None and held.future.cancel():
-                    self._held.pop((task_id, chunk, attempt), None)
+                self.work.cancel((task_id, chunk, attempt))
             case Drain(reason=reason):
                 self.say(f"draining ({reason}): finishing held chunks, then leaving")
             case Error(code=code, message=text):
                 raise RemoteProtocolError(f"front-end error {code}: {text}")
+            case _ if self.work.handle(message):
+                pass
             case _:
                 raise RemoteProtocolError(f"a front-end may not send {type(message).__name__}")
-
-    def _start_chunk(self, assign: Assign) -> None:
-        job = ChunkJob(assign.operation, assign.start, assign.stop, assign.return_mode,
-                       {k: dict(v) for k, v in assign.generated.items()},
-                       dict(assign.arrays))
-        key = (assign.task_id, assign.chunk, assign.attempt)
-        held = _Held(assign, self.pool.submit(job))
-        held.waiter = asyncio.get_running_loop().create_task(self._finish_chunk(key, held))
-        self._held[key] = held
-
-    async def _finish_chunk(self, key: tuple[str, int, int], held: _Held) -> None:
-        a = held.assign
-        try:
-            done = await self.pool.result(held.future)
-        except asyncio.CancelledError:
-            return
-        except WorkerCrashed as exc:
-            self._held.pop(key, None)
-            self._send(Failed(a.task_id, a.chunk, a.attempt, str(exc), True))
-            return
-        except Exception as exc:  # a kernel bug: report it, never die of it
-            self._held.pop(key, None)
-            self._send(Failed(a.task_id, a.chunk, a.attempt, _reason(f"{type(exc).__name__}: {exc}"), True))
-            return
-        if self._held.pop(key, None) is None:
-            return  # cancelled or the session ended: nobody wants it on this session
-        self.stats.chunks_done += 1
-        self.stats.items_done += a.stop - a.start
-        self._send(Result(a.task_id, a.chunk, a.attempt, done.ok, done.result, done.norms, done.elapsed_s))
 
     async def _heartbeat(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self._send(Heartbeat(time.time(), len(self._held)))
+            self._send(Heartbeat(time.time(), self.work.held))
 
     async def _on_stop(self) -> None:
         """On SIGINT/SIGTERM: no more work, finish what is held, then bye."""
@@ -292,12 +256,34 @@ class NodeAgent:
         self.say("stopping: finishing held chunks")
         self._send(Credit(0))
         deadline = time.monotonic() + self.settings.drain_grace_s
-        while self._held and time.monotonic() < deadline:
+        while self.work.held and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._send(Bye("node stopping"))
         if self._process is not None:
             self._process.stdin.write_eof()
             self._process.close()
+
+    # -- sending upstream -----------------------------------------------------------------
+
+    def _emit(self, message: object) -> None:
+        """From the work: send now, or keep a result for the next session with the same console."""
+        if self._process is None:
+            if isinstance(message, Result) and self._instance:
+                self._outbox = (self._outbox + [(self._instance, message)])[-OUTBOX_LIMIT:]
+            return
+        if isinstance(message, Result):
+            self._sent += 1
+        self._send(message)
+
+    def _deliver_outbox(self, instance: str) -> None:
+        """Offer results computed while disconnected; the console takes those still pending."""
+        kept, self._outbox = self._outbox, []
+        offered = [result for origin, result in kept if instance and origin == instance]
+        for result in offered:
+            self._emit(result)
+        if offered:
+            self.say(f"offered {len(offered)} results computed while disconnected")
+        self._instance = instance
 
     def _send(self, message: object) -> None:
         process = self._process
@@ -308,20 +294,6 @@ class NodeAgent:
                 process.stdin.write(piece)
         except (BrokenPipeError, asyncssh.Error, ConnectionError):
             pass
-
-    def _abandon_held(self) -> None:
-        """The session ended: the front-end requeues what we held; stop computing it."""
-        for held in self._held.values():
-            held.future.cancel()
-            if held.waiter is not None:
-                held.waiter.cancel()
-        self._held.clear()
-
-
-def _reason(text: str, limit: int = 1000) -> str:
-    """An exception's text made fit for a message: printable and bounded."""
-    cleaned = "".join(c if c.isprintable() else " " for c in text)
-    return cleaned[:limit]
 
 
 def install_signal_handlers(agent: NodeAgent) -> None:

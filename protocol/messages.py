@@ -50,6 +50,10 @@ MAX_COUNT = 2**20
 # chunk numbers, attempts and item indexes stay exact in every JSON implementation.
 MAX_INDEX = 2**53 - 1
 MAX_CHAIN = 32
+MAX_SUBTREE = 10_000
+MAX_KEY_TEXT = 8192
+# Enrolled node keys travel in one header (~100 bytes each): bounded well inside it.
+MAX_NODE_KEYS = 500
 MAX_HEARTBEAT_S = 3600.0
 MAX_SPEC_DEPTH = 8
 # Decode errors stay short enough to send back in an Error message.
@@ -235,6 +239,63 @@ def _input_arrays() -> Check:
     return check
 
 
+def _key_text() -> Check:
+    """An OpenSSH public key or certificate line: short, printable, one line."""
+
+    def check(label: str, value: Any) -> str:
+        text = _string(label, value, 0, MAX_KEY_TEXT)
+        if not all(c.isprintable() for c in text):
+            raise ValueError(f"{label} must be one printable line")
+        return text
+
+    return check
+
+
+_REPORT_FIELDS = {"name": str, "state": str, "slots": int, "in_flight": int, "items_done": int, "errors": int}
+_REPORT_KEYS = {*_REPORT_FIELDS, "via", "host_key"}
+
+
+def _node_reports() -> Check:
+    name = _name()
+    names = _names()
+    count = _integer(0, MAX_INDEX)
+    key_line = _key_text()
+
+    def check(label: str, value: Any) -> tuple[dict[str, object], ...]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{label} must be a list")
+        if len(value) > MAX_SUBTREE:
+            raise ValueError(f"{label} lists {len(value)} nodes, at most {MAX_SUBTREE}")
+        reports = []
+        for index, item in enumerate(value):
+            where = f"{label}[{index}]"
+            if not isinstance(item, Mapping) or set(item) != _REPORT_KEYS:
+                raise ValueError(f"{where} must have exactly {', '.join(sorted(_REPORT_KEYS))}")
+            report: dict[str, object] = {}
+            for field_name, kind in _REPORT_FIELDS.items():
+                check_field = name if kind is str else count
+                report[field_name] = check_field(f"{where}.{field_name}", item[field_name])
+            report["via"] = list(names(f"{where}.via", item["via"]))
+            report["host_key"] = key_line(f"{where}.host_key", item["host_key"])
+            reports.append(report)
+        return tuple(reports)
+
+    return check
+
+
+def _key_lines() -> Check:
+    line = _key_text()
+
+    def check(label: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{label} must be a list of public key lines")
+        if len(value) > MAX_NODE_KEYS:
+            raise ValueError(f"{label} has {len(value)} entries, at most {MAX_NODE_KEYS}")
+        return tuple(line(f"{label}[{i}]", key) for i, key in enumerate(value))
+
+    return check
+
+
 def _field(check: Check, **kwargs: Any) -> Any:
     """Declare a message field together with the check that validates and normalises it."""
     return field(metadata={"check": check}, **kwargs)
@@ -330,6 +391,8 @@ class Hello(_Message):
     window: int = _field(_integer(0, MAX_COUNT))
     software: str = _field(_name(low=0), default="")
     via: tuple[str, ...] = _field(_names(), default=())
+    host_key: str = _field(_key_text(), default="")
+    """A chain link's public SSH host key (OpenSSH line), for the console to certify; "" if none."""
 
 
 @dataclass(frozen=True)
@@ -341,6 +404,11 @@ class Welcome(_Message):
     node_id: str = _field(_name())
     heartbeat_interval_s: float = _field(_real(0.0, MAX_HEARTBEAT_S, low_open=True))
     heartbeat_timeout_s: float = _field(_real(0.0, MAX_HEARTBEAT_S, low_open=True))
+    instance: str = _field(_name(low=0), default="")
+    """Which run of the console issued this session's assignments: results kept across a
+    reconnect are offered again only to the same instance."""
+    host_certificate: str = _field(_key_text(), default="")
+    """A chain link's host key certified by the console, so nodes behind it can trust it."""
 
     def _check_together(self) -> None:
         if self.heartbeat_timeout_s < self.heartbeat_interval_s:
@@ -497,13 +565,53 @@ class Error(_Message):
     message: str = _field(_text())
 
 
+@dataclass(frozen=True)
+class Subtree(_Message):
+    """Chain link to its upstream: the nodes connected behind it, for the console to show."""
+
+    TYPE: ClassVar[str] = "subtree"
+    nodes: tuple[dict[str, object], ...] = _field(_node_reports())
+
+
+@dataclass(frozen=True)
+class Control(_Message):
+    """Upstream to a chain link: drain, kick or release a node behind it."""
+
+    TYPE: ClassVar[str] = "control"
+    action: str = _field(_choice("drain", "kick", "release"))
+    node: str = _field(_name())
+
+
+@dataclass(frozen=True)
+class HostCertificate(_Message):
+    """Console down the chain: a link's host key, certified, routed to it by name like ``control``."""
+
+    TYPE: ClassVar[str] = "host_certificate"
+    node: str = _field(_name())
+    certificate: str = _field(_key_text())
+
+
+@dataclass(frozen=True)
+class NodeKeys(_Message):
+    """Console to a chain link, passed down by every link: the node keys enrolled at the console.
+
+    A link lets in exactly these keys and closes the sessions of keys that left the list,
+    so a node enrolled once is accepted anywhere in the chain and a removed key nowhere.
+    """
+
+    TYPE: ClassVar[str] = "node_keys"
+    keys: tuple[str, ...] = _field(_key_lines())
+
+
 Message: TypeAlias = (
     Hello | Welcome | Reject | Credit | Assign | Result | Failed | Heartbeat | Cancel | Drain | Bye | Error
+    | Subtree | Control | HostCertificate | NodeKeys
 )
 
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Reject, Credit, Assign, Result, Failed, Heartbeat, Cancel, Drain, Bye, Error)
+    for cls in (Hello, Welcome, Reject, Credit, Assign, Result, Failed, Heartbeat, Cancel, Drain, Bye, Error,
+                Subtree, Control, HostCertificate, NodeKeys)
 }
 
 

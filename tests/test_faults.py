@@ -167,7 +167,7 @@ async def test_the_front_end_killed_mid_task_resumes_without_losing_work(tmp_pat
         for w in workers:
             w.wait(20)
         logs = "".join((state.root / "logs" / f"n{i}.log").read_text() for i in (1, 2))
-        computed = sum(int(m) for m in re.findall(r"ended after \d+ chunks \((\d+) items\)", logs))
+        computed = 20 * sum(int(m) for m in re.findall(r"ended after (\d+) results", logs))
         recomputed = computed - 6000
         in_flight_bound = 2 * 2 * 20  # nodes × window × chunk size
         print(f"\nfront-end crash: {kept} items stored before the crash, {recomputed} recomputed "

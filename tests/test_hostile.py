@@ -89,7 +89,7 @@ def _frame(header: dict, payload: bytes = b"") -> bytes:
 
 HELLO = b"".join(bytes(p) for p in encode_message(Hello(PROTOCOL_VERSION, "fuzz", 1, 2)))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12)
 MESSAGE_TYPES = ["hello", "welcome", "reject", "credit", "assign", "result", "failed", "heartbeat", "cancel",

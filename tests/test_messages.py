@@ -26,6 +26,7 @@ from protocol.messages import (
     Cancel,
     Credit,
     Drain,
+    Control,
     Error,
     Failed,
     Heartbeat,
@@ -34,6 +35,9 @@ from protocol.messages import (
     MessageReader,
     Reject,
     Result,
+    HostCertificate,
+    NodeKeys,
+    Subtree,
     Welcome,
     decode_message,
     encode_message,
@@ -72,6 +76,15 @@ SAMPLES: list[Message] = [
     Bye(),
     Bye("shutting down"),
     Error("bad-message", "bad assign message: missing task_id"),
+    Subtree(()),
+    Subtree(({"name": "b", "state": "busy", "slots": 2, "in_flight": 3, "items_done": 40, "errors": 0,
+              "via": ["link-a"], "host_key": ""},)),
+    HostCertificate("link-b", "ssh-ed25519-cert-v01@openssh.com AAAA link-b"),
+    Control("drain", "b"),
+    Control("kick", "nœud 2"),
+    NodeKeys(("ssh-ed25519 AAAAC3Nza one", "ssh-ed25519 AAAAC3Nzb two")),
+    Hello(PROTOCOL_VERSION, "link", 2, 3, host_key="ssh-ed25519 AAAAC3Nza link"),
+    Welcome(PROTOCOL_VERSION, "link", 1.0, 5.0, instance="f3a9", host_certificate="ssh-ed25519-cert-v01@openssh.com AAAA"),
 ]
 
 
@@ -105,7 +118,7 @@ def test_every_message_type_is_sampled() -> None:
     assert {type(msg) for msg in SAMPLES} == set(MESSAGE_TYPES.values())
     assert set(MESSAGE_TYPES) == {
         "hello", "welcome", "reject", "credit", "assign", "result",
-        "failed", "heartbeat", "cancel", "drain", "bye", "error",
+        "failed", "heartbeat", "cancel", "drain", "bye", "error", "subtree", "control", "host_certificate", "node_keys",
     }
 
 
@@ -134,7 +147,7 @@ def test_headers_carry_type_and_fields_exactly() -> None:
     assert wire_header(Credit(3)) == {"type": "credit", "window": 3}
     assert wire_header(Hello(1, "n", 2, 3, via=("r",))) == {
         "type": "hello", "protocol_version": 1, "name": "n", "slots": 2, "window": 3,
-        "software": "", "via": ["r"],
+        "software": "", "via": ["r"], "host_key": "",
     }
     assert wire_header(SAMPLES[13]) == {
         "type": "result", "task_id": "t-1", "chunk": 2, "attempt": 0, "elapsed_s": 12.0,
