@@ -18,19 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import asyncssh
 import numpy as np
 
 from console.journal import Journal
+from console.keys import KeyRegistry, Role
 from console.results import ResultStore, export_npz, read_summary, write_summary
 from console.statedir import StateDir
 from console.verify import DEFAULT_SAMPLE, check_result
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
-from protocol.messages import Assign, Cancel, Drain, Hello, Result
+from protocol.messages import MAX_NODE_KEYS, Assign, Cancel, Control, Drain, Hello, HostCertificate, NodeKeys, Result
 from protocol.taskfile import DEFAULT_LIMITS, NO_LIMITS, Task, TaskLimits, task_from_parts
 
 DEFAULT_TICK_S = 0.5
+CERTIFICATE_DAYS = 365
 DEFAULT_MAX_UNFINISHED_PER_OWNER = 100
 EVENT_LOG_SIZE = 2000
 LOST_NODES_KEPT = 200
@@ -69,6 +72,7 @@ class NodeInfo:
     address: str
     slots: int
     via: tuple[str, ...] = ()
+    is_link: bool = False
     connected_at: float = field(default_factory=time.time)
     lost_at: float | None = None
     lost_reason: str = ""
@@ -151,6 +155,11 @@ class FrontEnd:
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         self.journal = Journal(state.journal)
+        self.registry = KeyRegistry(state)
+        self.subtrees: dict[str, tuple[dict, ...]] = {}
+        """Per chain link: the nodes behind it, as it last reported them."""
+        self._node_keys_sent: tuple[str, ...] = ()
+        self._certified: set[str] = set()
         self.tasks: dict[str, TaskRecord] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.links: dict[str, NodeLink] = {}
@@ -286,7 +295,8 @@ class FrontEnd:
         """Register a node that said hello; return its id."""
         node_id = self._unique_node_id(hello.name or key_name)
         self.links[node_id] = link
-        self.nodes[node_id] = NodeInfo(node_id, hello.name or key_name, address, hello.slots, tuple(hello.via))
+        self.nodes[node_id] = NodeInfo(node_id, hello.name or key_name, address, hello.slots, tuple(hello.via),
+                                       is_link=bool(hello.host_key))
         self.log("join", f"{node_id} joined from {address} with {hello.slots} slots", node_id=node_id)
         return node_id
 
@@ -298,6 +308,7 @@ class FrontEnd:
         """A node's session ended: its chunks go back to the queue."""
         if self.links.pop(node_id, None) is None:
             return
+        self.subtrees.pop(node_id, None)
         info = self.nodes.get(node_id)
         if info is not None:
             info.lost_at, info.lost_reason = time.time(), reason
@@ -306,20 +317,77 @@ class FrontEnd:
         self._forget_old_nodes()
 
     def drain(self, node_id: str) -> None:
-        self._require_node(node_id)
+        """No new chunks for the node; it finishes what it holds, then leaves."""
+        if self._route_control("drain", node_id):
+            return
         self.log("drain", f"{node_id} draining", node_id=node_id)
         self.links[node_id].send(Drain("operator"))
         self._run(d.DrainRequested(node_id))
 
     def kick(self, node_id: str) -> None:
-        self._require_node(node_id)
+        """Disconnect the node now; its chunks go to other nodes at once."""
+        if self._route_control("kick", node_id):
+            return
         self.log("kick", f"{node_id} kicked", node_id=node_id)
         self._kicked.add(node_id)
         self._run(d.KickRequested(node_id))
 
     def release(self, node_id: str) -> None:
-        self._require_node(node_id)
+        """Let a quarantined node have work again."""
+        if self._route_control("release", node_id):
+            return
+        self.log("release", f"{node_id} released from quarantine", node_id=node_id)
         self._run(d.QuarantineReleased(node_id))
+
+    def _route_control(self, action: str, node_id: str) -> bool:
+        """Pass an action for a node behind a chain link to that link; False if the node is ours."""
+        if node_id in self.links:
+            return False
+        for link, nodes in self.subtrees.items():
+            if any(entry["name"] == node_id for entry in nodes):
+                self.log(action, f"{node_id} ({action} sent through {link})", node_id=node_id)
+                self.links[link].send(Control(action, node_id))
+                return True
+        raise FrontEndError(f"no connected node {node_id!r}")
+
+    # -- chains ----------------------------------------------------------------------
+
+    def certify_host(self, host_key: str, name: str) -> str:
+        """A chain link's host key signed with the console's host key (an OpenSSH host certificate)."""
+        ca = asyncssh.read_private_key(self.state.host_key)
+        certificate = ca.generate_host_certificate(asyncssh.import_public_key(host_key), name,
+                                                   valid_before=f"+{CERTIFICATE_DAYS}d")
+        self._certified.add(host_key)
+        self.log("certify", f"certified the host key of link {name}", node_id=name)
+        return certificate.export_certificate().decode().strip()
+
+    def node_subtree(self, link: str, nodes: tuple[dict, ...]) -> None:
+        """A chain link reported the nodes behind it; certify new links among them."""
+        self.subtrees[link] = nodes
+        for entry in nodes:
+            if entry["host_key"] and entry["host_key"] not in self._certified:
+                try:
+                    certificate = self.certify_host(entry["host_key"], entry["name"])
+                except (ValueError, asyncssh.KeyImportError) as exc:  # a bad key harms no one else
+                    self.log("error", f"cannot certify {entry['name']}: {exc}")
+                    self._certified.add(entry["host_key"])
+                    continue
+                self.links[link].send(HostCertificate(entry["name"], certificate))
+        self._run(d.HeartbeatReceived(link))
+
+    def node_key_lines(self) -> tuple[str, ...]:
+        """The enrolled node keys, as chain links are told them."""
+        return tuple(sorted(e.public_key for e in self.registry.entries() if e.role is Role.NODE))
+
+    def refresh_node_keys(self) -> None:
+        """Tell every chain link the enrolled node keys when they changed."""
+        lines = self.node_key_lines()
+        if lines == self._node_keys_sent:
+            return
+        self._node_keys_sent = lines
+        for node_id, link in self.links.items():
+            if self.nodes[node_id].is_link:
+                link.send(NodeKeys(lines[:MAX_NODE_KEYS]))
 
     def node_alive(self, node_id: str) -> None:
         self._run(d.HeartbeatReceived(node_id))
@@ -504,6 +572,12 @@ class FrontEnd:
             rows.append(NodeRow(view.node_id, info.name, view.state.value, view.slots, view.in_flight,
                                 view.items_done, view.errors, info.via, info.address,
                                 round(now - view.last_seen, 3), view.items_done / elapsed))
+        for link, nodes in self.subtrees.items():
+            for entry in nodes:
+                seen.add(entry["name"])
+                rows.append(NodeRow(entry["name"], entry["name"], entry["state"], entry["slots"],
+                                    entry["in_flight"], entry["items_done"], entry["errors"],
+                                    (link, *entry["via"]), f"via {link}", None, 0.0))
         for info in self.nodes.values():
             if info.node_id in seen:
                 continue

@@ -18,8 +18,8 @@ from console.frontend import FrontEnd
 from console.keys import KeyEntry
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
-    PROTOCOL_VERSION, Bye, Credit, Error, Failed, Heartbeat, Hello, MessageReader, Reject, Result,
-    Welcome, encode_message,
+    MAX_NODE_KEYS, PROTOCOL_VERSION, Bye, Credit, Error, Failed, Heartbeat, Hello, MessageReader, NodeKeys,
+    Reject, Result, Subtree, Welcome, encode_message,
 )
 
 if TYPE_CHECKING:
@@ -77,8 +77,12 @@ class NodeSession:
                                  PROTOCOL_VERSION))
                 return
             self.node_id = self.frontend.attach_node(self, hello, self.key.name, self.address)
+            certificate = self._certify(hello)
             self.send(Welcome(PROTOCOL_VERSION, self.node_id, self.frontend.heartbeat_interval_s,
-                              self.frontend.heartbeat_timeout_s, instance=self.frontend.instance))
+                              self.frontend.heartbeat_timeout_s, instance=self.frontend.instance,
+                              host_certificate=certificate))
+            if hello.host_key:
+                self.send(NodeKeys(self.frontend.node_key_lines()[:MAX_NODE_KEYS]))
             self.frontend.start_node(self.node_id, hello)
             while not self._closed:
                 message = await self._next_message()
@@ -99,6 +103,15 @@ class NodeSession:
             if self.node_id is not None:
                 self.frontend.detach_node(self.node_id, clean=clean, reason=reason)
             self.close(reason, farewell=False)
+
+    def _certify(self, hello: Hello) -> str:
+        """A chain link's host key certified by the console; "" for a plain node."""
+        if not hello.host_key:
+            return ""
+        try:
+            return self.frontend.certify_host(hello.host_key, self.node_id or hello.name)
+        except (ValueError, asyncssh.KeyImportError) as exc:
+            raise RemoteProtocolError(f"hello.host_key is not a public key: {exc}") from None
 
     async def _next_message(self) -> object | None:
         """The next message, or None at a clean end of stream."""
@@ -124,5 +137,7 @@ class NodeSession:
                 self.frontend.node_credit(node_id, window)
             case Failed(task_id=task_id, chunk=chunk, attempt=attempt, reason=reason):
                 self.frontend.node_failed(node_id, task_id, chunk, attempt, reason)
+            case Subtree(nodes=nodes):
+                self.frontend.node_subtree(node_id, nodes)
             case _:
                 raise RemoteProtocolError(f"a node may not send {type(message).__name__}")

@@ -111,7 +111,7 @@ class FrontEndServer:
     def __init__(self, frontend: FrontEnd, settings: ServerSettings | None = None) -> None:
         self.frontend = frontend
         self.settings = settings or ServerSettings()
-        self.registry = KeyRegistry(frontend.state)
+        self.registry: KeyRegistry = frontend.registry
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.throttle = AuthThrottle(max_failures=self.settings.max_auth_failures)
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -155,6 +155,7 @@ class FrontEndServer:
         """Close the live sessions of keys that were removed (or changed role) on disk."""
         while True:
             await asyncio.sleep(KEY_CHECK_S)
+            self.frontend.refresh_node_keys()
             current = {e.fingerprint: e.role for e in self.registry.entries()}
             for conn in list(self.connections):
                 entry: KeyEntry | None = conn.get_extra_info("chainconsole_key")

@@ -13,6 +13,8 @@ import asyncssh
 import platformdirs
 
 from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
+from nodes.relay import Relay, RelaySettings
+from nodes.work import LocalWork
 
 APP_NAME = "chainconsole"
 
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the front-end's public host key to pin (default: the one recorded on first connection)")
     parser.add_argument("--blas-threads", type=int, default=1, metavar="N", help="BLAS threads per worker (default 1)")
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
+    parser.add_argument("--listen", type=_address, metavar="HOST:PORT",
+                        help="make this node a chain link that accepts nodes behind it on HOST:PORT")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,11 +77,16 @@ def run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
         blas_threads=args.blas_threads,
     )
-    return asyncio.run(_main(settings))
+    return asyncio.run(_main(settings, args.listen, state))
 
 
-async def _main(settings: NodeSettings) -> int:
-    agent = NodeAgent(settings)
+async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path) -> int:
+    local = LocalWork(settings.slots, prefetch=settings.prefetch, blas_threads=settings.blas_threads)
+    if listen is None:
+        agent = NodeAgent(settings, local)
+    else:
+        relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key"), local)
+        agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)
     return await agent.run()
 
