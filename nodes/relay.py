@@ -87,7 +87,7 @@ class Relay:
         self.address: tuple[str, int] | None = None
         self.instance = ""
         self.allowed: set[str] = set()
-        self._allowed_lines: set[str] = set()
+        self.allowed_lines: set[str] = set()
         self._kicked: set[str] = set()
         self.downstream: dict[str, _Downstream] = {}
         self._emit: Emit = lambda message: None
@@ -249,8 +249,6 @@ class Relay:
             f"{hello.name}-{fingerprint[7:13]}"
         self.downstream[node_id] = _Downstream(session, hello, fingerprint)
         self._run(d.NodeJoined(node_id, hello.slots, hello.window))
-        if hello.host_key:
-            session.send(NodeKeys(tuple(sorted(self._allowed_lines))))
         return node_id
 
     def left(self, node_id: str, *, clean: bool, reason: str) -> None:
@@ -303,7 +301,7 @@ class Relay:
                 lines.add(line)
             except (asyncssh.KeyImportError, ValueError):
                 continue
-        self.allowed, self._allowed_lines = allowed, lines
+        self.allowed, self.allowed_lines = allowed, lines
         for node in list(self.downstream.values()):
             if node.fingerprint not in allowed:
                 node.session.close("key no longer enrolled", farewell=False)
@@ -452,6 +450,8 @@ class DownstreamSession:
             s = self.relay.settings
             self.send(Welcome(PROTOCOL_VERSION, self.node_id, s.heartbeat_interval_s, s.heartbeat_timeout_s,
                               instance=self.relay.instance))
+            if hello.host_key:  # a link behind this one: it must know whom to let in
+                self.send(NodeKeys(tuple(sorted(self.relay.allowed_lines))))
             while not self._closed:
                 message = await self._next(reader)
                 if message is None:

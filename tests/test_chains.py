@@ -1,0 +1,103 @@
+"""Compute chains with real processes: console → A → B → C, and failover when a link dies."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from console.host import Host
+from protocol.taskfile import parse_task
+from tests.conftest import REPO, wait_until
+from tests.reference import expected_item
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(host: Host, tmp: Path, name: str, upstreams: list[int], listen: int | None = None) -> subprocess.Popen:
+    """A node process with its own state dir, the console's node key, pinning the console's host key."""
+    cmd = [sys.executable, "-m", "nodes", "--name", name, "--slots", "1", "--state-dir", str(tmp / name),
+           "--key", str(host.state.node_key), "--host-key", str(host.state.host_key) + ".pub"]
+    for port in upstreams:
+        cmd += ["--connect", f"127.0.0.1:{port}"]
+    if listen is not None:
+        cmd += ["--listen", f"127.0.0.1:{listen}"]
+    log = open(tmp / f"{name}.log", "ab")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    log.close()
+    host.nodes.append(proc)
+    return proc
+
+
+def _rows(host: Host) -> dict:
+    return {row.name: row for row in host.frontend.node_rows()}
+
+
+def _task(count: int, seed: int) -> dict:
+    return {"name": f"chain-{seed}", "operation": "invert", "chunk_size": 10, "return": "norms",
+            "inputs": {"a": {"generate": {"count": count, "shape": [64, 64], "seed": seed}}}}
+
+
+def _check(host: Host, task_id: str, document: dict) -> None:
+    with np.load(host.frontend.result_file(task_id)) as data:
+        assert data["ok"].all()
+        for i in range(0, len(data["ok"]), 37):
+            np.testing.assert_allclose(data["norms"][i], np.linalg.norm(expected_item(document, i)), rtol=1e-7)
+
+
+async def test_a_three_deep_chain_computes_and_the_console_sees_it_all(host: Host, tmp_path) -> None:
+    console = host.server.address[1]
+    port_a, port_b = _free_port(), _free_port()
+    _node(host, tmp_path, "A", [console], listen=port_a)
+    _node(host, tmp_path, "B", [port_a], listen=port_b)
+    _node(host, tmp_path, "C", [port_b])
+    await wait_until(lambda: {"A", "B", "C"} <= set(_rows(host)), timeout=60, what="the chain to form")
+    rows = _rows(host)
+    assert rows["B"].via == ("A",) and rows["C"].via == ("A", "B")
+
+    document = _task(3000, 71)
+    task_id = host.frontend.submit(parse_task(document), "operator")
+    summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
+    assert summary["state"] == "done" and summary["ok_items"] == 3000
+    assert set(summary["items_per_node"]) == {"A"}  # the console hands work to its link only
+    _check(host, task_id, document)
+    await wait_until(lambda: _rows(host)["C"].items_done > 0 and _rows(host)["B"].items_done > 0,
+                     timeout=10, what="the subtree report to show work done behind the links")
+
+    # Drain is routed down the chain to the node it names.
+    host.frontend.drain("C")
+    await wait_until(lambda: "C" not in _rows(host), timeout=30, what="C to be drained and leave")
+
+
+async def test_nodes_behind_a_dead_link_fail_over_and_the_task_finishes(host: Host, tmp_path) -> None:
+    console = host.server.address[1]
+    port_a = _free_port()
+    link = _node(host, tmp_path, "A", [console], listen=port_a)
+    _node(host, tmp_path, "B", [port_a, console])
+    _node(host, tmp_path, "C", [port_a, console])
+    await wait_until(lambda: {"A", "B", "C"} <= set(_rows(host)), timeout=60, what="the chain to form")
+
+    document = _task(6000, 72)
+    task_id = host.frontend.submit(parse_task(document), "operator")
+    await wait_until(lambda: next(r.items_done for r in host.frontend.task_rows() if r.task_id == task_id) > 1000,
+                     timeout=60, what="the task to get going")
+    link.send_signal(signal.SIGKILL)
+    await wait_until(lambda: _rows(host).get("B") is not None and _rows(host)["B"].via == ()
+                     and _rows(host).get("C") is not None and _rows(host)["C"].via == (),
+                     timeout=40, what="B and C to reconnect to the console directly")
+    summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
+    assert summary["state"] == "done" and summary["ok_items"] == 6000
+    assert {"B", "C"} <= set(summary["items_per_node"])
+    _check(host, task_id, document)
