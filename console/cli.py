@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from console.client import ConnectError, parse_address
+from console.client import parse_address
 from console.statedir import StateDir, default_state_dir
 from protocol.errors import ChainconsoleError, TaskFileError
 
@@ -311,15 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"chainconsole: {problem}", file=sys.stderr)
         status = EXIT_USAGE
-    except ConnectError as exc:
-        print(f"chainconsole: {exc}", file=sys.stderr)
-        status = EXIT_CONNECT
-    except CliError as exc:
-        print(f"chainconsole: {exc}", file=sys.stderr)
-        status = exc.status
     except ChainconsoleError as exc:
         print(f"chainconsole: {exc}", file=sys.stderr)
-        status = EXIT_USAGE
+        status = getattr(exc, "status", EXIT_USAGE)
     except KeyboardInterrupt:
         status = 130
     except BrokenPipeError:

@@ -15,7 +15,9 @@ DEFAULT_PORT = 8022
 
 
 class ConnectError(ChainconsoleError):
-    """Cannot reach the front-end, or it refused us (exit status 3)."""
+    """Cannot reach the front-end, or it refused us."""
+
+    status = 3
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
 from protocol.messages import MAX_NODE_KEYS, Assign, Cancel, Control, Drain, Hello, HostCertificate, NodeKeys, Result
-from protocol.taskfile import DEFAULT_LIMITS, NO_LIMITS, Task, TaskLimits, task_from_parts
+from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, NO_LIMITS, Task, TaskLimits, task_from_parts
 
 DEFAULT_TICK_S = 0.5
 CERTIFICATE_DAYS = 365
@@ -220,7 +220,7 @@ class FrontEnd:
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
-        self._run(d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner))
+        self._run(_submitted(task_id, task, owner))
         return task_id
 
     def _make_record(self, task_id: str, task: Task, owner: str, submitted_at: float) -> TaskRecord:
@@ -252,12 +252,11 @@ class FrontEnd:
                 continue
             record = self._make_record(row.task_id, task, row.owner, row.submitted_at)
             self.tasks[row.task_id] = record
-            completed = []
-            for chunk in self.journal.chunks(row.task_id):
-                completed.append((chunk.start, chunk.stop))
-            self.log("resumed", f"{row.name}: {len(completed)} stored chunks kept", task_id=row.task_id)
-            self._run(d.TaskSubmitted(row.task_id, task.count, task.chunk_size, task.max_attempts,
-                                      row.owner, completed=tuple(completed)))
+            chunks = self.journal.chunks(row.task_id)
+            completed = tuple((c.start, c.stop) for c in chunks)
+            failed = sum(c.stop - c.start - c.items_ok for c in chunks)
+            self.log("resumed", f"{row.name}: {len(chunks)} stored chunks kept", task_id=row.task_id)
+            self._run(_submitted(row.task_id, task, row.owner, completed, failed))
 
     def cancel(self, task_id: str) -> None:
         record = self.task(task_id)
@@ -612,6 +611,14 @@ class FrontEnd:
         self.events.append(event)
         for listener in self._listeners:
             listener(event)
+
+
+def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int, int], ...] = (),
+               failed: int = 0) -> d.TaskSubmitted:
+    """The Dispatcher's view of a task: automatic chunks stay within one frame's size."""
+    return d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner,
+                           completed=completed, completed_failed=failed,
+                           max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)))
 
 
 def task_document(task: Task) -> dict:

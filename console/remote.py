@@ -11,8 +11,9 @@ from pathlib import Path
 
 import asyncssh
 
-from console.client import ConnectError, connect, resolve_endpoint
+from console.client import connect, resolve_endpoint
 from console.statedir import StateDir
+from protocol.errors import ChainconsoleError
 from protocol.frames import encode_frame, pack_arrays
 from protocol.inputs import GeneratedInput
 from protocol.taskfile import Task, load_task_file
@@ -69,7 +70,9 @@ async def _call(conn: asyncssh.SSHClientConnection, command: str, stdin: bytes |
     return result
 
 
-class _Remote(ConnectError):
+class _Remote(ChainconsoleError):
+    """The front-end refused a command; ``status`` is the exit status it gave."""
+
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status

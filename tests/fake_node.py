@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from nodes.kernels import compute
 from protocol.inputs import GeneratedInput
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Failed, Hello, MessageReader, Result, Welcome, encode_message,
+    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Result, Welcome, encode_message,
 )
 
 Tamper = Callable[[Assign, Result], "Result | Failed | None"]
@@ -38,6 +39,7 @@ class FakeNode:
     _conn: asyncssh.SSHClientConnection | None = None
     _process: asyncssh.SSHClientProcess | None = None
     _task: asyncio.Task | None = None
+    _beat: asyncio.Task | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> Welcome:
@@ -50,7 +52,14 @@ class FakeNode:
         welcome = await self._next(reader)
         assert isinstance(welcome, Welcome), welcome
         self._task = asyncio.get_running_loop().create_task(self._serve(reader))
+        self._beat = asyncio.get_running_loop().create_task(self._heartbeat(welcome.heartbeat_interval_s))
         return welcome
+
+    async def _heartbeat(self, interval: float) -> None:
+        with contextlib.suppress(asyncssh.Error, ConnectionError, BrokenPipeError):
+            while True:
+                await asyncio.sleep(interval)
+                self.send(Heartbeat(time.time(), 0))
 
     def send(self, message: object) -> None:
         assert self._process is not None
@@ -80,6 +89,8 @@ class FakeNode:
             self.closed.set()
 
     async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,3 +116,15 @@ def corrupt(assign: Assign, result: Result) -> Result:
     return Result(result.task_id, result.chunk, result.attempt, result.ok,
                   bent if result.result is not None else None, bent if result.norms is not None else None,
                   result.elapsed_s)
+
+
+def fail_chunk_zero(assign: Assign, result: Result) -> Result | Failed:
+    """A poison chunk: item range 0.. always 'crashes' this node."""
+    if assign.start == 0:
+        return Failed(assign.task_id, assign.chunk, assign.attempt, "worker process died (simulated)")
+    return result
+
+
+def never_answer(assign: Assign, result: Result) -> None:
+    """A node that takes work and sits on it, heartbeating all along."""
+    return None
