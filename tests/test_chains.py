@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -26,14 +27,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node(host: Host, tmp: Path, name: str, upstreams: list[int], listen: int | None = None) -> subprocess.Popen:
+def _node(host: Host, tmp: Path, name: str, upstreams: list[int], listen: int | None = None,
+          listen_host: str = "127.0.0.1") -> subprocess.Popen:
     """A node process with its own state dir, the console's node key, pinning the console's host key."""
     cmd = [sys.executable, "-m", "nodes", "--name", name, "--slots", "1", "--state-dir", str(tmp / name),
            "--key", str(host.state.node_key), "--host-key", str(host.state.host_key) + ".pub"]
     for port in upstreams:
         cmd += ["--connect", f"127.0.0.1:{port}"]
     if listen is not None:
-        cmd += ["--listen", f"127.0.0.1:{listen}"]
+        cmd += ["--listen", f"{listen_host}:{listen}"]
     log = open(tmp / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
@@ -101,3 +103,55 @@ async def test_nodes_behind_a_dead_link_fail_over_and_the_task_finishes(host: Ho
     assert summary["state"] == "done" and summary["ok_items"] == 6000
     assert {"B", "C"} <= set(summary["items_per_node"])
     _check(host, task_id, document)
+
+
+@pytest.fixture
+def isolated_host():
+    """A network namespace joined to this one by a veth pair: a machine that cannot see 127.0.0.1 here."""
+    name = f"cc{os.getpid() % 100000}"
+    outside, inside = f"{name}a", f"{name}b"
+    setup = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
+        ["ip", "link", "set", inside, "netns", name],
+        ["ip", "addr", "add", "10.231.0.1/30", "dev", outside],
+        ["ip", "link", "set", outside, "up"],
+        ["ip", "-n", name, "addr", "add", "10.231.0.2/30", "dev", inside],
+        ["ip", "-n", name, "link", "set", inside, "up"],
+        ["ip", "-n", name, "link", "set", "lo", "up"],
+    ]
+    try:
+        for cmd in setup:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        pytest.skip(f"network namespaces are not permitted here: {exc}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", outside], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+async def test_a_node_that_can_reach_only_a_link_still_computes(host: Host, tmp_path, isolated_host) -> None:
+    """Why chains exist: C cannot reach the console, only the gateway link B."""
+    console = host.server.address[1]
+    port_b = _free_port()
+    _node(host, tmp_path, "B", [console], listen=port_b, listen_host="10.231.0.1")  # the gateway
+    cmd = ["ip", "netns", "exec", isolated_host, sys.executable, "-m", "nodes", "--name", "C", "--slots", "1",
+           "--state-dir", str(tmp_path / "C"), "--key", str(host.state.node_key),
+           "--host-key", str(host.state.host_key) + ".pub",
+           "--connect", f"127.0.0.1:{console}", "--connect", f"10.231.0.1:{port_b}"]
+    log = open(tmp_path / "C.log", "ab")
+    host.nodes.append(subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+    log.close()
+    await wait_until(lambda: "C" in _rows(host), timeout=60, what="C to join through B")
+    assert _rows(host)["C"].via == ("B",)
+    document = _task(2000, 73)
+    task_id = host.frontend.submit(parse_task(document), "operator")
+    summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
+    assert summary["state"] == "done"
+    _check(host, task_id, document)
+    await wait_until(lambda: _rows(host)["C"].items_done > 0, timeout=10, what="C's work to show")
+    assert f"cannot connect to 127.0.0.1:{console}" in (tmp_path / "C.log").read_text()
+
