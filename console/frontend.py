@@ -391,8 +391,10 @@ class FrontEnd:
     def node_alive(self, node_id: str) -> None:
         self._run(d.HeartbeatReceived(node_id))
 
-    def node_credit(self, node_id: str, window: int) -> None:
-        self._run(d.CreditChanged(node_id, window))
+    def node_credit(self, node_id: str, window: int, slots: int | None = None) -> None:
+        if slots is not None and node_id in self.nodes:
+            self.nodes[node_id].slots = slots
+        self._run(d.CreditChanged(node_id, window, slots))
 
     def node_failed(self, node_id: str, task_id: str, chunk: int, attempt: int, reason: str) -> None:
         self._run(d.ChunkFailed(node_id, task_id, chunk, attempt, reason))

@@ -51,10 +51,10 @@ class NodeSession:
             for piece in encode_message(message):
                 self.process.stdout.write(piece)
         except (BrokenPipeError, asyncssh.Error, ConnectionError):
-            self.close("connection broken")
+            self.close("connection broken", farewell=False)
 
     def close(self, reason: str, *, farewell: bool = True) -> None:
-        """End the session now (kick, silence, protocol error)."""
+        """End the session now; with ``farewell`` the node is told to leave, not to come back."""
         if self._closed:
             return
         if farewell:
@@ -133,8 +133,8 @@ class NodeSession:
                 await self.frontend.node_result(node_id, message)
             case Heartbeat():
                 self.frontend.node_alive(node_id)
-            case Credit(window=window):
-                self.frontend.node_credit(node_id, window)
+            case Credit(window=window, slots=slots):
+                self.frontend.node_credit(node_id, window, slots)
             case Failed(task_id=task_id, chunk=chunk, attempt=attempt, reason=reason):
                 self.frontend.node_failed(node_id, task_id, chunk, attempt, reason)
             case Subtree(nodes=nodes):

@@ -99,7 +99,7 @@ class Relay:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._ticker: asyncio.Task | None = None
-        self._last_window = -1
+        self._last_capacity = (-1, -1)
         self._last_report: tuple = ()
         self._last_report_at = 0.0
 
@@ -263,9 +263,10 @@ class Relay:
                 self._answer(node_id, message)
             case Heartbeat():
                 self._run(d.HeartbeatReceived(node_id))
-            case Credit(window=window):
-                self.downstream[node_id].hello = _with_window(self.downstream[node_id].hello, window)
-                self._run(d.CreditChanged(node_id, window))
+            case Credit(window=window, slots=slots):
+                node = self.downstream[node_id]
+                node.hello = _with_capacity(node.hello, window, slots)
+                self._run(d.CreditChanged(node_id, window, slots))
             case Subtree(nodes=nodes):
                 self.downstream[node_id].subtree = nodes
                 self._run(d.HeartbeatReceived(node_id))
@@ -345,10 +346,11 @@ class Relay:
                 self._last_report_at = now
 
     def _report_window(self) -> None:
-        window = self.window
-        if window != self._last_window:
-            self._last_window = window
-            self._emit(Credit(window))
+        """Tell the upstream when nodes behind this link change how much it can take."""
+        capacity = (self.window, self.slots)
+        if capacity != self._last_capacity:
+            self._last_capacity = capacity
+            self._emit(Credit(*capacity))
 
     def _report_subtree(self) -> None:
         views = {v.node_id: v for v in self.dispatcher.snapshot(time.monotonic()).nodes}
@@ -369,8 +371,9 @@ class Relay:
             self._emit(Subtree(report))
 
 
-def _with_window(hello: Hello, window: int) -> Hello:
-    return Hello(hello.protocol_version, hello.name, hello.slots, window, hello.software, hello.via, hello.host_key)
+def _with_capacity(hello: Hello, window: int, slots: int | None) -> Hello:
+    return Hello(hello.protocol_version, hello.name, hello.slots if slots is None else slots, window,
+                 hello.software, hello.via, hello.host_key)
 
 
 class _LinkGate(asyncssh.SSHServer):

@@ -63,10 +63,11 @@ class NodeJoined:
 
 @dataclass(frozen=True, slots=True)
 class CreditChanged:
-    """A node changed how many chunks it wants held."""
+    """A node changed how many chunks it wants held (and, for a chain link, its slots)."""
 
     node_id: str
     window: int
+    slots: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

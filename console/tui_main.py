@@ -1,0 +1,192 @@
+"""The console's main screen: header, nodes, tasks, events and throughput."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, RichLog, Sparkline
+
+from console.frontend import Event
+from console.tui_snapshot import ConsoleSnapshot
+from console.tui_status import ClusterTotals, HostIdentity, StatusHeader
+from console.tui_tables import NodesTable, TasksTable
+
+EVENT_LINES = 1000
+EVENT_STYLE = {
+    "join": "green",
+    "leave": "yellow",
+    "lost": "bold red",
+    "close": "red",
+    "kick": "red",
+    "drain": "yellow",
+    "submitted": "cyan",
+    "finished": "bold green",
+    "cancel": "yellow",
+    "requeue": "magenta",
+    "abandon": "bold red",
+    "invalid": "bold red",
+    "quarantine": "bold red",
+    "error": "bold red",
+}
+
+
+def event_line(event: Event) -> Text:
+    """One events-log line: local time, kind, message."""
+    text = Text(no_wrap=True)
+    text.append(time.strftime("%H:%M:%S ", time.localtime(event.time)), style="dim")
+    text.append(f"{event.kind:<10} ", style=EVENT_STYLE.get(event.kind, "bold"))
+    text.append(event.message)
+    return text
+
+
+class MainScreen(Screen[None]):
+    """Everything at once; the App pushes a fresh snapshot into it on every refresh."""
+
+    DEFAULT_CSS = """
+    MainScreen NodesTable, MainScreen TasksTable {
+        height: 1fr;
+        border: round $primary 60%;
+        border-title-style: bold;
+    }
+    MainScreen NodesTable:focus, MainScreen TasksTable:focus {
+        border: round $accent;
+    }
+    MainScreen #bottom {
+        height: 9;
+    }
+    MainScreen RichLog {
+        width: 2fr;
+        border: round $primary 60%;
+        border-title-style: bold;
+    }
+    MainScreen #throughput-box {
+        width: 1fr;
+        border: round $primary 60%;
+        border-title-style: bold;
+    }
+    MainScreen Sparkline {
+        height: 1fr;
+    }
+    MainScreen #filter {
+        display: none;
+        dock: bottom;
+        margin-bottom: 1;
+    }
+    MainScreen #filter.-open {
+        display: block;
+    }
+    """
+    BINDINGS = [Binding("escape", "close_filter", "Clear filter", show=False)]
+
+    class Ready(Message):
+        """The screen can be shown a snapshot: its widgets exist, or it is visible again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query_text = ""
+        self.ready = False
+        self._snapshot = ConsoleSnapshot()
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(id="header")
+        nodes = NodesTable(id="nodes")
+        nodes.border_title = "Nodes"
+        yield nodes
+        tasks = TasksTable(id="tasks")
+        tasks.border_title = "Tasks"
+        yield tasks
+        with Horizontal(id="bottom"):
+            log = RichLog(id="events", max_lines=EVENT_LINES, wrap=False, markup=False, auto_scroll=True)
+            log.border_title = "Events"
+            yield log
+            with Vertical(id="throughput-box") as box:
+                box.border_title = "Items/s, last minute"
+                yield Sparkline([], id="throughput")
+        yield Input(placeholder="filter rows (esc clears)", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(NodesTable).focus()
+        # The App may have started the front-end before or after this: whichever comes
+        # second brings the first snapshot.
+        self.ready = True
+        self.post_message(self.Ready())
+
+    def on_screen_resume(self) -> None:
+        # Back from a task's screen: the App skipped this screen meanwhile; ask for a snapshot now.
+        if self.ready:
+            self.post_message(self.Ready())
+
+    # -- what the App pushes in ---------------------------------------------------------------
+
+    def show(self, snapshot: ConsoleSnapshot, identity: HostIdentity, uptime: str, per_s: float,
+             series: list[float]) -> None:
+        self._snapshot = snapshot
+        totals = ClusterTotals.of(list(snapshot.nodes), list(snapshot.tasks), snapshot.pending_keys)
+        self.query_one(StatusHeader).show(identity, uptime, totals, per_s)
+        self.query_one(Sparkline).data = series
+        self._show_rows()
+
+    def add_events(self, events: Iterable[Event]) -> None:
+        log = self.query_one(RichLog)
+        for event in events:
+            log.write(event_line(event))
+
+    def _show_rows(self) -> None:
+        nodes, tasks = self.query_one(NodesTable), self.query_one(TasksTable)
+        nodes.show(list(self._snapshot.nodes), self.query_text)
+        tasks.show(list(self._snapshot.tasks), self.query_text)
+        suffix = f"  filter: {self.query_text}" if self.query_text else ""
+        nodes.border_title = f"Nodes ({nodes.row_count}){suffix}"
+        tasks.border_title = f"Tasks ({tasks.row_count}){suffix}"
+
+    # -- selection ----------------------------------------------------------------------------
+
+    @property
+    def selected_node_id(self) -> str | None:
+        return self.query_one(NodesTable).selected_key if self.ready else None
+
+    @property
+    def selected_task_id(self) -> str | None:
+        return self.query_one(TasksTable).selected_key if self.ready else None
+
+    def select_task(self, task_id: str) -> None:
+        tasks = self.query_one(TasksTable)
+        tasks.select_key(task_id)
+        tasks.focus()
+
+    async def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if isinstance(event.data_table, TasksTable):
+            event.stop()
+            await self.app.run_action("open_task")
+
+    # -- the filter ---------------------------------------------------------------------------
+
+    def open_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-open")
+        box.focus()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("-open"):
+            box.value = ""
+            box.remove_class("-open")
+            self.query_one(NodesTable).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_text = event.value.strip()
+        self._show_rows()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        # Enter keeps the filter and hands the keys back to the tables.
+        if not event.value.strip():
+            event.input.remove_class("-open")
+        self.query_one(NodesTable).focus()

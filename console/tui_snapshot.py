@@ -1,0 +1,83 @@
+"""What the console reads from the front-end: one snapshot per refresh.
+
+Everything the screens show comes through here, read once per tick, so the screens and
+the key checks (``check_action``) agree on what is selected and what state it is in,
+and the front-end is asked once per refresh however many widgets show the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from console.frontend import FrontEndError, NodeRow, TaskRow
+from protocol.dispatch_events import ChunkView
+
+if TYPE_CHECKING:
+    from console.host import Host
+
+
+@dataclass(frozen=True)
+class ConsoleSnapshot:
+    """Nodes, tasks and pending keys at one moment."""
+
+    nodes: tuple[NodeRow, ...] = ()
+    tasks: tuple[TaskRow, ...] = ()
+    pending_keys: int = 0
+    nodes_by_id: Mapping[str, NodeRow] = field(default_factory=dict, compare=False)
+    tasks_by_id: Mapping[str, TaskRow] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, nodes: list[NodeRow], tasks: list[TaskRow], pending_keys: int) -> ConsoleSnapshot:
+        return cls(
+            tuple(nodes), tuple(tasks), pending_keys,
+            MappingProxyType({n.node_id: n for n in nodes}),
+            MappingProxyType({t.task_id: t for t in tasks}),
+        )
+
+
+EMPTY = ConsoleSnapshot()
+
+
+def take_snapshot(host: Host) -> ConsoleSnapshot:
+    """Read the front-end's nodes and tasks and the registry's pending keys."""
+    frontend, server = host.frontend, host.server
+    if frontend is None or server is None:
+        return EMPTY
+    return ConsoleSnapshot.of(frontend.node_rows(), frontend.task_rows(), len(server.registry.pending()))
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    """One task's chunk map and how many of its items each node computed.
+
+    ``chunks`` is None when the front-end no longer holds the map (a task that finished
+    before this front-end started).
+    """
+
+    chunks: tuple[ChunkView, ...] | None
+    shares: Mapping[str, int]
+
+
+def take_detail(host: Host, task_id: str) -> TaskDetail:
+    """Read one task's chunk map and per-node item counts."""
+    frontend = host.frontend
+    if frontend is None:
+        return TaskDetail(None, {})
+    try:
+        chunks: tuple[ChunkView, ...] | None = tuple(frontend.dispatcher.chunk_map(task_id))
+    except KeyError:
+        chunks = None
+    try:
+        record = frontend.task(task_id)
+    except FrontEndError:
+        return TaskDetail(chunks, {})
+    if record.summary is not None:
+        return TaskDetail(chunks, dict(record.summary.get("items_per_node", {})))
+    # The FrontEnd's rows carry no per-node split; the Dispatcher's task view does.
+    for view in frontend.dispatcher.snapshot(frontend.now()).tasks:
+        if view.task_id == task_id:
+            return TaskDetail(chunks, dict(view.items_by_node))
+    return TaskDetail(chunks, {})

@@ -1,0 +1,135 @@
+"""The cluster at a glance: the header with address, host key, uptime and totals, and
+the throughput the sparkline plots.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from console import tui_format as fmt
+from console.frontend import NodeRow, TaskRow
+from console.tui_tables import CONNECTED_NODE_STATES
+
+THROUGHPUT_WINDOW_S = 60
+"""How many one-second buckets the sparkline shows."""
+CURRENT_RATE_WINDOW_S = 3.0
+"""The header's items/s averages this long, so one big chunk does not make it jump."""
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """Who the console is: where it listens and the host key nodes pin."""
+
+    address: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ClusterTotals:
+    """The header's numbers, summed from one snapshot of the nodes and tasks."""
+
+    nodes: int
+    lost: int
+    slots: int
+    running: int
+    queued: int
+    items_done: int
+    pending_keys: int
+
+    @classmethod
+    def of(cls, nodes: list[NodeRow], tasks: list[TaskRow], pending_keys: int) -> ClusterTotals:
+        connected = [n for n in nodes if n.state in CONNECTED_NODE_STATES]
+        return cls(
+            nodes=len(connected),
+            lost=sum(1 for n in nodes if n.state == "lost"),
+            slots=sum(n.slots for n in connected),
+            running=sum(1 for t in tasks if t.state == "running"),
+            queued=sum(1 for t in tasks if t.state == "queued"),
+            items_done=sum(t.items_done for t in tasks),
+            pending_keys=pending_keys,
+        )
+
+
+class ThroughputMeter:
+    """Items per second across the cluster, from successive totals of items done.
+
+    Each observation adds the items done since the previous one to the bucket of the
+    second it was seen in. The first observation is only a baseline, so tasks resumed
+    from the journal do not show up as a burst; a total that falls (a task forgotten)
+    starts a new baseline.
+    """
+
+    def __init__(self, window_s: int = THROUGHPUT_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._buckets: dict[int, float] = {}
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._last_total: int | None = None
+
+    def observe(self, now: float, total: int) -> None:
+        delta = 0 if self._last_total is None else max(total - self._last_total, 0)
+        self._last_total = total
+        second = math.floor(now)
+        self._buckets[second] = self._buckets.get(second, 0.0) + delta
+        for old in [s for s in self._buckets if s <= second - self.window_s]:
+            del self._buckets[old]
+        self._recent.append((now, delta))
+        while self._recent and self._recent[0][0] < now - CURRENT_RATE_WINDOW_S:
+            self._recent.popleft()
+
+    def series(self, now: float) -> list[float]:
+        """Items done in each of the last ``window_s`` whole seconds, oldest first."""
+        current = math.floor(now)
+        return [self._buckets.get(s, 0.0) for s in range(current - self.window_s, current)]
+
+    def current(self, now: float) -> float:
+        """Items per second over the last few seconds."""
+        recent = [(t, d) for t, d in self._recent if t >= now - CURRENT_RATE_WINDOW_S]
+        if len(recent) < 2:
+            return 0.0
+        # The oldest sample only marks where the span starts; its items came before it.
+        span = now - recent[0][0]
+        return sum(d for _, d in recent[1:]) / span if span > 0 else 0.0
+
+
+class StatusHeader(Static):
+    """Two lines at the top: who and where the console is, then the cluster totals."""
+
+    DEFAULT_CSS = """
+    StatusHeader {
+        height: 2;
+        background: $panel;
+        padding: 0 1;
+    }
+    """
+
+    def show(self, identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> None:
+        self.update(header_text(identity, uptime, totals, per_s))
+
+
+def header_text(identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> Text:
+    """The header's two lines."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append("chainconsole", style="bold")
+    text.append("  listening on ")
+    text.append(identity.address, style="bold cyan")
+    text.append("  host key ")
+    text.append(identity.fingerprint, style="cyan")
+    text.append("  up ")
+    text.append(uptime, style="bold")
+    text.append("\n")
+    text.append(f"nodes {totals.nodes}", style="bold")
+    if totals.lost:
+        text.append(f" ({totals.lost} lost)", style="red")
+    text.append(f" · slots {totals.slots}")
+    text.append(f" · tasks {totals.running} running, {totals.queued} queued")
+    text.append(" · ")
+    text.append(fmt.rate(per_s).replace("/s", " items/s") if per_s > 0 else "idle", style="bold green")
+    if totals.pending_keys:
+        plural = "s" if totals.pending_keys > 1 else ""
+        text.append(f" · {totals.pending_keys} node key{plural} pending (a to approve)", style="bold yellow")
+    return text

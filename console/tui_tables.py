@@ -1,0 +1,206 @@
+"""The nodes and tasks tables: DataTables reconciled by row key from front-end snapshots.
+
+A refresh never clears a table. Rows are keyed by node or task id: a new id gets
+``add_row``, a gone one ``remove_row``, and a kept one ``update_cell`` for just the cells
+whose text changed — so the cursor, the scroll position and the cost of a refresh stay
+put however many rows there are (Memray's ``AllocationTable``, Dolphie's process list).
+Columns have fixed widths for the same reason: a width that follows the content would
+make every refresh re-measure every row. Cells are compared as plain ``(text, style)``
+pairs and become Rich ``Text`` only when they change: with 200 nodes, building and
+comparing styled text for every cell on every refresh cost more than drawing the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from console import tui_format as fmt
+from console.frontend import NodeRow, TaskRow
+
+Cell = tuple[str, str]
+"""What a cell shows: its text and its Rich style."""
+Cells = tuple[Cell, ...]
+
+NODE_STATE_STYLE = {
+    "connecting": "dim",
+    "idle": "cyan",
+    "busy": "green",
+    "draining": "yellow",
+    "quarantined": "bold red",
+    "lost": "red",
+}
+TASK_STATE_STYLE = {
+    "queued": "dim",
+    "running": "bold cyan",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "yellow",
+}
+FINISHED_TASK_STATES = frozenset({"done", "failed", "cancelled"})
+LIVE_TASK_STATES = frozenset({"queued", "running"})
+CONNECTED_NODE_STATES = frozenset({"idle", "busy", "draining", "quarantined"})
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its key (for ``update_cell``), label and fixed width."""
+
+    key: str
+    label: str
+    width: int
+    right: bool = False
+
+
+class KeyedTable(DataTable):
+    """A row-cursor DataTable whose rows follow a mapping of row key to cells."""
+
+    COLUMNS: ClassVar[tuple[Column, ...]] = ()
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self._shown: dict[str, Cells] = {}
+        for column in self.COLUMNS:
+            label = Text(column.label, justify="right" if column.right else "left")
+            self.add_column(label, width=column.width, key=column.key)
+
+    def reconcile(self, rows: Mapping[str, Cells], query: str = "") -> bool:
+        """Make the table show ``rows`` (those matching ``query``); True if anything changed."""
+        if query:
+            needle = query.casefold()
+            rows = {key: cells for key, cells in rows.items() if _matches(cells, needle)}
+        selected = self.selected_key
+        changed = False
+        for key in [key for key in self._shown if key not in rows]:
+            self.remove_row(key)
+            del self._shown[key]
+            changed = True
+        for key, cells in rows.items():
+            before = self._shown.get(key)
+            if before is None:
+                self.add_row(*(self._text(column, cell) for column, cell in zip(self.COLUMNS, cells)), key=key)
+                changed = True
+            elif before != cells:
+                for column, old, new in zip(self.COLUMNS, before, cells):
+                    if old != new:
+                        self.update_cell(key, column.key, self._text(column, new))
+                changed = True
+            self._shown[key] = cells
+        # Removing a row above the cursor would leave the cursor on the next row's index:
+        # keep it on the row the operator selected.
+        if selected in self._shown and self.selected_key != selected:
+            self.select_key(selected)
+        return changed
+
+    @staticmethod
+    def _text(column: Column, cell: Cell) -> Text:
+        text, style = cell
+        return Text(text, style=style, justify="right" if column.right else "left", no_wrap=True,
+                    overflow="ellipsis")
+
+    @property
+    def selected_key(self) -> str | None:
+        """The key of the row under the cursor, or None when the table is empty."""
+        if not self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return row_key.value
+
+    def select_key(self, key: str) -> None:
+        """Put the cursor on the row ``key`` if it is shown."""
+        if key in self._shown:
+            self.move_cursor(row=self.get_row_index(key))
+
+
+def _matches(cells: Cells, needle: str) -> bool:
+    return any(needle in text.casefold() for text, _ in cells)
+
+
+class NodesTable(KeyedTable):
+    """Every node the front-end knows: connected ones, then recently lost ones."""
+
+    COLUMNS = (
+        Column("name", "Node", 16),
+        Column("via", "Chain", 18),
+        Column("state", "State", 11),
+        Column("slots", "Slots", 5, right=True),
+        Column("in_flight", "In flight", 9, right=True),
+        Column("items_done", "Items done", 11, right=True),
+        Column("rate", "Items/s", 9, right=True),
+        Column("heartbeat", "Heartbeat", 9, right=True),
+        Column("errors", "Errors", 6, right=True),
+    )
+
+    def show(self, rows: list[NodeRow], query: str = "") -> bool:
+        return self.reconcile({row.node_id: node_cells(row) for row in rows}, query)
+
+
+def node_cells(row: NodeRow) -> Cells:
+    """One node's cells, in ``NodesTable.COLUMNS`` order."""
+    connected = row.state in CONNECTED_NODE_STATES
+    return (
+        (row.name if row.name == row.node_id else f"{row.node_id} ({row.name})", ""),
+        (fmt.chain(row.via), "" if row.via else "dim"),
+        (row.state, NODE_STATE_STYLE.get(row.state, "")),
+        (str(row.slots), ""),
+        (str(row.in_flight) if connected else fmt.DASH, ""),
+        (fmt.count(row.items_done), ""),
+        (fmt.rate(row.items_per_s) if connected else fmt.DASH, ""),
+        (fmt.age(row.heartbeat_age_s), _age_style(row.heartbeat_age_s)),
+        (str(row.errors), "red" if row.errors else ""),
+    )
+
+
+def _age_style(age: float | None) -> str:
+    # A node silent for a few heartbeats is about to be declared lost: say so early.
+    if age is None:
+        return "dim"
+    return "yellow" if age >= 3.0 else ""
+
+
+class TasksTable(KeyedTable):
+    """Every task the front-end holds, live or finished, in the order they came."""
+
+    COLUMNS = (
+        Column("task_id", "ID", 5),
+        Column("name", "Task", 16),
+        Column("owner", "Owner", 9),
+        Column("state", "State", 9),
+        Column("progress", "Progress", 21),
+        Column("done", "Done/Total", 15, right=True),
+        Column("failed", "Failed", 6, right=True),
+        Column("rate", "Items/s", 8, right=True),
+        Column("eta", "ETA", 7, right=True),
+    )
+
+    def show(self, rows: list[TaskRow], query: str = "") -> bool:
+        return self.reconcile({row.task_id: task_cells(row) for row in rows}, query)
+
+
+def task_rate(row: TaskRow) -> float:
+    """Items per second: the live rate while running, the average once finished."""
+    if row.state in FINISHED_TASK_STATES:
+        return row.items_done / row.wall_s if row.wall_s else 0.0
+    return row.items_per_s
+
+
+def task_cells(row: TaskRow) -> Cells:
+    """One task's cells, in ``TasksTable.COLUMNS`` order."""
+    style = TASK_STATE_STYLE.get(row.state, "")
+    progress = f"{fmt.progress_bar(row.items_done, row.items)} {fmt.percent(row.items_done, row.items):>4}"
+    live = row.state in LIVE_TASK_STATES
+    return (
+        (row.task_id, ""),
+        (row.name, ""),
+        (row.owner, ""),
+        (row.state, style),
+        (progress, style or "cyan"),
+        (f"{fmt.count(row.items_done)}/{fmt.count(row.items)}", ""),
+        (fmt.count(row.items_failed), "red" if row.items_failed else "dim"),
+        (fmt.rate(task_rate(row)), ""),
+        (fmt.eta(row.items - row.items_done, row.items_per_s) if live else fmt.DASH, ""),
+    )

@@ -1,0 +1,153 @@
+"""Snapshot tests of the console's screens: a still picture of a fixed cluster.
+
+The app runs with ``live=False`` (no refresh timer, address, host key and uptime masked)
+against a scripted front-end, in a fixed terminal size and time zone, so the same code
+always draws the same SVG. Update with ``pytest tests/test_app_snapshots.py --snapshot-update``
+after checking the new pictures in the report.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from console.app import ConsoleApp
+from console.frontend import Event, FrontEndError, NodeRow, TaskRow
+from console.server import ServerSettings
+from console.statedir import StateDir
+from protocol.dispatch_events import ChunkState, ChunkView
+
+SIZE = (120, 36)
+T0 = 1_700_000_000.0
+
+NODES = [
+    NodeRow("gpu-01", "gpu-01", "busy", 8, 9, 12_480, 0, (), "10.0.0.11:50212", 0.3, 410.2),
+    NodeRow("gpu-02", "gpu-02", "busy", 8, 9, 11_902, 0, (), "10.0.0.12:50877", 0.6, 398.7),
+    NodeRow("relay-a", "relay-a", "idle", 4, 0, 3_310, 0, (), "10.0.0.20:41002", 0.2, 88.0),
+    NodeRow("edge-07", "edge-07", "busy", 2, 3, 1_200, 0, ("relay-a",), "10.8.0.7:39110", 1.1, 40.5),
+    NodeRow("edge-08", "edge-08", "draining", 2, 1, 890, 0, ("relay-a",), "10.8.0.8:39920", 0.9, 35.1),
+    NodeRow("old-box", "old-box", "quarantined", 4, 0, 52, 3, (), "10.0.0.40:60001", 4.2, 0.4),
+    NodeRow("laptop", "laptop", "lost", 2, 0, 0, 0, (), "10.0.0.99:51515", None, 0.0),
+]
+TASKS = [
+    TaskRow("t1", "invert-256", "alice", "done", 5_000, 5_000, 0, T0, 41.2, 0.0),
+    TaskRow("t2", "eigvalsh-sym", "bob", "running", 20_000, 6_240, 0, T0, None, 812.0),
+    TaskRow("t3", "solve-spd", "operator", "running", 10_000, 310, 2, T0, None, 95.5),
+    TaskRow("t4", "det-big", "operator", "queued", 50_000, 0, 0, T0, None, 0.0),
+    TaskRow("t5", "svd-check", "bob", "failed", 800, 800, 120, T0, 12.0, 0.0),
+    TaskRow("t6", "matmul-demo", "alice", "cancelled", 4_000, 1_250, 0, T0, 7.5, 0.0),
+]
+EVENTS = [
+    Event(T0 + 1, "join", "gpu-01 joined from 10.0.0.11:50212 with 8 slots", node_id="gpu-01"),
+    Event(T0 + 2, "join", "edge-07 joined via relay-a with 2 slots", node_id="edge-07"),
+    Event(T0 + 5, "submitted", "eigvalsh-sym: eigvalsh × 20000 by bob", task_id="t2"),
+    Event(T0 + 9, "lost", "laptop: connection lost: no heartbeat for 5.0s", node_id="laptop"),
+    Event(T0 + 9, "requeue", "chunk t2/17 from laptop: node lost", task_id="t2", node_id="laptop"),
+    Event(T0 + 12, "quarantine", "old-box quarantined: 3 invalid results", node_id="old-box"),
+    Event(T0 + 14, "drain", "edge-08 draining", node_id="edge-08"),
+    Event(T0 + 20, "finished", "invert-256 done: 5000/5000 ok in 41.20s", task_id="t1"),
+]
+
+
+def chunk_map() -> list[ChunkView]:
+    """Task t2: done chunks, a few retried and running, one failed, the rest not carved yet."""
+    views = []
+    for i in range(240):
+        state = ChunkState.DONE
+        if i in (17, 60, 131):
+            state = ChunkState.RETRIED
+        elif i == 88:
+            state = ChunkState.FAILED
+        elif i >= 228:
+            state = ChunkState.RUNNING
+        views.append(ChunkView(i, i * 26, i * 26 + 26, state, 2 if state is ChunkState.RETRIED else 1))
+    views.append(ChunkView(-1, 240 * 26, 20_000, ChunkState.QUEUED, 0))
+    return views
+
+
+class ScriptedFrontEnd:
+    """The part of the FrontEnd API the console reads, answering with fixed rows."""
+
+    def __init__(self) -> None:
+        self.started_at = T0
+        self.events = collections.deque(EVENTS)
+        self.dispatcher = SimpleNamespace(chunk_map=self._chunk_map)
+        self.released: list[str] = []
+
+    def node_rows(self) -> list[NodeRow]:
+        return list(NODES)
+
+    def task_rows(self) -> list[TaskRow]:
+        return list(TASKS)
+
+    def on_event(self, listener: object) -> None:
+        pass
+
+    def release(self, node_id: str) -> None:
+        self.released.append(node_id)
+
+    def task(self, task_id: str) -> SimpleNamespace:
+        if task_id != "t2":
+            raise FrontEndError(task_id)
+        return SimpleNamespace(summary={"items_per_node": {"gpu-01": 2_530, "gpu-02": 2_410, "edge-07": 770,
+                                                           "edge-08": 530}})
+
+    def _chunk_map(self, task_id: str) -> list[ChunkView]:
+        if task_id != "t2":
+            raise KeyError(task_id)
+        return chunk_map()
+
+
+class ScriptedHost:
+    """A Host whose front-end is scripted: started and stopped, nothing listens."""
+
+    def __init__(self, root: Path) -> None:
+        self.state = StateDir(root)
+        self.settings = ServerSettings(port=0)
+        self.frontend: ScriptedFrontEnd | None = None
+        self.server: SimpleNamespace | None = None
+
+    async def start(self) -> tuple[str, int]:
+        self.frontend = ScriptedFrontEnd()
+        self.server = SimpleNamespace(registry=SimpleNamespace(pending=lambda: ["one key"]),
+                                      address=("127.0.0.1", 8022))
+        return ("127.0.0.1", 8022)
+
+    async def stop(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Event times print in local time: pin the zone so the picture is the same everywhere."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def still_app(tmp_path: Path) -> ConsoleApp:
+    return ConsoleApp(ScriptedHost(tmp_path), live=False)  # type: ignore[arg-type]
+
+
+def test_main_screen(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(still_app(tmp_path), terminal_size=SIZE)
+
+
+def test_task_detail_screen(snap_compare, tmp_path: Path) -> None:
+    # Focus the tasks table, move to t2, open it.
+    assert snap_compare(still_app(tmp_path), press=["tab", "down", "enter"], terminal_size=SIZE)
+
+
+def test_kick_confirmation_names_the_node(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(still_app(tmp_path), press=["k"], terminal_size=SIZE)
+
+
+def test_help_lists_every_key(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(still_app(tmp_path), press=["question_mark"], terminal_size=SIZE)

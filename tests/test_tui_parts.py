@@ -1,0 +1,239 @@
+"""The console's parts on their own: cell formatting, throughput, the chunk map's cells,
+and the keyed reconciliation of tables (no front-end, no SSH)."""
+
+from __future__ import annotations
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable
+
+from console import tui_format as fmt
+from console.frontend import NodeRow, TaskRow
+from console.tui_detail import SharesTable, chunk_cells, legend
+from console.tui_status import ClusterTotals, ThroughputMeter
+from console.tui_tables import NodesTable, TasksTable, task_cells
+from protocol.dispatch_events import ChunkState, ChunkView
+
+Q, R, D, T, F = ChunkState.QUEUED, ChunkState.RUNNING, ChunkState.DONE, ChunkState.RETRIED, ChunkState.FAILED
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("done", "total", "bar"), [
+    (0, 100, "░░░░░░░░"),
+    (50, 100, "████░░░░"),
+    (100, 100, "████████"),
+    (1, 64, "▏░░░░░░░"),   # one eighth of one cell
+    (7, 64, "▉░░░░░░░"),
+    (200, 100, "████████"),  # never overflows
+    (0, 0, "░░░░░░░░"),
+])
+def test_progress_bar_fills_in_eighths_and_keeps_its_width(done: int, total: int, bar: str) -> None:
+    assert fmt.progress_bar(done, total, 8) == bar
+    assert len(fmt.progress_bar(done, total, 8)) == 8
+
+
+def test_percent_reaches_100_only_when_everything_is_done() -> None:
+    assert fmt.percent(9_999, 10_000) == "99%"
+    assert fmt.percent(10_000, 10_000) == "100%"
+
+
+@pytest.mark.parametrize(("per_s", "text"), [
+    (0.0, "—"), (float("nan"), "—"), (3.21, "3.2/s"), (850.4, "850/s"), (1234.0, "1,234/s"),
+    (12_400.0, "12.4k/s"), (25_000_000.0, "25.0M/s"),
+])
+def test_rate(per_s: float, text: str) -> None:
+    assert fmt.rate(per_s) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "—"), (-1.0, "—"), (42.9, "42s"), (187.0, "3m07s"), (7500.0, "2h05m"), (273_600.0, "3d04h"),
+])
+def test_duration(seconds: float | None, text: str) -> None:
+    assert fmt.duration(seconds) == text
+
+
+def test_eta_is_the_remaining_items_at_the_current_rate() -> None:
+    assert fmt.eta(1000, 10.0) == "1m40s"
+    assert fmt.eta(0, 10.0) == "—"
+    assert fmt.eta(1000, 0.0) == "—"
+
+
+def test_clock_age_and_chain() -> None:
+    assert fmt.clock(3_725.9) == "1:02:05"
+    assert fmt.age(0.43) == "0s" and fmt.age(2.9) == "2s" and fmt.age(75.0) == "1m15s" and fmt.age(None) == "—"
+    assert fmt.chain(()) == "direct"
+    assert fmt.chain(("relay-a", "relay-b")) == "relay-a → relay-b"
+
+
+def test_a_task_row_shows_eta_only_while_live_and_average_rate_once_finished() -> None:
+    running = TaskRow("t1", "inv", "op", "running", 1000, 250, 3, 0.0, None, 50.0)
+    cells = [text for text, _ in task_cells(running)]
+    assert cells[5] == "250/1,000" and cells[6] == "3" and cells[7] == "50/s" and cells[8] == "15s"
+    done = TaskRow("t2", "inv", "op", "done", 1000, 1000, 0, 0.0, 4.0, 0.0)
+    cells = [text for text, _ in task_cells(done)]
+    assert cells[7] == "250/s" and cells[8] == "—"
+    assert cells[4].endswith("100%")
+
+
+# -- throughput and totals ----------------------------------------------------------------------
+
+
+def test_throughput_meter_buckets_items_per_second_and_ignores_the_first_total() -> None:
+    meter = ThroughputMeter(window_s=5)
+    meter.observe(100.2, 5_000)   # resumed work already done: a baseline, not a burst
+    meter.observe(100.7, 5_040)
+    meter.observe(101.3, 5_100)
+    meter.observe(102.1, 5_100)
+    meter.observe(103.5, 5_190)
+    assert meter.series(104.0) == [0.0, 40.0, 60.0, 0.0, 90.0]
+    # 190 items in the 3 s since the oldest sample still in the window (at 101.3 → 104.0 is 2.7 s,
+    # but the sample at 101.3 only marks the start: its 60 items came before it).
+    assert meter.current(104.0) == pytest.approx(90 / 2.7)
+
+
+def test_throughput_meter_forgets_seconds_older_than_its_window_and_survives_a_falling_total() -> None:
+    meter = ThroughputMeter(window_s=3)
+    meter.observe(10.0, 0)
+    meter.observe(10.5, 30)
+    meter.observe(20.0, 10)      # a task was forgotten: a new baseline, no negative rate
+    meter.observe(20.5, 25)
+    assert meter.series(21.0) == [0.0, 0.0, 15.0]
+    assert min(meter.series(21.0)) >= 0
+
+
+def test_cluster_totals_count_connected_nodes_only() -> None:
+    nodes = [
+        NodeRow("a", "a", "busy", 4, 2, 10, 0, (), "x", 0.1, 1.0),
+        NodeRow("b", "b", "draining", 2, 1, 10, 0, (), "x", 0.1, 1.0),
+        NodeRow("c", "c", "lost", 8, 0, 0, 0, (), "x", None, 0.0),
+    ]
+    tasks = [
+        TaskRow("t1", "x", "op", "running", 10, 4, 0, 0.0, None, 1.0),
+        TaskRow("t2", "x", "op", "queued", 10, 0, 0, 0.0, None, 0.0),
+        TaskRow("t3", "x", "op", "done", 10, 10, 0, 0.0, 1.0, 0.0),
+    ]
+    totals = ClusterTotals.of(nodes, tasks, pending_keys=2)
+    assert (totals.nodes, totals.lost, totals.slots) == (2, 1, 6)
+    assert (totals.running, totals.queued, totals.items_done, totals.pending_keys) == (1, 1, 14, 2)
+
+
+# -- the chunk map ------------------------------------------------------------------------------
+
+
+def view(chunk: int, start: int, stop: int, state: ChunkState) -> ChunkView:
+    return ChunkView(chunk, start, stop, state, 1)
+
+
+def test_chunk_map_gives_one_cell_per_chunk_when_they_fit() -> None:
+    chunks = [view(1, 10, 20, R), view(0, 0, 10, D), view(2, 20, 30, F)]
+    cells, what = chunk_cells(chunks, 30, capacity=10)
+    assert cells == [D, R, F]  # in item order, whatever order they came in
+    assert what == "1 cell = 1 chunk"
+
+
+def test_chunk_map_merges_chunks_into_cells_and_keeps_the_most_urgent_state_visible() -> None:
+    chunks = [view(i, i * 10, i * 10 + 10, D) for i in range(100)]
+    chunks[57] = view(57, 570, 580, F)
+    chunks[3] = view(3, 30, 40, T)
+    cells, what = chunk_cells(chunks, 1000, capacity=10)
+    assert len(cells) == 10
+    assert cells[5] == F and cells[0] == T
+    assert cells.count(D) == 8
+    assert what == "1 cell ≈ 100 items"
+
+
+def test_chunk_map_spreads_items_not_yet_chunked_over_their_share_of_cells() -> None:
+    # Two carved chunks, then the rest of the task not carved yet (chunk -1).
+    chunks = [view(0, 0, 100, D), view(1, 100, 200, R), view(-1, 200, 1000, Q)]
+    cells, _ = chunk_cells(chunks, 1000, capacity=10)
+    assert cells == [D, R] + [Q] * 8
+    text = legend(chunks, "x").plain
+    assert "done 1" in text and "running 1" in text and "800 items not yet chunked" in text
+
+
+def test_chunk_map_of_10000_chunks_fits_the_screen() -> None:
+    chunks = [view(i, i * 5, i * 5 + 5, D if i < 6000 else Q) for i in range(10_000)]
+    cells, _ = chunk_cells(chunks, 50_000, capacity=2_000)
+    assert len(cells) == 2_000
+    assert cells[:1200] == [D] * 1200 and cells[1200:] == [Q] * 800
+
+
+# -- keyed reconciliation -----------------------------------------------------------------------
+
+
+class OneTable(App[None]):
+    def compose(self) -> ComposeResult:
+        yield NodesTable(id="nodes")
+        yield TasksTable(id="tasks")
+
+
+def node(node_id: str, state: str = "idle", items: int = 0) -> NodeRow:
+    return NodeRow(node_id, node_id, state, 2, 0, items, 0, (), "127.0.0.1:1", 0.2, 0.0)
+
+
+async def test_tables_reconcile_by_row_key_without_ever_clearing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a refresh must not clear the table")
+
+    monkeypatch.setattr(DataTable, "clear", forbidden)
+    app = OneTable()
+    async with app.run_test() as pilot:
+        table = app.query_one(NodesTable)
+        table.show([node("a"), node("b"), node("c")])
+        table.select_key("b")
+        updates: list[tuple[str, str]] = []
+        real_update = DataTable.update_cell
+
+        def spy(self: DataTable, row_key: str, column_key: str, value: object, **kw: object) -> None:
+            updates.append((str(row_key), str(column_key)))
+            real_update(self, row_key, column_key, value, **kw)
+
+        monkeypatch.setattr(DataTable, "update_cell", spy)
+        changed = table.show([node("b", "busy", 40), node("c"), node("d")])
+        await pilot.pause()
+        assert changed
+        assert [k.value for k in table.rows] == ["b", "c", "d"]
+        assert table.selected_key == "b"  # the cursor follows the row, not the index
+        # Only the cells whose text changed were touched.
+        assert sorted(updates) == [("b", "items_done"), ("b", "state")]
+        assert table.get_cell("b", "state").plain == "busy"
+        updates.clear()
+        assert not table.show([node("b", "busy", 40), node("c"), node("d")])
+        assert updates == []
+
+
+async def test_a_filter_shows_only_rows_whose_text_matches() -> None:
+    app = OneTable()
+    async with app.run_test():
+        table = app.query_one(NodesTable)
+        rows = [node("gpu-01", "busy"), node("gpu-02", "idle"), node("cpu-01", "busy")]
+        table.show(rows, "GPU")
+        assert [k.value for k in table.rows] == ["gpu-01", "gpu-02"]
+        table.show(rows, "busy")
+        assert sorted(k.value for k in table.rows) == ["cpu-01", "gpu-01"]
+        table.show(rows, "")
+        assert table.row_count == 3
+
+
+async def test_shares_are_listed_biggest_first_and_the_cursor_stays_on_its_node() -> None:
+    class Shares(App[None]):
+        def compose(self) -> ComposeResult:
+            yield SharesTable()
+
+    app = Shares()
+    async with app.run_test() as pilot:
+        table = app.query_one(SharesTable)
+        def order() -> list[str]:
+            return [table.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value for i in range(table.row_count)]
+
+        table.show({"a": 10, "b": 30, "c": 20})
+        assert order() == ["b", "c", "a"]
+        table.select_key("c")
+        table.show({"a": 50, "b": 30, "c": 20})
+        await pilot.pause()
+        assert order() == ["a", "b", "c"]
+        assert table.selected_key == "c"
+        assert table.get_cell("a", "share").plain.endswith("50.0%")
