@@ -430,6 +430,8 @@ class Credit(_Message):
 
     TYPE: ClassVar[str] = "credit"
     window: int = _field(_integer(0, MAX_COUNT))
+    slots: int | None = _field(_optional(_integer(0, MAX_COUNT)), default=None)
+    """A chain link's slots now, counting the nodes behind it; None: unchanged."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -83,6 +83,7 @@ SAMPLES: list[Message] = [
     Control("drain", "b"),
     Control("kick", "nœud 2"),
     NodeKeys(("ssh-ed25519 AAAAC3Nza one", "ssh-ed25519 AAAAC3Nzb two")),
+    Credit(7, slots=5),
     Hello(PROTOCOL_VERSION, "link", 2, 3, host_key="ssh-ed25519 AAAAC3Nza link"),
     Welcome(PROTOCOL_VERSION, "link", 1.0, 5.0, instance="f3a9", host_certificate="ssh-ed25519-cert-v01@openssh.com AAAA"),
 ]
@@ -144,7 +145,7 @@ def test_assign_input_arrays_keep_dtype_and_values() -> None:
 
 
 def test_headers_carry_type_and_fields_exactly() -> None:
-    assert wire_header(Credit(3)) == {"type": "credit", "window": 3}
+    assert wire_header(Credit(3)) == {"type": "credit", "window": 3, "slots": None}
     assert wire_header(Hello(1, "n", 2, 3, via=("r",))) == {
         "type": "hello", "protocol_version": 1, "name": "n", "slots": 2, "window": 3,
         "software": "", "via": ["r"], "host_key": "",
