@@ -28,7 +28,8 @@ from textual.widgets import DataTable
 from textual_fspicker import FileOpen, FileSave, Filters
 
 from console import tui_format as fmt
-from console.frontend import Event, FrontEndError, NodeRow, TaskRow
+from console.frontend import FrontEndError
+from console.records import Event, NodeRow, TaskRow
 from console.host import Host
 from console.keys import KeyError_, fingerprint
 from console.server import ServerSettings

@@ -14,23 +14,23 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import asyncssh
 import numpy as np
 
-from console.journal import Journal
+from console.journal import Journal, save_array_inputs, task_document, task_from_document
 from console.keys import KeyRegistry, Role
-from console.results import ResultStore, export_npz, read_summary, write_summary
+from console.records import Event, NodeInfo, NodeRow, TaskRecord, TaskRow
+from console.results import ResultStore, export_npz, write_summary
 from console.statedir import StateDir
 from console.verify import DEFAULT_SAMPLE, check_result
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
 from protocol.messages import MAX_NODE_KEYS, Assign, Cancel, Control, Drain, Hello, HostCertificate, NodeKeys, Result
-from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, NO_LIMITS, Task, TaskLimits, task_from_parts
+from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
 
 DEFAULT_TICK_S = 0.5
 CERTIFICATE_DAYS = 365
@@ -50,85 +50,6 @@ class NodeLink(Protocol):
 
     def close(self, reason: str, *, farewell: bool = True) -> None:
         """End the session; with ``farewell`` the node is told to leave rather than come back."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """One line of the events log."""
-
-    time: float
-    kind: str
-    message: str
-    task_id: str = ""
-    node_id: str = ""
-
-
-@dataclass
-class NodeInfo:
-    """What the front-end knows of a node beyond the Dispatcher's view."""
-
-    node_id: str
-    name: str
-    address: str
-    slots: int
-    via: tuple[str, ...] = ()
-    is_link: bool = False
-    connected_at: float = field(default_factory=time.time)
-    lost_at: float | None = None
-    lost_reason: str = ""
-
-
-@dataclass
-class TaskRecord:
-    """A task the front-end holds, live or finished."""
-
-    task_id: str
-    name: str
-    owner: str
-    items: int
-    operation: str
-    return_mode: str
-    submitted_at: float
-    task: Task | None = None
-    store: ResultStore | None = None
-    state: str = "queued"
-    started_at: float | None = None
-    finished_at: float | None = None
-    summary: dict | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(frozen=True)
-class NodeRow:
-    """One node as ``nodes --json`` and the console show it."""
-
-    node_id: str
-    name: str
-    state: str
-    slots: int
-    in_flight: int
-    items_done: int
-    errors: int
-    via: tuple[str, ...]
-    address: str
-    heartbeat_age_s: float | None
-    items_per_s: float
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    """One task as ``tasks --json`` and the console show it."""
-
-    task_id: str
-    name: str
-    owner: str
-    state: str
-    items: int
-    items_done: int
-    items_failed: int
-    submitted_at: float
-    wall_s: float | None
-    items_per_s: float
 
 
 class FrontEnd:
@@ -216,7 +137,7 @@ class FrontEnd:
         task_id = self.journal.new_task(task.name, owner, document, task.count)
         folder = self.state.task_dir(task_id)
         folder.mkdir(parents=True, exist_ok=True)
-        _save_array_inputs(folder, task)
+        save_array_inputs(folder, task)
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
@@ -621,37 +542,3 @@ def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int,
     return d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner,
                            completed=completed, completed_failed=failed,
                            max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)))
-
-
-def task_document(task: Task) -> dict:
-    """The journal's description of a task: enough to rebuild it after a restart."""
-    return {
-        "name": task.name,
-        "operation": task.operation,
-        "inputs": task.describe_inputs(),
-        "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
-        "return": task.return_mode,
-        "max_attempts": task.max_attempts,
-    }
-
-
-def task_from_document(document: dict, folder: Path) -> Task:
-    """Rebuild a journaled task, reading its array inputs back from the task folder."""
-    generated, arrays = {}, {}
-    for name, described in document["inputs"].items():
-        if "generate" in described:
-            generated[name] = described["generate"]
-        else:
-            arrays[name] = np.load(folder / "inputs" / f"{name}.npy", mmap_mode="r")
-    chunk_size = document["chunk_size"]
-    return task_from_parts(document["name"], document["operation"], generated, arrays,
-                           None if chunk_size == "auto" else chunk_size,
-                           document["return"], document["max_attempts"], limits=NO_LIMITS)
-
-
-def _save_array_inputs(folder: Path, task: Task) -> None:
-    for name, source in task.inputs.items():
-        if not isinstance(source, GeneratedInput):
-            (folder / "inputs").mkdir(exist_ok=True)
-            np.save(folder / "inputs" / f"{name}.npy", source)
-

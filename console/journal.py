@@ -13,6 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from protocol.inputs import GeneratedInput
+from protocol.taskfile import NO_LIMITS, Task, task_from_parts
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,7 +43,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 
 
 @dataclass(frozen=True)
-class TaskRow:
+class JournaledTask:
     """One task as the journal keeps it."""
 
     task_id: str
@@ -53,7 +58,7 @@ class TaskRow:
 
 
 @dataclass(frozen=True)
-class ChunkRow:
+class StoredChunk:
     """One stored chunk range: ``node`` is empty for items marked failed."""
 
     start: int
@@ -100,20 +105,54 @@ class Journal:
             (task_id, start, stop, node, items_ok),
         )
 
-    def tasks(self) -> list[TaskRow]:
+    def tasks(self) -> list[JournaledTask]:
         rows = self._db.execute(
             "SELECT task_id, name, owner, document, items, state, submitted_at, finished_at, summary"
             " FROM tasks ORDER BY seq"
         ).fetchall()
         return [
-            TaskRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7],
+            JournaledTask(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7],
                     json.loads(r[8]) if r[8] else None)
             for r in rows
         ]
 
-    def chunks(self, task_id: str) -> list[ChunkRow]:
+    def chunks(self, task_id: str) -> list[StoredChunk]:
         rows = self._db.execute(
             "SELECT start, stop, node, items_ok FROM chunks WHERE task_id = ? ORDER BY start",
             (task_id,),
         ).fetchall()
-        return [ChunkRow(*r) for r in rows]
+        return [StoredChunk(*r) for r in rows]
+
+
+def task_document(task: Task) -> dict:
+    """The journal's description of a task: enough to rebuild it after a restart."""
+    return {
+        "name": task.name,
+        "operation": task.operation,
+        "inputs": task.describe_inputs(),
+        "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
+        "return": task.return_mode,
+        "max_attempts": task.max_attempts,
+    }
+
+
+def task_from_document(document: dict, folder: Path) -> Task:
+    """Rebuild a journaled task, reading its array inputs back from the task folder."""
+    generated, arrays = {}, {}
+    for name, described in document["inputs"].items():
+        if "generate" in described:
+            generated[name] = described["generate"]
+        else:
+            arrays[name] = np.load(folder / "inputs" / f"{name}.npy", mmap_mode="r")
+    chunk_size = document["chunk_size"]
+    return task_from_parts(document["name"], document["operation"], generated, arrays,
+                           None if chunk_size == "auto" else chunk_size,
+                           document["return"], document["max_attempts"], limits=NO_LIMITS)
+
+
+def save_array_inputs(folder: Path, task: Task) -> None:
+    for name, source in task.inputs.items():
+        if not isinstance(source, GeneratedInput):
+            (folder / "inputs").mkdir(exist_ok=True)
+            np.save(folder / "inputs" / f"{name}.npy", source)
+

@@ -19,7 +19,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from console import tui_format as fmt
-from console.frontend import TaskRow
+from console.records import TaskRow
 from console.tui_tables import TASK_STATE_STYLE, Cells, Column, KeyedTable, task_rate
 from protocol.dispatch_events import ChunkState, ChunkView
 

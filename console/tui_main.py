@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, RichLog, Sparkline
 
-from console.frontend import Event
+from console.records import Event
 from console.tui_snapshot import ConsoleSnapshot
 from console.tui_status import ClusterTotals, HostIdentity, StatusHeader
 from console.tui_tables import NodesTable, TasksTable

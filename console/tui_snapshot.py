@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from console.frontend import FrontEndError, NodeRow, TaskRow
+from console.frontend import FrontEndError
+from console.records import NodeRow, TaskRow
 from protocol.dispatch_events import ChunkView
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console import tui_format as fmt
-from console.frontend import NodeRow, TaskRow
+from console.records import NodeRow, TaskRow
 from console.tui_tables import CONNECTED_NODE_STATES
 
 THROUGHPUT_WINDOW_S = 60

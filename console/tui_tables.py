@@ -20,7 +20,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from console import tui_format as fmt
-from console.frontend import NodeRow, TaskRow
+from console.records import NodeRow, TaskRow
 
 Cell = tuple[str, str]
 """What a cell shows: its text and its Rich style."""

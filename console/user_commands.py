@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from console.frontend import FrontEnd, FrontEndError, TaskRecord
+from console.frontend import FrontEnd, FrontEndError
+from console.records import TaskRecord
 from console.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, RemoteProtocolError, TaskFileError
 from protocol.frames import FrameDecoder, unpack_arrays

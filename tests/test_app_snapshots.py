@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from console.app import ConsoleApp
-from console.frontend import Event, FrontEndError, NodeRow, TaskRow
+from console.frontend import FrontEndError
+from console.records import Event, NodeRow, TaskRow
 from console.server import ServerSettings
 from console.statedir import StateDir
 from protocol.dispatch_events import ChunkState, ChunkView

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-import subprocess
 import sys
 
 import asyncssh
 import pytest
 
 from console.host import Host
-from console.keys import KeyRegistry, Role, fingerprint, public_key_line
+from console.keys import KeyRegistry, Role, fingerprint
 from console.statedir import StateDir
 from console.throttle import AuthThrottle
 from tests.conftest import REPO, cli, wait_until

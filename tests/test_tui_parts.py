@@ -9,7 +9,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from console import tui_format as fmt
-from console.frontend import NodeRow, TaskRow
+from console.records import NodeRow, TaskRow
 from console.tui_detail import SharesTable, chunk_cells, legend
 from console.tui_status import ClusterTotals, ThroughputMeter
 from console.tui_tables import NodesTable, TasksTable, task_cells
