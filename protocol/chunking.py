@@ -29,8 +29,12 @@ from collections.abc import Callable, Iterable, Iterator
 from enum import Enum, IntEnum
 from heapq import merge
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from protocol.dispatch_events import ChunkState, ChunkView
+
+if TYPE_CHECKING:
+    from protocol.dispatcher import Lease
 
 FIRST_CHUNKS_PER_SLOT = 64
 """First automatic chunks hold about items / (this × slots) items ..."""
@@ -66,21 +70,6 @@ _CLOSED_STATES = {
     Outcome.DONE_AFTER_FAILURE: ChunkState.RETRIED,
     Outcome.ABANDONED: ChunkState.FAILED,
 }
-
-
-class Lease:
-    """One attempt at a chunk, held by one node until it ends."""
-
-    __slots__ = ("task_id", "chunk", "attempt", "node_id", "assigned_at", "overdue", "ended")
-
-    def __init__(self, task_id: str, chunk: Chunk, attempt: int, node_id: str, assigned_at: float) -> None:
-        self.task_id = task_id
-        self.chunk = chunk
-        self.attempt = attempt
-        self.node_id = node_id
-        self.assigned_at = assigned_at
-        self.overdue = False
-        self.ended = False
 
 
 class Chunk:
@@ -248,6 +237,7 @@ class TaskChunks:
         del self._open[chunk.number]
         self._outcomes[chunk.number] = outcome
         self._attempts[chunk.number] = chunk.attempts
+        chunk.leases.clear()  # they point back at the chunk: a cycle only the slow cycle collector would free
 
     def open_chunk(self, number: int) -> Chunk | None:
         """The open chunk with that number, if there is one."""

@@ -27,8 +27,9 @@ Rules of this module (DESIGN.md decisions 2, 4 and 5):
   more work and what it holds is cancelled and requeued, until the operator releases it.
 - Nothing from the network makes it raise: unknown ids and stale attempts are ignored.
 - Assigning costs the same whatever the number of nodes and chunks: deques of nodes with
-  room and of runnable tasks, per-task queues, and heaps of deadlines whose stale entries
-  are skipped when they surface (and compacted when they pile up).
+  room and of runnable tasks, per-task queues, and queues and heaps of deadlines whose
+  stale entries are skipped when they surface (and compacted when they pile up).
+- `now` must never go backwards (the shell passes a monotonic clock).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from protocol.chunking import ChunkSizer, Chunk, Lease, Outcome, TaskChunks, merge_ranges
+from protocol.chunking import Chunk, ChunkSizer, Outcome, TaskChunks, merge_ranges
 from protocol.dispatch_events import (
     Action,
     AssignChunk,
@@ -87,7 +88,6 @@ DEFAULT_MIN_LEASE_S = 10.0
 DEFAULT_MAX_NODE_ERRORS = 3
 """Invalid results after which a node is quarantined."""
 
-_FINISHED = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
 _FROM_NODES = frozenset({NodeJoined, CreditChanged, HeartbeatReceived, ResultReceived, ChunkFailed, NodeLeft})
 _HUNGRY, _TOPPING = 1, 2  # room tiers: an idle slot, or only prefetch room
 _COMPACT_SLACK = 1024
@@ -106,7 +106,7 @@ class _Node:
         self.slots = 0
         self.window = 0
         self.capacity = 0
-        self.leases: set[Lease] = set()
+        self.leases: dict[Lease, None] = {}  # a set that iterates in the order leases were given
         self.last_seen = now
         self.joined_at = now
         self.items_done = 0
@@ -132,13 +132,29 @@ class _Node:
         return _HUNGRY if held < self.slots else _TOPPING
 
 
+class Lease:
+    """One attempt at a chunk, held by one node until it ends."""
+
+    __slots__ = ("task", "chunk", "attempt", "node", "node_id", "assigned_at", "overdue", "ended")
+
+    def __init__(self, task: _Task, chunk: Chunk, attempt: int, node: _Node, assigned_at: float) -> None:
+        self.task = task
+        self.chunk = chunk
+        self.attempt = attempt
+        self.node = node
+        self.node_id = node.node_id
+        self.assigned_at = assigned_at
+        self.overdue = False
+        self.ended = False
+
+
 class _Task:
     """A submitted task and its running tallies."""
 
     __slots__ = (
         "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
         "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
-        "items_by_node", "running_chunks", "runnable",
+        "items_by_node", "running_chunks", "runnable", "live",
     )
 
     def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
@@ -162,11 +178,7 @@ class _Task:
         self.items_by_node: dict[str, int] = {}
         self.running_chunks = 0
         self.runnable = False
-
-    @property
-    def live(self) -> bool:
-        """Whether the task still wants results."""
-        return self.state not in _FINISHED
+        self.live = True  # still wants results (not done, failed or cancelled)
 
     @property
     def items_failed(self) -> int:
@@ -198,7 +210,11 @@ class Dispatcher:
         self._runnable: deque[_Task] = deque()
         self._hungry: deque[_Node] = deque()
         self._topping: deque[_Node] = deque()
-        self._lease_deadlines: list[tuple[float, int, Lease]] = []
+        # Live leases not checked yet, in the order given: none is overdue before min_lease_s
+        # and `now` only grows, so their first checks come in this order (no heap on the hot
+        # path), and an ending lease leaves at once (nothing dead is kept alive).
+        self._unchecked: dict[Lease, None] = {}
+        self._lease_deadlines: list[tuple[float, int, Lease]] = []  # leases checked once, due later
         self._live_leases = 0
         self._silence_deadlines: list[tuple[float, int, _Node]] = []
         self._seq = itertools.count()  # tie-breaker for heap entries
@@ -207,11 +223,11 @@ class Dispatcher:
         self._handlers: dict[type, Callable[[Any, float, list[Action]], None]] = {
             NodeJoined: self._node_joined,
             CreditChanged: self._credit_changed,
-            HeartbeatReceived: lambda event, now, out: None,  # handle() already noted the sign of life
+            HeartbeatReceived: self._heartbeat_received,
             ResultReceived: self._result_received,
             ChunkFailed: self._chunk_failed,
-            NodeLeft: lambda event, now, out: self._node_gone(event.node_id, "node left", False, now, out),
-            NodeLost: lambda event, now, out: self._node_gone(event.node_id, "node lost", True, now, out),
+            NodeLeft: self._node_left,
+            NodeLost: self._node_lost,
             DrainRequested: self._drain_requested,
             KickRequested: self._kick_requested,
             QuarantineReleased: self._quarantine_released,
@@ -233,7 +249,8 @@ class Dispatcher:
                 node.last_seen = now
         out: list[Action] = []
         handler(event, now, out)
-        self._fill(now, out)
+        if self._runnable and (self._hungry or self._topping):
+            self._fill(now, out)
         return out
 
     # --- queries ------------------------------------------------------------------------------
@@ -287,11 +304,23 @@ class Dispatcher:
             return
         self._account(node, -1)
         node.window = max(0, event.window)
+        if event.slots is not None:  # a chain link whose subtree grew or shrank
+            node.slots = max(0, event.slots)
         node.capacity = self._capacity(node)
         self._account(node, +1)
         self._offer(node)
 
+    def _heartbeat_received(self, event: HeartbeatReceived, now: float, out: list[Action]) -> None:
+        pass  # handle() notes every node's sign of life
+
+    def _node_left(self, event: NodeLeft, now: float, out: list[Action]) -> None:
+        self._node_gone(event.node_id, "node left", False, now, out)
+
+    def _node_lost(self, event: NodeLost, now: float, out: list[Action]) -> None:
+        self._node_gone(event.node_id, "node lost", True, now, out)
+
     def _node_gone(self, node_id: str, reason: str, counts: bool, now: float, out: list[Action]) -> None:
+        """Forget a node; its copies go back in line (`counts`: as failures of their chunks)."""
         node = self._nodes.get(node_id)
         if node is None:
             return
@@ -319,7 +348,7 @@ class Dispatcher:
         node.quarantined = True
         out.append(NodeQuarantined(node.node_id, f"{node.errors} invalid results"))
         for lease in list(node.leases):
-            out.append(CancelChunk(node.node_id, lease.task_id, lease.chunk.number, lease.attempt))
+            out.append(CancelChunk(node.node_id, lease.task.task_id, lease.chunk.number, lease.attempt))
         self._release_leases(node, "node quarantined", False, now, out)
 
     def _quarantine_released(self, event: QuarantineReleased, now: float, out: list[Action]) -> None:
@@ -373,7 +402,7 @@ class Dispatcher:
         if node is not None and node.quarantined:
             return  # its answers are not trusted until the operator releases it
         if event.valid:
-            self._complete(task, chunk, event, now, out)
+            self._complete(task, chunk, node, event, now, out)
         elif not lease.ended and node is not None:
             # (an invalid copy that already ended was counted when its node went)
             chunk.failures += 1
@@ -383,7 +412,9 @@ class Dispatcher:
             if node.errors >= self._max_node_errors:
                 self._quarantine(node, now, out)
 
-    def _complete(self, task: _Task, chunk: Chunk, event: ResultReceived, now: float, out: list[Action]) -> None:
+    def _complete(
+        self, task: _Task, chunk: Chunk, node: _Node | None, event: ResultReceived, now: float, out: list[Action],
+    ) -> None:
         size = chunk.size
         items_ok = min(max(0, event.items_ok), size)  # a count from the network
         out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, event.attempt, event.node_id))
@@ -397,7 +428,6 @@ class Dispatcher:
         task.items_bad += size - items_ok
         task.items_computed += size
         task.items_by_node[event.node_id] = task.items_by_node.get(event.node_id, 0) + size
-        node = self._nodes.get(event.node_id)
         if node is not None:
             node.items_done += size
             node.chunks_done += 1
@@ -421,6 +451,7 @@ class Dispatcher:
 
     def _finish(self, task: _Task, state: TaskState, now: float, out: list[Action]) -> None:
         task.state = state
+        task.live = False
         task.finished_at = now
         items_ok = task.items_resolved - task.items_bad
         out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed))
@@ -429,15 +460,14 @@ class Dispatcher:
 
     def _issue(self, task: _Task, chunk: Chunk, node: _Node, now: float, out: list[Action]) -> None:
         attempt = len(chunk.leases) + 1
-        lease = Lease(task.task_id, chunk, attempt, node.node_id, now)
+        lease = Lease(task, chunk, attempt, node, now)
         chunk.leases.append(lease)
         if not chunk.live:
             task.running_chunks += 1
         chunk.live += 1
-        node.leases.add(lease)
+        node.leases[lease] = None
         self._live_leases += 1
-        # Every lease lasts at least min_lease_s; Tick works out the rest when that passes.
-        heapq.heappush(self._lease_deadlines, (now + self._min_lease_s, next(self._seq), lease))
+        self._unchecked[lease] = None
         if task.state is TaskState.QUEUED:
             task.state = TaskState.RUNNING
             task.started_at = now
@@ -449,15 +479,16 @@ class Dispatcher:
         chunk = lease.chunk
         chunk.live -= 1
         if not chunk.live:
-            self._tasks[lease.task_id].running_chunks -= 1
+            lease.task.running_chunks -= 1
         self._live_leases -= 1
+        self._unchecked.pop(lease, None)
         if len(self._lease_deadlines) > 2 * self._live_leases + _COMPACT_SLACK:
             self._lease_deadlines = [entry for entry in self._lease_deadlines if not entry[2].ended]
             heapq.heapify(self._lease_deadlines)
-        node = self._nodes.get(lease.node_id)
-        if node is None or lease not in node.leases:
-            return  # its node has gone (or came back as a new session that never held it)
-        node.leases.discard(lease)
+        node = lease.node
+        if node.gone:
+            return  # _release_leases lets go of all its leases at once
+        del node.leases[lease]
         if node.draining and not node.leases:
             out.append(NodeDrained(node.node_id))
         self._offer(node)
@@ -465,11 +496,11 @@ class Dispatcher:
     def _release_leases(self, node: _Node, reason: str, counts: bool, now: float, out: list[Action]) -> None:
         """End every copy a node holds and put the chunks back in line."""
         for lease in list(node.leases):
-            task = self._tasks[lease.task_id]
             if counts:
                 lease.chunk.failures += 1
             self._end(lease, out)
-            self._settle(task, lease.chunk, node.node_id, reason, now, out)
+            self._settle(lease.task, lease.chunk, node.node_id, reason, now, out)
+        node.leases.clear()
 
     def _settle(self, task: _Task, chunk: Chunk, node_id: str, reason: str, now: float, out: list[Action]) -> None:
         """After a copy ended without a result: requeue, back up, wait or abandon the chunk."""
@@ -511,27 +542,34 @@ class Dispatcher:
                 self._watch_silence(node, node.last_seen)
 
     def _back_up_overdue(self, now: float, out: list[Action]) -> None:
+        due = list(itertools.takewhile(lambda lease: lease.assigned_at + self._min_lease_s < now, self._unchecked))
+        for lease in due:
+            del self._unchecked[lease]
+            self._check_lease(lease, now, out)
         deadlines = self._lease_deadlines
         while deadlines and deadlines[0][0] < now:
-            _, _, lease = heapq.heappop(deadlines)
-            if lease.ended:
-                continue
-            task = self._tasks[lease.task_id]
-            chunk = lease.chunk
-            expected_s = task.sizer.expected_s(chunk.size)
-            limit = self._min_lease_s
-            if expected_s is not None:
-                limit = max(limit, self._straggler_factor * expected_s)
-            due = lease.assigned_at + limit
-            if not due < now:
-                heapq.heappush(deadlines, (due, next(self._seq), lease))
-                continue
-            lease.overdue = True
-            if chunk.live == 1 and chunk.failures < task.max_attempts and task.chunks.want_backup(chunk):
-                out.append(ChunkRequeued(
-                    task.task_id, chunk.number, chunk.start, chunk.stop, lease.node_id, "overdue, re-issued",
-                ))
-                self._wake(task)
+            self._check_lease(heapq.heappop(deadlines)[2], now, out)
+
+    def _check_lease(self, lease: Lease, now: float, out: list[Action]) -> None:
+        """Back up a lease past its limit; one not yet past it waits in the heap for its due time."""
+        if lease.ended:
+            return
+        task = lease.task
+        chunk = lease.chunk
+        expected_s = task.sizer.expected_s(chunk.size)
+        limit = self._min_lease_s
+        if expected_s is not None:
+            limit = max(limit, self._straggler_factor * expected_s)
+        due = lease.assigned_at + limit
+        if not due < now:
+            heapq.heappush(self._lease_deadlines, (due, next(self._seq), lease))
+            return
+        lease.overdue = True
+        if chunk.live == 1 and chunk.failures < task.max_attempts and task.chunks.want_backup(chunk):
+            out.append(ChunkRequeued(
+                task.task_id, chunk.number, chunk.start, chunk.stop, lease.node_id, "overdue, re-issued",
+            ))
+            self._wake(task)
 
     # --- assigning ----------------------------------------------------------------------------
 
