@@ -1,0 +1,107 @@
+"""Throughput through a chain link against the same nodes connected directly.
+
+Runs, alternately and --repeat times each, a compute-bound task (invert 384×384, norms,
+25 items per chunk) on:
+  direct: console → N1, N2            (two nodes × 1 slot)
+  chain:  console → A(link) → B      (the link computes too: the same two slots)
+and prints the median wall times and the ratio chain / direct (target ≤ 1.10).
+
+    python tests/benchmarks/bench_chain.py [--items 600] [--repeat 3] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from console.host import Host  # noqa: E402
+from console.server import ServerSettings  # noqa: E402
+from console.statedir import StateDir  # noqa: E402
+from protocol.taskfile import parse_task  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(host: Host, folder: Path, name: str, upstream: int, listen: int | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "nodes", "--name", name, "--slots", "1", "--state-dir", str(folder / name),
+           "--key", str(host.state.node_key), "--host-key", str(host.state.host_key) + ".pub",
+           "--connect", f"127.0.0.1:{upstream}"]
+    if listen:
+        cmd += ["--listen", f"127.0.0.1:{listen}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host.nodes.append(proc)
+    return proc
+
+
+async def _one(shape: str, items: int, seed: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        host = Host(StateDir(folder / "state"), ServerSettings(port=0))
+        await host.start()
+        try:
+            port = host.server.address[1]
+            if shape == "direct":
+                _node(host, folder, "N1", port)
+                _node(host, folder, "N2", port)
+                want = {"N1", "N2"}
+            else:
+                link = _free_port()
+                _node(host, folder, "A", port, listen=link)
+                _node(host, folder, "B", link)
+                want = {"A", "B"}
+            deadline = time.monotonic() + 60
+            while {r.name for r in host.frontend.node_rows()} < want or \
+                    sum(r.slots for r in host.frontend.node_rows() if not r.via) < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{shape}: nodes did not connect")
+                await asyncio.sleep(0.05)
+            document = {"name": shape, "operation": "invert", "chunk_size": 25, "return": "norms",
+                        "inputs": {"a": {"generate": {"count": items, "shape": [384, 384], "seed": seed}}}}
+            began = time.perf_counter()
+            task_id = host.frontend.submit(parse_task(document), "operator")
+            summary = await host.frontend.wait(task_id)
+            elapsed = time.perf_counter() - began
+            assert summary["state"] == "done", summary
+            return elapsed
+        finally:
+            await host.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=600)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {"direct": [], "chain": []}
+    for run in range(args.repeat):
+        for shape in ("direct", "chain"):
+            times[shape].append(await _one(shape, args.items, 100 + run))
+            print(f"run {run + 1}: {shape:6} {times[shape][-1]:.2f} s", flush=True)
+    direct, chain = statistics.median(times["direct"]), statistics.median(times["chain"])
+    load = os.getloadavg()[0]
+    print(f"\nmedian direct {direct:.2f} s, chain {chain:.2f} s, ratio chain/direct {chain / direct:.3f} "
+          f"(load average {load:.2f})")
+    if args.json:
+        args.json.write_text(json.dumps({"times": times, "direct_s": direct, "chain_s": chain,
+                                         "ratio": chain / direct, "load": load}, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
