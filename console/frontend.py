@@ -25,12 +25,12 @@ from console.keys import KeyRegistry, Role
 from console.records import Event, NodeInfo, NodeRow, TaskRecord, TaskRow
 from console.results import ResultStore, export_npz, write_summary
 from console.statedir import StateDir
-from console.verify import DEFAULT_SAMPLE, check_result
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
 from protocol.messages import MAX_NODE_KEYS, Assign, Cancel, Control, Drain, Hello, HostCertificate, NodeKeys, Result
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
+from protocol.verify import DEFAULT_SAMPLE, check_result
 
 DEFAULT_TICK_S = 0.5
 CERTIFICATE_DAYS = 365

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import asyncssh
 from nodes.work import ChunkKey, Emit, LocalWork, key_of
 from protocol import dispatcher as d
 from protocol.errors import RemoteProtocolError
+from protocol.verify import AssignedChunk, check_result
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Bye, Cancel, Control, Credit, Error, Failed, Heartbeat, Hello,
     HostCertificate, MessageReader, NodeKeys, Result, Subtree, Welcome, encode_message,
@@ -257,9 +259,24 @@ class Relay:
         self._kicked.discard(node_id)
         self._run(d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason))
 
+    async def result_from(self, node_id: str, result: Result) -> None:
+        """Check a result from behind this link before it goes up: a liar is caught here."""
+        key = key_of(result)
+        task_id = self._by_key.get(key)
+        attempt = self._holders.get((node_id, key))
+        if task_id is None or attempt is None or not self.dispatcher.wants_result(task_id, 0, attempt):
+            return
+        assign = self._by_task[task_id].assign
+        problem = await asyncio.to_thread(check_result, AssignedChunk(assign), assign.start, assign.stop, result)
+        if problem:
+            print(f"[{self.name}] invalid result from {node_id}: {problem}", file=sys.stderr, flush=True)
+            self._run(d.ResultReceived(node_id, task_id, 0, attempt, 0, result.elapsed_s, valid=False))
+            return
+        self._answer(node_id, result)
+
     def message_from(self, node_id: str, message: object) -> None:
         match message:
-            case Result() | Failed():
+            case Failed():
                 self._answer(node_id, message)
             case Heartbeat():
                 self._run(d.HeartbeatReceived(node_id))
@@ -462,7 +479,10 @@ class DownstreamSession:
                 if isinstance(message, Bye):
                     clean, reason = True, "left"
                     break
-                self.relay.message_from(self.node_id, message)
+                if isinstance(message, Result):
+                    await self.relay.result_from(self.node_id, message)
+                else:
+                    self.relay.message_from(self.node_id, message)
         except RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
             self.send(Error("protocol", str(exc)[:1000]))

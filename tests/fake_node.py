@@ -45,7 +45,8 @@ class FakeNode:
     async def start(self) -> Welcome:
         self._conn = await asyncssh.connect(
             *self.address, username="node", client_keys=[str(self.key)],
-            known_hosts=([str(self.host_key_pub)], [], []), config=None, agent_path=None, gss_host=None)
+            known_hosts=([str(self.host_key_pub)], [str(self.host_key_pub)], []), config=None, agent_path=None,
+            gss_host=None)
         self._process = await self._conn.create_process(subsystem="chainconsole-node", encoding=None)
         self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1))
         reader = MessageReader()

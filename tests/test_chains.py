@@ -155,3 +155,33 @@ async def test_a_node_that_can_reach_only_a_link_still_computes(host: Host, tmp_
     await wait_until(lambda: _rows(host)["C"].items_done > 0, timeout=10, what="C's work to show")
     assert f"cannot connect to 127.0.0.1:{console}" in (tmp_path / "C.log").read_text()
 
+
+
+async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link(host: Host, tmp_path) -> None:
+    from tests.fake_node import FakeNode, corrupt
+    from tests.reference import check_npz
+
+    port_a = _free_port()
+    _node(host, tmp_path, "A", [host.server.address[1]], listen=port_a)
+    await wait_until(lambda: "A" in _rows(host), timeout=60, what="the link to join")
+    liar = FakeNode(("127.0.0.1", port_a), host.state.node_key, host.state.host_key.with_name("host_key.pub"),
+                    name="liar", tamper=corrupt)
+    await wait_until(lambda: _rows(host)["A"].slots >= 1, what="the link to be certified")
+    for _ in range(100):  # the link starts listening once the console has certified it
+        try:
+            await liar.start()
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    try:
+        document = {"name": "behind-link", "operation": "invert", "chunk_size": 5,
+                    "inputs": {"a": {"generate": {"count": 200, "shape": [20, 20], "seed": 74}}}}
+        task_id = host.frontend.submit(parse_task(document), "operator")
+        summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
+        assert summary["state"] == "done"
+        check_npz(host.frontend.result_file(task_id), document, rtol=1e-8)
+        await wait_until(lambda: "liar" in _rows(host) and _rows(host)["liar"].state == "quarantined",
+                         timeout=10, what="the liar to show as quarantined behind A")
+        assert _rows(host)["A"].state != "quarantined" and _rows(host)["A"].errors == 0
+    finally:
+        await liar.close()

@@ -5,14 +5,70 @@ checked per operation: randomized O(n²) products for ``invert``, ``solve`` and
 ``matmul`` (Freivalds), trace and Frobenius identities for ``eigvalsh`` and
 ``svdvals``, and a recomputation for ``det`` and for ``norms`` results, whose values
 cannot be checked any other way. A node cannot know which items are checked.
+
+The console checks what reaches it, and a chain link checks what the nodes behind it
+return, so a lying node is caught — and quarantined — by the link it is connected to.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-from protocol.messages import Result
-from protocol.taskfile import Task
+from protocol.inputs import GeneratedInput
+from protocol.messages import Assign, Result
+from protocol.operations import OPERATIONS
+
+
+class ChunkSource(Protocol):
+    """What a check needs to know of a task: a ``Task``, or an ``AssignedChunk``."""
+
+    operation: str
+    return_mode: str
+
+    @property
+    def inputs(self) -> object: ...
+
+    @property
+    def result_item_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def result_dtype(self) -> np.dtype: ...
+
+    def input_items(self, name: str, start: int, stop: int) -> np.ndarray: ...
+
+
+class AssignedChunk:
+    """The inputs of one assigned chunk, as a chain link sees them (no Task behind it)."""
+
+    def __init__(self, assign: Assign) -> None:
+        self.assign = assign
+        self.operation = assign.operation
+        self.return_mode = assign.return_mode
+        self.inputs = [*assign.generated, *assign.arrays]
+        self._generated = {name: GeneratedInput.from_spec(spec) for name, spec in assign.generated.items()}
+
+    def input_items(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name in self._generated:
+            return self._generated[name].items(start, stop)
+        offset = self.assign.start
+        return self.assign.arrays[name][start - offset:stop - offset]
+
+    @property
+    def result_item_shape(self) -> tuple[int, ...]:
+        shapes = {name: self._item_shape(name) for name in self.inputs}
+        return OPERATIONS[self.operation].result_item_shape(shapes)
+
+    @property
+    def result_dtype(self) -> np.dtype:
+        dtypes = [np.dtype(s.dtype) for s in self._generated.values()] + [a.dtype for a in self.assign.arrays.values()]
+        return np.dtype(np.float32 if all(t == np.float32 for t in dtypes) else np.float64)
+
+    def _item_shape(self, name: str) -> tuple[int, ...]:
+        if name in self._generated:
+            return tuple(self._generated[name].shape)
+        return tuple(self.assign.arrays[name].shape[1:])
 
 # Relative residual a correct result stays under, by dtype (generous: ill-conditioned
 # inputs are legitimate; corrupted results miss by orders of magnitude).
@@ -25,7 +81,7 @@ DEFAULT_SAMPLE = 1
 DEFAULT_RECOMPUTE_FRACTION = 0.25
 
 
-def check_result(task: Task, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
+def check_result(task: ChunkSource, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
                  recompute_fraction: float = DEFAULT_RECOMPUTE_FRACTION) -> str:
     """Return "" when ``result`` is plausible for items ``start..stop-1``, else the problem.
 
@@ -57,7 +113,7 @@ def check_result(task: Task, start: int, stop: int, result: Result, *, sample: i
     return ""
 
 
-def _check_item(task: Task, index: int, ok: bool, value: np.ndarray) -> str:
+def _check_item(task: ChunkSource, index: int, ok: bool, value: np.ndarray) -> str:
     inputs = {name: task.input_items(name, index, index + 1)[0] for name in task.inputs}
     tol = TOLERANCE.get(task.result_dtype, 1e-7)
     if not ok or task.return_mode == "norms" or task.operation == "det":
@@ -97,7 +153,7 @@ def _check_item(task: Task, index: int, ok: bool, value: np.ndarray) -> str:
     return ""
 
 
-def _recompute(task: Task, inputs: dict[str, np.ndarray], ok: bool, value: np.ndarray, tol: float) -> str:
+def _recompute(task: ChunkSource, inputs: dict[str, np.ndarray], ok: bool, value: np.ndarray, tol: float) -> str:
     """Compute the item again with plain numpy and compare (for what has no cheaper check)."""
     try:
         with np.errstate(all="ignore"):
