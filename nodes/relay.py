@@ -220,6 +220,7 @@ class Relay:
                 if upstream is not None:
                     self._emit(Failed(*key_of(upstream.assign), reason[:1000], True))
             case d.TaskFinished(task_id=task_id):
+                self.dispatcher.forget(task_id)
                 upstream = self._by_task.pop(task_id, None)
                 if upstream is not None:
                     key = key_of(upstream.assign)

@@ -263,6 +263,12 @@ class Dispatcher:
         open_chunk = task.chunks.open_chunk(chunk)
         return open_chunk is not None and 1 <= attempt <= open_chunk.attempts
 
+    def forget(self, task_id: str) -> None:
+        """Drop what is kept of a finished task (a chain link makes a task per upstream chunk)."""
+        task = self._tasks.get(task_id)
+        if task is not None and not task.live:
+            del self._tasks[task_id]
+
     def chunk_range(self, task_id: str, chunk: int) -> tuple[int, int]:
         """Items [start, stop) of a chunk; KeyError for an unknown task or chunk."""
         return self._tasks[task_id].chunks.range_of(chunk)

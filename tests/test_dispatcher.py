@@ -605,3 +605,16 @@ def test_a_chain_link_that_grows_gets_room_for_its_whole_subtree() -> None:
     assert len([a for a in grown if isinstance(a, AssignChunk)]) == 4  # 5 slots + 1 prefetch in all
     shrunk = dispatcher.handle(CreditChanged("link", 2, slots=1), 0.2)
     assert not [a for a in shrunk if isinstance(a, AssignChunk)]
+
+
+def test_a_finished_task_can_be_forgotten_and_a_live_one_cannot() -> None:
+    dispatcher = Dispatcher()
+    dispatcher.handle(TaskSubmitted("done", 1, 1, 3), 0.0)
+    dispatcher.handle(TaskSubmitted("live", 5, 1, 3), 0.0)
+    assign = next(a for a in dispatcher.handle(NodeJoined("n", 1, 1), 0.0) if isinstance(a, AssignChunk))
+    assert assign.task_id == "done"
+    dispatcher.handle(ResultReceived("n", "done", 0, 1, 1, 0.1), 0.1)
+    dispatcher.forget("done")
+    dispatcher.forget("live")
+    assert [t.task_id for t in dispatcher.snapshot(0.2).tasks] == ["live"]
+    assert not dispatcher.wants_result("done", 0, 1)
