@@ -303,8 +303,12 @@ COMMANDS = {
 }
 
 
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # keys, journal, results, logs: nothing chainconsole writes is for others
     try:
         status = COMMANDS[args.command](args)
     except TaskFileError as exc:

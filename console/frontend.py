@@ -24,7 +24,7 @@ from console.journal import Journal, save_array_inputs, task_document, task_from
 from console.keys import KeyRegistry, Role
 from console.records import Event, NodeInfo, NodeRow, TaskRecord, TaskRow
 from console.results import ResultStore, export_npz, write_summary
-from console.statedir import StateDir
+from console.statedir import StateDir, make_private_dir
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
@@ -81,6 +81,8 @@ class FrontEnd:
         """Per chain link: the nodes behind it, as it last reported them."""
         self._node_keys_sent: tuple[str, ...] = ()
         self._certified: set[str] = set()
+        self.quarantined: dict[str, str] = {}
+        """Keys of quarantined nodes (fingerprint → node name): they stay out, reconnect or not."""
         self.tasks: dict[str, TaskRecord] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.links: dict[str, NodeLink] = {}
@@ -136,7 +138,7 @@ class FrontEnd:
         document = task_document(task)
         task_id = self.journal.new_task(task.name, owner, document, task.count)
         folder = self.state.task_dir(task_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
         save_array_inputs(folder, task)
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
@@ -211,12 +213,15 @@ class FrontEnd:
 
     # -- nodes -----------------------------------------------------------------------
 
-    def attach_node(self, link: NodeLink, hello: Hello, key_name: str, address: str) -> str:
-        """Register a node that said hello; return its id."""
+    def attach_node(self, link: NodeLink, hello: Hello, key_name: str, address: str, fingerprint: str = "") -> str:
+        """Register a node that said hello; return its id. A quarantined key stays out."""
+        if fingerprint in self.quarantined:
+            raise FrontEndError(f"this node's key is quarantined (as {self.quarantined[fingerprint]}) "
+                                "until an operator releases it")
         node_id = self._unique_node_id(hello.name or key_name)
         self.links[node_id] = link
         self.nodes[node_id] = NodeInfo(node_id, hello.name or key_name, address, hello.slots, tuple(hello.via),
-                                       is_link=bool(hello.host_key))
+                                       is_link=bool(hello.host_key), fingerprint=fingerprint)
         self.log("join", f"{node_id} joined from {address} with {hello.slots} slots", node_id=node_id)
         return node_id
 
@@ -253,7 +258,13 @@ class FrontEnd:
         self._run(d.KickRequested(node_id))
 
     def release(self, node_id: str) -> None:
-        """Let a quarantined node have work again."""
+        """Let a quarantined node have work again (or back in, if it is disconnected)."""
+        for fingerprint, name in list(self.quarantined.items()):
+            if name == node_id:
+                del self.quarantined[fingerprint]
+                if node_id not in self.links:
+                    self.log("release", f"{node_id} may connect again", node_id=node_id)
+                    return
         if self._route_control("release", node_id):
             return
         self.log("release", f"{node_id} released from quarantine", node_id=node_id)
@@ -321,17 +332,17 @@ class FrontEnd:
         self._run(d.ChunkFailed(node_id, task_id, chunk, attempt, reason))
 
     async def node_result(self, node_id: str, result: Result) -> None:
-        """Check and store a result off the event loop, then tell the Dispatcher."""
+        """Check a result off the event loop; store it only once the Dispatcher accepts it."""
         if not self.dispatcher.wants_result(result.task_id, result.chunk, result.attempt):
             self._run(d.HeartbeatReceived(node_id))
             return
         record = self.tasks[result.task_id]
         start, stop = self.dispatcher.chunk_range(result.task_id, result.chunk)
-        assert record.task is not None and record.store is not None
-        problem = await asyncio.to_thread(self._check_and_store, record, start, stop, result)
+        assert record.task is not None
+        problem = await asyncio.to_thread(check_result, record.task, start, stop, result, sample=self.verify_sample)
         if problem:
             self.log("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
-                      task_id=result.task_id, node_id=node_id)
+                     task_id=result.task_id, node_id=node_id)
         if record.started_at is None:
             record.started_at = time.time()
         items_ok = int(np.count_nonzero(result.ok)) if not problem else 0
@@ -340,19 +351,12 @@ class FrontEnd:
         for action in self.dispatcher.handle(event, self.now()):
             if isinstance(action, d.ChunkCompleted) and action.task_id == result.task_id \
                     and action.chunk == result.chunk and record.store is not None:
-                # Flags go in only once the Dispatcher accepted this copy: a result that
-                # lost the race (cancelled task, another copy first) leaves no trace.
-                record.store.ok[start:stop] = result.ok
+                # Only the copy the Dispatcher accepted is written: a copy that lost the
+                # race (another node first, a cancelled task, a node never given it) leaves
+                # no trace on disk.
+                values = result.result if result.result is not None else result.norms
+                record.store.write(start, stop, result.ok, values)
             self._carry_out(action)
-
-    def _check_and_store(self, record: TaskRecord, start: int, stop: int, result: Result) -> str:
-        """Check a result and write its values (not yet its ok flags); return the problem, if any."""
-        assert record.task is not None and record.store is not None
-        problem = check_result(record.task, start, stop, result, sample=self.verify_sample)
-        if not problem:
-            values = result.result if result.result is not None else result.norms
-            record.store.write_values(start, stop, values)
-        return problem
 
     def _require_node(self, node_id: str) -> None:
         if node_id not in self.links:
@@ -410,6 +414,9 @@ class FrontEnd:
                 self.log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
             case d.NodeQuarantined(node_id=node_id, reason=reason):
                 self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
+                info = self.nodes.get(node_id)
+                if info is not None and info.fingerprint:
+                    self.quarantined[info.fingerprint] = node_id
             case d.TaskFinished():
                 self._task_finished(action)
 

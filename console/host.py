@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots
     """Start a full node process on this machine that connects over SSH like any other."""
     host, port = address
     logs = make_private_dir(state.root / "logs")
-    log = open(logs / f"{name}.log", "ab")
+    log = open(os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     cmd = [sys.executable, "-m", "nodes", "--connect", f"{host}:{port}", "--name", name,
            "--slots", str(slots), "--key", str(state.node_key),
            "--host-key", str(state.host_key.with_name("host_key.pub")), "--state-dir", str(state.root)]

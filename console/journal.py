@@ -8,6 +8,7 @@ process being killed, and readers (``chainconsole tasks``) never block the write
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from console.statedir import make_private_dir
 from protocol.inputs import GeneratedInput
 from protocol.taskfile import NO_LIMITS, Task, task_from_parts
 
@@ -72,6 +74,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        os.chmod(path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
@@ -153,6 +156,6 @@ def task_from_document(document: dict, folder: Path) -> Task:
 def save_array_inputs(folder: Path, task: Task) -> None:
     for name, source in task.inputs.items():
         if not isinstance(source, GeneratedInput):
-            (folder / "inputs").mkdir(exist_ok=True)
+            make_private_dir(folder / "inputs")
             np.save(folder / "inputs" / f"{name}.npy", source)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from console.frontend import FrontEnd
+from console.frontend import FrontEnd, FrontEndError
 from console.keys import KeyEntry
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
@@ -76,7 +76,12 @@ class NodeSession:
                 self.send(Reject(f"protocol version {hello.protocol_version} not supported",
                                  PROTOCOL_VERSION))
                 return
-            self.node_id = self.frontend.attach_node(self, hello, self.key.name, self.address)
+            try:
+                self.node_id = self.frontend.attach_node(self, hello, self.key.name, self.address,
+                                                         self.key.fingerprint)
+            except FrontEndError as exc:
+                self.send(Reject(str(exc), PROTOCOL_VERSION))
+                return
             certificate = self._certify(hello)
             self.send(Welcome(PROTOCOL_VERSION, self.node_id, self.frontend.heartbeat_interval_s,
                               self.frontend.heartbeat_timeout_s, instance=self.frontend.instance,

@@ -35,6 +35,7 @@ class NodeInfo:
     slots: int
     via: tuple[str, ...] = ()
     is_link: bool = False
+    fingerprint: str = ""
     connected_at: float = field(default_factory=time.time)
     lost_at: float | None = None
     lost_reason: str = ""

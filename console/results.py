@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from console.statedir import make_private_dir
+from console.statedir import make_private_dir, write_private_file
 
 OK_FILE = "ok.npy"
 RESULT_FILE = "result.npy"
@@ -45,9 +45,10 @@ class ResultStore:
         self.ok = _open(self.folder / OK_FILE, np.dtype(bool), (count,))
         self.values = _open(self.folder / values_file, values_dtype, shape)
 
-    def write_values(self, start: int, stop: int, values: np.ndarray) -> None:
-        """Store the values of items ``start..stop-1``; their ``ok`` flags are set apart."""
+    def write(self, start: int, stop: int, ok: np.ndarray, values: np.ndarray) -> None:
+        """Store the results of items ``start..stop-1``."""
         self.values[start:stop] = values
+        self.ok[start:stop] = ok
 
     def fail(self, start: int, stop: int) -> None:
         """Mark items ``start..stop-1`` failed: ``ok`` false and NaN values."""
@@ -76,14 +77,14 @@ def _open(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
         if array.shape == shape and array.dtype == dtype:
             return array
         del array
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    os.chmod(path, 0o600)
+    return array
 
 
 def write_summary(folder: Path, summary: dict) -> None:
     """Write the task's summary JSON (atomically)."""
-    tmp = folder / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, folder / SUMMARY_FILE)
+    write_private_file(folder / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def read_summary(folder: Path) -> dict | None:
@@ -102,5 +103,6 @@ def export_npz(folder: Path) -> Path:
             source = folder / filename
             if source.exists():
                 archive.write(source, arcname=name + ".npy")
+    os.chmod(tmp, 0o600)
     os.replace(tmp, target)
     return target

@@ -20,6 +20,7 @@ import asyncssh
 from console.frontend import FrontEnd
 from console.keys import KeyEntry, KeyRegistry, Role, ensure_keypair
 from console.node_session import NodeSession
+from console.statedir import write_private_file
 from console.throttle import DEFAULT_MAX_FAILURES, AuthThrottle
 from console.user_commands import run_user_command
 
@@ -149,7 +150,7 @@ class FrontEndServer:
     def _write_endpoint(self) -> None:
         host, port = self.address
         data = {"host": host, "port": port, "pid": os.getpid()}
-        self.frontend.state.endpoint.write_text(json.dumps(data) + "\n")
+        write_private_file(self.frontend.state.endpoint, (json.dumps(data) + "\n").encode())
 
     async def _watch_keys(self) -> None:
         """Close the live sessions of keys that were removed (or changed role) on disk."""

@@ -92,6 +92,7 @@ async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: P
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # the node's key and recorded host key are for this user only
     parser = argparse.ArgumentParser(prog="chainconsole node", description="Run a compute node.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -357,6 +357,7 @@ class Relay:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            self._run(d.HeartbeatReceived(self.name))  # this link's own pool is alive as long as we are
             self._run(d.Tick())
             now = time.monotonic()
             if now - self._last_report_at >= REPORT_EVERY_S:

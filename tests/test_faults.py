@@ -174,6 +174,8 @@ async def test_the_front_end_killed_mid_task_resumes_without_losing_work(tmp_pat
         print(f"\nfront-end crash: {kept} items stored before the crash, {recomputed} recomputed "
               f"(at most {in_flight_bound} were in flight)")
         assert 0 <= recomputed <= in_flight_bound
+        loose = [p for p in state.root.rglob("*") if p.stat().st_mode & 0o077]
+        assert not loose, f"files others may read: {loose}"
     finally:
         for proc in (server, *workers):
             if proc.poll() is None:

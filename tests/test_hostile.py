@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from console.host import Host, start_local_node
-from console.keys import initialize
+from console.keys import Role, initialize
 from console.server import ServerSettings
 from console.statedir import StateDir
 from protocol.frames import encode_frame
@@ -181,13 +181,20 @@ def test_oversized_stdin_is_refused(live) -> None:
     TRIED["commands"] += 1
 
 
-def test_a_lying_node_is_caught_quarantined_and_the_results_stay_right(live) -> None:
+def test_a_lying_node_is_caught_quarantined_and_the_results_stay_right(live, tmp_path) -> None:
     host = live.host
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(tmp_path / "liar")
+    host.frontend.registry.add(Role.NODE, key.export_public_key().decode(), "liar")
     document = {"name": "lied-to", "operation": "invert", "chunk_size": 5,
                 "inputs": {"a": {"generate": {"count": 300, "shape": [24, 24], "seed": 62}}}}
-    liar = FakeNode(host.server.address, host.state.node_key, host.state.host_key.with_name("host_key.pub"),
-                    name="liar", tamper=corrupt)
-    live.call(liar.start())
+
+    def liar() -> FakeNode:
+        return FakeNode(host.server.address, tmp_path / "liar", host.state.host_key.with_name("host_key.pub"),
+                        name="liar", tamper=corrupt)
+
+    first = liar()
+    live.call(first.start())
     try:
         task_id = live.call(_submit(host, document))
         summary = live.call(host.frontend.wait(task_id), timeout=120)
@@ -195,10 +202,18 @@ def test_a_lying_node_is_caught_quarantined_and_the_results_stay_right(live) -> 
         assert "liar" not in summary["items_per_node"]  # not one of its answers was accepted
         liar_row = next(r for r in host.frontend.node_rows() if r.name == "liar")
         assert liar_row.state == "quarantined" and liar_row.errors >= 1
-        assert liar.results_sent >= liar_row.errors
+        assert first.results_sent >= liar_row.errors
         check_npz(host.frontend.result_file(task_id), document, rtol=1e-8)
     finally:
-        live.call(liar.close())
+        live.call(first.close())
+
+    # Reconnecting does not wash the slate clean; an operator's release does.
+    with pytest.raises(AssertionError, match="Reject"):
+        live.call(liar().start())
+    host.frontend.release("liar")
+    again = liar()
+    live.call(again.start())
+    live.call(again.close())
 
 
 def test_zz_the_background_task_was_never_disturbed(live) -> None:
