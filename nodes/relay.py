@@ -3,8 +3,9 @@
 The link runs the same Dispatcher as the console, over the chunks its upstream assigns
 it: each upstream chunk is one task of one chunk, handed whole to the link's own worker
 pool or to a node behind it. Assignments travel on unchanged — the same task id, chunk
-and attempt — so a node behind a link that dies can deliver its result straight to the
-next upstream it fails over to.
+and attempt — so results go up without translation. When a link dies its upstream
+requeues everything the link held; the nodes behind it fail over to their next
+upstream and start afresh there.
 
 Trust flows from the console. The console certifies the link's host key, and nodes
 behind the link check that certificate against the one key they pin, the console's.

@@ -102,10 +102,12 @@ def check_result(task: ChunkSource, start: int, stop: int, result: Result, *, sa
         return f"result carries no {'result' if task.return_mode == 'full' else 'norms'} array"
     if values.shape != shape or values.dtype != dtype:
         return f"values have shape {values.shape} {values.dtype}, expected {shape} {dtype}"
-    if task.return_mode == "norms" or task.operation == "det":
-        sample = 1 if _rng.random() < recompute_fraction else 0
     if sample <= 0 or count == 0:
-        return ""
+        return ""  # checking of values turned off: shapes and types only
+    if task.return_mode == "norms" or task.operation == "det":
+        if _rng.random() >= recompute_fraction:
+            return ""
+        sample = 1
     for offset in _rng.choice(count, size=min(sample, count), replace=False):
         problem = _check_item(task, start + int(offset), bool(result.ok[offset]), values[offset])
         if problem:

@@ -187,7 +187,7 @@ def test_a_lying_node_is_caught_quarantined_and_the_results_stay_right(live, tmp
     key.write_private_key(tmp_path / "liar")
     host.frontend.registry.add(Role.NODE, key.export_public_key().decode(), "liar")
     document = {"name": "lied-to", "operation": "invert", "chunk_size": 5,
-                "inputs": {"a": {"generate": {"count": 300, "shape": [24, 24], "seed": 62}}}}
+                "inputs": {"a": {"generate": {"count": 1000, "shape": [24, 24], "seed": 62}}}}
 
     def liar() -> FakeNode:
         return FakeNode(host.server.address, tmp_path / "liar", host.state.host_key.with_name("host_key.pub"),
