@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -193,24 +194,20 @@ class Session:
         return 0
 
     async def cmd_drain(self, args: list[str]) -> int:
-        self._require_operator()
-        node = self._one_arg(args, "node name")
-        self.frontend.drain(node)
-        self.out({"node": node, "state": "draining"})
-        return 0
+        return self._node_action(args, self.frontend.drain, "draining")
 
     async def cmd_kick(self, args: list[str]) -> int:
-        self._require_operator()
-        node = self._one_arg(args, "node name")
-        self.frontend.kick(node)
-        self.out({"node": node, "state": "kicked"})
-        return 0
+        return self._node_action(args, self.frontend.kick, "kicked")
 
     async def cmd_release(self, args: list[str]) -> int:
+        return self._node_action(args, self.frontend.release, "released")
+
+    def _node_action(self, args: list[str], action: Callable[[str], None], state: str) -> int:
+        """An operator's action on one node, by name."""
         self._require_operator()
         node = self._one_arg(args, "node name")
-        self.frontend.release(node)
-        self.out({"node": node, "state": "released"})
+        action(node)
+        self.out({"node": node, "state": state})
         return 0
 
 
