@@ -5,9 +5,10 @@ turns what it sees into events, calls `handle(event, now)` and carries out the a
 
 Rules of this module (DESIGN.md decisions 2, 4 and 5):
 
-- Credit: a node holds at most min(window, slots + prefetch) attempts, and none if it has
-  no slots. Room is filled as soon as it appears: nodes with an idle slot before nodes with
-  only prefetch room, round-robin among them. Draining, quarantined and departed nodes get
+- Credit: a node holds at most min(window, slots × (1 + prefetch)) attempts, and none if
+  it has no slots (a chain link speaks for many nodes, each wanting its own prefetch).
+  Room is filled as soon as it appears: nodes with an idle slot before nodes with only
+  prefetch room, round-robin among them. Draining, quarantined and departed nodes get
   nothing.
 - Fairness: running tasks take turns per assignment, in submission order; a task with
   nothing for the node asking is skipped.
@@ -367,7 +368,7 @@ class Dispatcher:
         self._offer(node)
 
     def _capacity(self, node: _Node) -> int:
-        return min(node.window, node.slots + self._prefetch) if node.slots else 0
+        return min(node.window, node.slots * (1 + self._prefetch))
 
     def _account(self, node: _Node, sign: int) -> None:
         """Add (+1) or remove (-1) an assignable node's share of the fleet totals."""

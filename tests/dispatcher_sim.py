@@ -184,7 +184,7 @@ class Checker:
     def capacity(self, node_id: str) -> int:
         """The most chunks the Dispatcher may leave with that node."""
         mirror = self.mirror[node_id]
-        return min(mirror.window, mirror.slots + self._prefetch) if mirror.slots else 0
+        return min(mirror.window, mirror.slots * (1 + self._prefetch))
 
     def observe(self, event: Event, actions: list[Action], dispatcher: Dispatcher, now: float) -> None:
         """Check one step: the event that went in and the actions that came out."""
@@ -217,6 +217,8 @@ class Checker:
                 known.slots, known.window = max(0, event.slots), max(0, event.window)
         elif isinstance(event, CreditChanged) and event.node_id in self.mirror:
             self.mirror[event.node_id].window = max(0, event.window)
+            if event.slots is not None:
+                self.mirror[event.node_id].slots = max(0, event.slots)
         elif isinstance(event, (NodeLeft, NodeLost)):
             self._remove_node(event.node_id)
         elif isinstance(event, (ResultReceived, ChunkFailed)) and event.node_id in self.held:

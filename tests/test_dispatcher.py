@@ -63,11 +63,11 @@ def task(task_id: str = "t", items: int = 10, chunk_size: int | None = 2, max_at
 # --- credit ---------------------------------------------------------------------------------
 
 
-def test_a_node_holds_at_most_its_window_capped_at_slots_plus_prefetch() -> None:
+def test_a_node_holds_at_most_its_window_capped_at_prefetch_per_slot() -> None:
     d = Dispatcher(prefetch=1)
     d.handle(task(items=100), 0)
-    assert len(assigned(d.handle(NodeJoined("a", 2, 10), 0))) == 3
-    assert len(assigned(d.handle(NodeJoined("b", 4, 2), 0))) == 2
+    assert len(assigned(d.handle(NodeJoined("a", 2, 10), 0))) == 4  # 2 slots × (1 + 1 prefetch)
+    assert len(assigned(d.handle(NodeJoined("b", 4, 2), 0))) == 2  # its own window is less
 
 
 @pytest.mark.parametrize("slots, window", [(0, 5), (3, 0), (3, -2)])
@@ -602,7 +602,7 @@ def test_a_chain_link_that_grows_gets_room_for_its_whole_subtree() -> None:
     first = dispatcher.handle(NodeJoined("link", 1, 2), 0.0)
     assert len([a for a in first if isinstance(a, AssignChunk)]) == 2
     grown = dispatcher.handle(CreditChanged("link", 6, slots=5), 0.1)
-    assert len([a for a in grown if isinstance(a, AssignChunk)]) == 4  # 5 slots + 1 prefetch in all
+    assert len([a for a in grown if isinstance(a, AssignChunk)]) == 4  # its window of 6 in all
     shrunk = dispatcher.handle(CreditChanged("link", 2, slots=1), 0.2)
     assert not [a for a in shrunk if isinstance(a, AssignChunk)]
 
