@@ -13,12 +13,15 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from threadpoolctl import threadpool_limits
+
 from console.frontend import FrontEnd
 from console.keys import initialize
 from console.server import FrontEndServer, ServerSettings
 from console.statedir import StateDir, make_private_dir
 
 NODE_STOP_GRACE_S = 10.0
+FRONTEND_BLAS_THREADS = 1
 
 
 @dataclass
@@ -36,6 +39,9 @@ class Host:
         self.nodes: list[subprocess.Popen] = []
 
     async def start(self) -> tuple[str, int]:
+        # The front-end's own numpy work (checking results) must not crowd out the nodes'
+        # worker processes on the same cores: one BLAS thread.
+        threadpool_limits(FRONTEND_BLAS_THREADS)
         initialize(self.state)
         self.frontend = FrontEnd(self.state, **self.frontend_options)
         await self.frontend.start()
