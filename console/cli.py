@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -208,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from console.host import Host
+    from console.results import export_npz
     from console.server import ServerSettings
     from protocol.taskfile import load_task_file
 
@@ -234,8 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     progress.end()
                 summary = waiter.result()
                 if args.output:
-                    path = await asyncio.to_thread(hosting.frontend.result_file, task_id)
-                    await asyncio.to_thread(shutil.copyfile, path, args.output)
+                    folder = hosting.state.task_dir(task_id)
+                    await asyncio.to_thread(export_npz, folder, Path(args.output))
                 return summary
             finally:
                 await hosting.stop()

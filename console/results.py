@@ -92,12 +92,17 @@ def read_summary(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def export_npz(folder: Path) -> Path:
-    """Build (once) the ``.npz`` users download: ``ok`` and ``result`` or ``norms``."""
-    target = folder / NPZ_FILE
-    if target.exists():
-        return target
-    tmp = folder / (NPZ_FILE + ".tmp")
+def export_npz(folder: Path, target: Path | None = None) -> Path:
+    """Write the ``.npz`` users download: ``ok`` and ``result`` or ``norms``.
+
+    Without ``target`` it is built once, inside the task folder, and kept for later
+    downloads; with one it is written straight there (one copy of a large result, not two).
+    """
+    if target is None:
+        target = folder / NPZ_FILE
+        if target.exists():
+            return target
+    tmp = target.with_name(target.name + ".part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, filename in (("ok", OK_FILE), ("result", RESULT_FILE), ("norms", NORMS_FILE)):
             source = folder / filename
