@@ -74,6 +74,7 @@ class LocalWork:
         self.items_done = 0
         self._held: dict[ChunkKey, _Held] = {}
         self._emit: Emit = lambda message: None
+        self._warming: asyncio.Task | None = None
 
     @property
     def window(self) -> int:
@@ -87,9 +88,13 @@ class LocalWork:
         self._emit = emit
 
     async def start(self) -> None:
-        await self.pool.warm_up()
+        # Workers start while the node connects: the first chunk finds them ready, and
+        # joining does not wait for them.
+        self._warming = asyncio.get_running_loop().create_task(self.pool.warm_up())
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         for held in self._held.values():
             held.future.cancel()
             if held.waiter is not None:
