@@ -116,7 +116,8 @@ class FrontEnd:
                 await task
         for record in self.tasks.values():
             if record.store is not None:
-                record.store.flush()
+                record.store.close()
+                record.store = None
         self.journal.close()
 
     def now(self) -> float:
@@ -455,7 +456,7 @@ class FrontEnd:
     async def _seal(self, record: TaskRecord, state: str, action: d.TaskFinished) -> None:
         """Make the results durable, then — only then — report the task finished."""
         if record.store is not None:
-            await asyncio.to_thread(record.store.flush)
+            await asyncio.to_thread(record.store.close)
         record.finished_at = time.time()
         wall = record.finished_at - record.submitted_at
         by_node = {}

@@ -23,7 +23,12 @@ NPZ_FILE = "result.npz"
 
 
 class ResultStore:
-    """The ``ok`` flags and result values of one task, as memory-mapped ``.npy`` files."""
+    """The ``ok`` flags and result values of one task, as ``.npy`` files written in place.
+
+    Values go to disk with ``pwrite`` at their rows' offsets, so they sit in the page
+    cache, not in the front-end's memory, however large the result. The ``ok`` flags (a
+    byte an item) are a small memory map the front-end also reads.
+    """
 
     def __init__(
         self,
@@ -36,38 +41,67 @@ class ResultStore:
     ) -> None:
         self.folder = make_private_dir(folder)
         self.return_mode = return_mode
-        self.values_name = "result" if return_mode == "full" else "norms"
         values_file = RESULT_FILE if return_mode == "full" else NORMS_FILE
         if return_mode == "full":
             shape, values_dtype = (count, *item_shape), np.dtype(dtype)
         else:
             shape, values_dtype = (count,), np.dtype(np.float64)
         self.ok = _open(self.folder / OK_FILE, np.dtype(bool), (count,))
-        self.values = _open(self.folder / values_file, values_dtype, shape)
+        self.values = _RowFile(self.folder / values_file, values_dtype, shape)
 
     def write(self, start: int, stop: int, ok: np.ndarray, values: np.ndarray) -> None:
         """Store the results of items ``start..stop-1``."""
-        self.values[start:stop] = values
+        self.values.write(start, values)
         self.ok[start:stop] = ok
 
     def fail(self, start: int, stop: int) -> None:
         """Mark items ``start..stop-1`` failed: ``ok`` false and NaN values."""
-        self.values[start:stop] = np.nan
+        self.values.write(start, np.full((stop - start, *self.values.shape[1:]), np.nan, self.values.dtype))
         self.ok[start:stop] = False
 
     def flush(self) -> None:
         """Make every write durable on disk."""
-        for array in (self.values, self.ok):
-            array.flush()
-            fd = os.open(array.filename, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self.values.fsync()
+        self.ok.flush()
+        _fsync(self.ok.filename)
 
     def close(self) -> None:
         self.flush()
-        del self.ok, self.values
+        self.values.close()
+        del self.ok
+
+
+class _RowFile:
+    """An ``.npy`` file whose rows are written in place with ``pwrite``."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.dtype, self.shape = dtype, shape
+        header = _open(path, dtype, shape)  # creates the file with its header, or checks it
+        self.offset = header.offset
+        del header
+        self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self._fd = os.open(path, os.O_RDWR)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")
+        position = self.offset + start * self.row_bytes
+        while data:
+            written = os.pwrite(self._fd, data, position)
+            data, position = data[written:], position + written
+
+    def fsync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
