@@ -17,6 +17,7 @@ import asyncssh
 from console.frontend import FrontEnd, FrontEndError
 from console.keys import KeyEntry
 from protocol.errors import RemoteProtocolError
+from protocol.frames import coalesce
 from protocol.messages import (
     MAX_NODE_KEYS, PROTOCOL_VERSION, Bye, Credit, Error, Failed, Heartbeat, Hello, MessageReader, NodeKeys,
     Reject, Result, Subtree, Welcome, encode_message,
@@ -48,7 +49,7 @@ class NodeSession:
         if self._closed:
             return
         try:
-            for piece in encode_message(message):
+            for piece in coalesce(encode_message(message)):
                 self.process.stdout.write(piece)
         except (BrokenPipeError, asyncssh.Error, ConnectionError):
             self.close("connection broken", farewell=False)

@@ -22,6 +22,7 @@ import asyncssh
 
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
+from protocol.frames import coalesce
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, MessageReader, Reject,
     Result, Welcome, encode_message,
@@ -290,7 +291,7 @@ class NodeAgent:
         if process is None:
             return
         try:
-            for piece in encode_message(message):
+            for piece in coalesce(encode_message(message)):
                 process.stdin.write(piece)
         except (BrokenPipeError, asyncssh.Error, ConnectionError):
             pass

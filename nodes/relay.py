@@ -27,11 +27,12 @@ import asyncssh
 from nodes.work import ChunkKey, Emit, LocalWork, key_of
 from protocol import dispatcher as d
 from protocol.errors import RemoteProtocolError
-from protocol.verify import AssignedChunk, check_result
+from protocol.frames import coalesce
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Bye, Cancel, Control, Credit, Error, Failed, Heartbeat, Hello,
     HostCertificate, MessageReader, NodeKeys, Result, Subtree, Welcome, encode_message,
 )
+from protocol.verify import AssignedChunk, check_result
 
 NODE_SUBSYSTEM = "chainconsole-node"
 RELAY_ATTEMPTS = 2
@@ -442,7 +443,7 @@ class DownstreamSession:
         if self._closed:
             return
         try:
-            for piece in encode_message(message):
+            for piece in coalesce(encode_message(message)):
                 self.process.stdout.write(piece)
         except (BrokenPipeError, asyncssh.Error, ConnectionError):
             self.close("connection broken", farewell=False)

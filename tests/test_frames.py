@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.frames import (
+    coalesce,
     DEFAULT_MAX_HEADER,
     DEFAULT_MAX_PAYLOAD,
     Frame,
@@ -435,3 +436,12 @@ def test_unpack_only_ever_raises_remote_protocol_error(meta: object, payload: by
     except RemoteProtocolError:
         return
     assert sum(array.nbytes for array in arrays.values()) == len(payload)
+
+
+def test_small_frames_are_coalesced_into_one_write_and_large_ones_are_not() -> None:
+    small = encode_frame({"type": "x"}, [b"a" * 10, b"b" * 5])
+    assert len(small) > 1
+    (joined,) = coalesce(small)
+    assert bytes(joined) == b"".join(bytes(p) for p in small)
+    large = encode_frame({"type": "x"}, [memoryview(bytes(300 * 1024))])
+    assert coalesce(large) == large
