@@ -58,7 +58,7 @@ def resolve_endpoint(state: StateDir, connect: str | None, key: str | None, host
     return Endpoint(
         host, port,
         Path(key) if key else state.operator_key,
-        Path(host_key) if host_key else state.host_key.with_name("host_key.pub"),
+        Path(host_key) if host_key else state.host_key_pub,
     )
 
 

@@ -237,7 +237,7 @@ class FrontEnd:
         self.subtrees.pop(node_id, None)
         info = self.nodes.get(node_id)
         if info is not None:
-            info.lost_at, info.lost_reason = time.time(), reason
+            info.lost_at = time.time()
         self.log("leave" if clean else "lost", f"{node_id}: {reason}", node_id=node_id)
         self._run(d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason))
         self._forget_old_nodes()
@@ -358,10 +358,6 @@ class FrontEnd:
                 values = result.result if result.result is not None else result.norms
                 record.store.write(start, stop, result.ok, values)
             self._carry_out(action)
-
-    def _require_node(self, node_id: str) -> None:
-        if node_id not in self.links:
-            raise FrontEndError(f"no connected node {node_id!r}")
 
     def _unique_node_id(self, name: str) -> str:
         if name not in self.links:

@@ -76,7 +76,7 @@ def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots
     log = open(os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     cmd = [sys.executable, "-m", "nodes", "--connect", f"{host}:{port}", "--name", name,
            "--slots", str(slots), "--key", str(state.node_key),
-           "--host-key", str(state.host_key.with_name("host_key.pub")), "--state-dir", str(state.root)]
+           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root)]
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     finally:

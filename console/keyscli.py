@@ -23,7 +23,7 @@ def run_keys(state: StateDir, args: argparse.Namespace) -> int:
     match args.keys_command:
         case "show":
             info = {
-                "host_key": str(state.host_key), "host_key_pub": str(state.host_key) + ".pub",
+                "host_key": str(state.host_key), "host_key_pub": str(state.host_key_pub),
                 "operator_key": str(state.operator_key), "operator_key_pub": str(state.operator_key) + ".pub",
                 "node_key": str(state.node_key), "node_key_pub": str(state.node_key) + ".pub",
                 "authorized_nodes": str(state.authorized_nodes), "authorized_users": str(state.authorized_users),

@@ -38,7 +38,6 @@ class NodeInfo:
     fingerprint: str = ""
     connected_at: float = field(default_factory=time.time)
     lost_at: float | None = None
-    lost_reason: str = ""
 
 
 @dataclass

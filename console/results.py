@@ -121,11 +121,6 @@ def write_summary(folder: Path, summary: dict) -> None:
     write_private_file(folder / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
 
 
-def read_summary(folder: Path) -> dict | None:
-    path = folder / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def export_npz(folder: Path, target: Path | None = None) -> Path:
     """Write the ``.npz`` users download: ``ok`` and ``result`` or ``norms``.
 

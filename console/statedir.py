@@ -46,6 +46,11 @@ class StateDir:
         return self.root / "host_key"
 
     @property
+    def host_key_pub(self) -> Path:
+        """The public half of the host key: what nodes and users pin."""
+        return self.root / "host_key.pub"
+
+    @property
     def operator_key(self) -> Path:
         return self.root / "operator_key"
 
