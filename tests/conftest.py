@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from console.host import Host, start_local_node
-from console.keys import initialize
-from console.server import ServerSettings
-from console.statedir import StateDir
+from console.engine.host import Host, start_local_node
+from console.engine.keys import initialize
+from console.ssh.server import ServerSettings
+from console.engine.statedir import StateDir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what:
 def cli(*args: str, input: bytes | None = None, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the ``chainconsole`` CLI as a user would, in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-c", "from console.cli import main; main()", *args],
+        [sys.executable, "-c", "from console.cli.main import main; main()", *args],
         input=input, capture_output=True, timeout=timeout, cwd=REPO, text=input is None,
         env={**os.environ, **(env or {})},
     )

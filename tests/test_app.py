@@ -16,17 +16,17 @@ from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from console.app import KEY_ACTIONS, ConsoleApp
-from console.host import Host
-from console.keys import Role
-from console.server import ServerSettings
-from console.statedir import StateDir
-from console.tui_detail import ChunkMap, TaskDetailScreen
-from console.tui_keys import PendingKeysModal
-from console.tui_main import MainScreen
-from console.tui_modals import ConfirmModal, HelpModal, ProblemsModal
-from console.tui_status import StatusHeader
-from console.tui_tables import NodesTable, TasksTable
+from console.tui.app import KEY_ACTIONS, ConsoleApp
+from console.engine.host import Host
+from console.engine.keys import Role
+from console.ssh.server import ServerSettings
+from console.engine.statedir import StateDir
+from console.tui.detail import ChunkMap, TaskDetailScreen
+from console.tui.keys import PendingKeysModal
+from console.tui.main import MainScreen
+from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
+from console.tui.status import StatusHeader
+from console.tui.tables import NodesTable, TasksTable
 from protocol.taskfile import parse_task
 from tests.conftest import wait_until
 from tests.reference import check_npz

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from console.app import ConsoleApp
-from console.frontend import FrontEndError
-from console.records import Event, NodeRow, TaskRow
-from console.server import ServerSettings
-from console.statedir import StateDir
+from console.tui.app import ConsoleApp
+from console.engine.frontend import FrontEndError
+from console.engine.records import Event, NodeRow, TaskRow
+from console.ssh.server import ServerSettings
+from console.engine.statedir import StateDir
 from protocol.dispatch_events import ChunkState, ChunkView
 
 SIZE = (120, 36)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from console.host import Host
+from console.engine.host import Host
 from protocol.taskfile import parse_task
 from tests.conftest import REPO, wait_until
 from tests.reference import expected_item

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from console.host import Host
+from console.engine.host import Host
 from tests.conftest import REPO, wait_until
 from tests.reference import check_npz
 
@@ -92,7 +92,7 @@ async def test_paramiko_is_a_second_independent_client(host: Host, nodes) -> Non
 
 async def _cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from console.cli import main; main()", *args, cwd=REPO,
+        sys.executable, "-c", "from console.cli.main import main; main()", *args, cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()

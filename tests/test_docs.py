@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from console.cli import build_parser
-from console.server import NODE_SUBSYSTEM
-from console.user_commands import USAGE, Session, _parse_upload
+from console.cli.main import build_parser
+from console.ssh.server import NODE_SUBSYSTEM
+from console.ssh.user_commands import USAGE, Session, _parse_upload
 from protocol.errors import ChainconsoleError
 from protocol.frames import ARRAY_DTYPES, Frame, encode_frame
 from protocol.messages import MESSAGE_TYPES, decode_message

@@ -9,7 +9,7 @@ import asyncssh
 import numpy as np
 import pytest
 
-from console.host import Host
+from console.engine.host import Host
 from protocol.taskfile import parse_task
 from tests.conftest import wait_until
 from tests.reference import check_npz, expected_item

@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from console.host import Host, start_local_node
-from console.keys import initialize
-from console.statedir import StateDir
+from console.engine.host import Host, start_local_node
+from console.engine.keys import initialize
+from console.engine.statedir import StateDir
 from protocol.taskfile import parse_task
 from tests.conftest import REPO, wait_until
 from tests.reference import expected_item
@@ -120,7 +120,7 @@ def _free_port() -> int:
 
 def _serve(state: StateDir, port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", "from console.cli import main; main()", "serve", "--state-dir", str(state.root),
+        [sys.executable, "-c", "from console.cli.main import main; main()", "serve", "--state-dir", str(state.root),
          "--listen", f"127.0.0.1:{port}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

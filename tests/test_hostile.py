@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console.host import Host, start_local_node
-from console.keys import Role, initialize
-from console.server import ServerSettings
-from console.statedir import StateDir
+from console.engine.host import Host, start_local_node
+from console.engine.keys import Role, initialize
+from console.ssh.server import ServerSettings
+from console.engine.statedir import StateDir
 from protocol.frames import encode_frame
 from protocol.messages import PROTOCOL_VERSION, Hello, Result, encode_message
 from protocol.taskfile import parse_task

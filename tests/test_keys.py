@@ -10,10 +10,10 @@ import sys
 import asyncssh
 import pytest
 
-from console.host import Host
-from console.keys import KeyRegistry, Role, fingerprint
-from console.statedir import StateDir
-from console.throttle import AuthThrottle
+from console.engine.host import Host
+from console.engine.keys import KeyRegistry, Role, fingerprint
+from console.engine.statedir import StateDir
+from console.ssh.throttle import AuthThrottle
 from tests.conftest import REPO, cli, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -90,7 +90,7 @@ def test_the_login_throttle_refuses_only_the_noisy_address() -> None:
 
 
 async def test_failed_logins_get_an_address_refused(state: StateDir, tmp_path) -> None:
-    from console.server import ServerSettings
+    from console.ssh.server import ServerSettings
 
     stranger = asyncssh.generate_private_key("ssh-ed25519")
     stranger.write_private_key(tmp_path / "stranger")

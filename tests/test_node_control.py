@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from console.host import Host
+from console.engine.host import Host
 from protocol.taskfile import parse_task
 from tests.conftest import wait_until
 from tests.fake_node import FakeNode, fail_chunk_zero, never_answer

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console.validate import run_validate
+from console.cli.validate import run_validate
 from nodes.kernels import compute
 from protocol.errors import TaskFileError
 from protocol.inputs import GeneratedInput

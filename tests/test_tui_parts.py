@@ -8,11 +8,11 @@ from textual.app import App, ComposeResult
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from console import tui_format as fmt
-from console.records import NodeRow, TaskRow
-from console.tui_detail import SharesTable, chunk_cells, legend
-from console.tui_status import ClusterTotals, ThroughputMeter
-from console.tui_tables import NodesTable, TasksTable, task_cells
+from console.tui import formatting as fmt
+from console.engine.records import NodeRow, TaskRow
+from console.tui.detail import SharesTable, chunk_cells, legend
+from console.tui.status import ClusterTotals, ThroughputMeter
+from console.tui.tables import NodesTable, TasksTable, task_cells
 from protocol.dispatch_events import ChunkState, ChunkView
 
 Q, R, D, T, F = ChunkState.QUEUED, ChunkState.RUNNING, ChunkState.DONE, ChunkState.RETRIED, ChunkState.FAILED

@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from console.host import Host  # noqa: E402
-from console.server import ServerSettings  # noqa: E402
-from console.statedir import StateDir  # noqa: E402
+from console.engine.host import Host  # noqa: E402
+from console.ssh.server import ServerSettings  # noqa: E402
+from console.engine.statedir import StateDir  # noqa: E402
 from protocol.taskfile import parse_task  # noqa: E402
 
 

@@ -47,14 +47,14 @@ from textual.pilot import Pilot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from console.app import ConsoleApp  # noqa: E402
-from console.host import Host  # noqa: E402
-from console.server import ServerSettings  # noqa: E402
-from console.statedir import StateDir  # noqa: E402
-from console.tui_detail import ChunkMap, TaskDetailScreen  # noqa: E402
-from console.tui_main import MainScreen  # noqa: E402
-from console.tui_modals import ConfirmModal, HelpModal  # noqa: E402
-from console.tui_tables import NodesTable, TasksTable  # noqa: E402
+from console.tui.app import ConsoleApp  # noqa: E402
+from console.engine.host import Host  # noqa: E402
+from console.ssh.server import ServerSettings  # noqa: E402
+from console.engine.statedir import StateDir  # noqa: E402
+from console.tui.detail import ChunkMap, TaskDetailScreen  # noqa: E402
+from console.tui.main import MainScreen  # noqa: E402
+from console.tui.modals import ConfirmModal, HelpModal  # noqa: E402
+from console.tui.tables import NodesTable, TasksTable  # noqa: E402
 from nodes.kernels import compute  # noqa: E402
 from protocol.inputs import GeneratedInput  # noqa: E402
 from protocol.messages import (  # noqa: E402

@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from console.host import Host, start_local_node
-from console.server import ServerSettings
-from console.statedir import StateDir
+from console.engine.host import Host, start_local_node
+from console.ssh.server import ServerSettings
+from console.engine.statedir import StateDir
 from protocol.taskfile import parse_task
 
 READY_TIMEOUT_S = 120.0

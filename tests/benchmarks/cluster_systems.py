@@ -170,7 +170,7 @@ def run_cold(workload: Workload, nodes: int, folder: Path) -> float:
     folder.mkdir(parents=True, exist_ok=True)
     task_file = folder / "task.json"
     task_file.write_text(json.dumps(workload.document()))
-    command = [sys.executable, "-c", "from console.cli import main; main()", "run", str(task_file),
+    command = [sys.executable, "-c", "from console.cli.main import main; main()", "run", str(task_file),
                "--local-nodes", str(nodes), "-o", str(folder / "out.npz"), "--json"]
     began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)

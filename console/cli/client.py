@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncssh
 
-from console.statedir import StateDir
+from console.engine.statedir import StateDir
 from protocol.errors import ChainconsoleError
 
 DEFAULT_PORT = 8022

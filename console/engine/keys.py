@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncssh
 
-from console.statedir import StateDir, make_private_dir, write_private_file
+from console.engine.statedir import StateDir, make_private_dir, write_private_file
 from protocol.errors import ChainconsoleError
 
 KEY_ALGORITHM = "ssh-ed25519"

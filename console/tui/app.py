@@ -27,20 +27,20 @@ from textual.screen import Screen
 from textual.widgets import DataTable
 from textual_fspicker import FileOpen, FileSave, Filters
 
-from console import tui_format as fmt
-from console.frontend import FrontEndError
-from console.records import Event, NodeRow, TaskRow
-from console.host import Host
-from console.keys import KeyError_, fingerprint
-from console.server import ServerSettings
-from console.statedir import StateDir
-from console.tui_detail import TaskDetailScreen
-from console.tui_keys import PendingKeysModal
-from console.tui_main import MainScreen
-from console.tui_modals import ConfirmModal, HelpModal, ProblemsModal
-from console.tui_snapshot import EMPTY, take_detail, take_snapshot
-from console.tui_status import HostIdentity, ThroughputMeter
-from console.tui_tables import CONNECTED_NODE_STATES, FINISHED_TASK_STATES, LIVE_TASK_STATES
+from console.tui import formatting as fmt
+from console.engine.frontend import FrontEndError
+from console.engine.records import Event, NodeRow, TaskRow
+from console.engine.host import Host
+from console.engine.keys import KeyError_, fingerprint
+from console.ssh.server import ServerSettings
+from console.engine.statedir import StateDir
+from console.tui.detail import TaskDetailScreen
+from console.tui.keys import PendingKeysModal
+from console.tui.main import MainScreen
+from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
+from console.tui.snapshot import EMPTY, take_detail, take_snapshot
+from console.tui.status import HostIdentity, ThroughputMeter
+from console.tui.tables import CONNECTED_NODE_STATES, FINISHED_TASK_STATES, LIVE_TASK_STATES
 from protocol.errors import ChainconsoleError, TaskFileError
 from protocol.taskfile import DEFAULT_LIMITS, TaskLimits, load_task_file
 

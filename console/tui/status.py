@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
-from console import tui_format as fmt
-from console.records import NodeRow, TaskRow
-from console.tui_tables import CONNECTED_NODE_STATES
+from console.tui import formatting as fmt
+from console.engine.records import NodeRow, TaskRow
+from console.tui.tables import CONNECTED_NODE_STATES
 
 THROUGHPUT_WINDOW_S = 60
 """How many one-second buckets the sparkline shows."""

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from console.frontend import FrontEnd, FrontEndError
-from console.keys import KeyEntry
+from console.engine.frontend import FrontEnd, FrontEndError
+from console.engine.keys import KeyEntry
 from protocol.errors import RemoteProtocolError
 from protocol.frames import coalesce
 from protocol.messages import (
@@ -24,7 +24,7 @@ from protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from console.server import ServerSettings
+    from console.ssh.server import ServerSettings
 
 READ_SIZE = 1024 * 1024
 HELLO_TIMEOUT_S = 10.0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import asyncssh
 
-from console.client import connect, resolve_endpoint
-from console.statedir import StateDir
+from console.cli.client import connect, resolve_endpoint
+from console.engine.statedir import StateDir
 from protocol.errors import ChainconsoleError
 from protocol.frames import encode_frame, pack_arrays
 from protocol.inputs import GeneratedInput
@@ -41,7 +41,7 @@ def upload_bytes(task: Task) -> list:
 async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
     endpoint = resolve_endpoint(state, args.connect, args.key, args.host_key)
     if args.command == "submit":
-        from console.cli import limits_from
+        from console.cli.main import limits_from
 
         task = load_task_file(args.task, limits=limits_from(args))  # refuse a bad file before connecting
     async with await connect(endpoint) as conn:
@@ -87,7 +87,7 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
     summary = None
     progress = None
     if wait and sys.stderr.isatty():
-        from console.cli import _Progress
+        from console.cli.main import _Progress
         progress = _Progress(task.name, task.count)
     task_id = None
     while line := await process.stdout.readline():
@@ -121,7 +121,7 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
         return EXIT_CONNECT
     if args.output:
         await _download(conn, summary["task_id"], Path(args.output))
-    from console.cli import _report
+    from console.cli.main import _report
     return _report(summary, args.json)
 
 

@@ -1,7 +1,7 @@
 """The front-end: tasks, results and nodes around one Dispatcher.
 
 Every face — the SSH user commands, the CLI's one-shot ``run``, the Textual console —
-calls this API. It owns no sockets: node sessions (``console.node_session``) feed it
+calls this API. It owns no sockets: node sessions (``console.ssh.node_session``) feed it
 messages, and it answers by carrying out the Dispatcher's actions. Nothing here imports
 Textual.
 """
@@ -20,11 +20,11 @@ from typing import Protocol
 import asyncssh
 import numpy as np
 
-from console.journal import Journal, save_array_inputs, task_document, task_from_document
-from console.keys import KeyRegistry, Role
-from console.records import Event, NodeInfo, NodeRow, TaskRecord, TaskRow
-from console.results import ResultStore, export_npz, write_summary
-from console.statedir import StateDir, make_private_dir
+from console.engine.journal import Journal, save_array_inputs, task_document, task_from_document
+from console.engine.keys import KeyRegistry, Role
+from console.engine.records import Event, NodeInfo, NodeRow, TaskRecord, TaskRow
+from console.engine.results import ResultStore, export_npz, write_summary
+from console.engine.statedir import StateDir, make_private_dir
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput

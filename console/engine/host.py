@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from threadpoolctl import threadpool_limits
 
-from console.frontend import FrontEnd
-from console.keys import initialize
-from console.server import FrontEndServer, ServerSettings
-from console.statedir import StateDir, make_private_dir
+from console.engine.frontend import FrontEnd
+from console.engine.keys import initialize
+from console.ssh.server import FrontEndServer, ServerSettings
+from console.engine.statedir import StateDir, make_private_dir
 
 NODE_STOP_GRACE_S = 10.0
 FRONTEND_BLAS_THREADS = 1

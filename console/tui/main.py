@@ -13,10 +13,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, RichLog, Sparkline
 
-from console.records import Event
-from console.tui_snapshot import ConsoleSnapshot
-from console.tui_status import ClusterTotals, HostIdentity, StatusHeader
-from console.tui_tables import NodesTable, TasksTable
+from console.engine.records import Event
+from console.tui.snapshot import ConsoleSnapshot
+from console.tui.status import ClusterTotals, HostIdentity, StatusHeader
+from console.tui.tables import NodesTable, TasksTable
 
 EVENT_LINES = 1000
 EVENT_STYLE = {

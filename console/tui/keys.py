@@ -11,9 +11,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, Static
 
-from console import tui_format as fmt
-from console.keys import PendingKey
-from console.tui_modals import MODAL_CSS
+from console.tui import formatting as fmt
+from console.engine.keys import PendingKey
+from console.tui.modals import MODAL_CSS
 
 
 class PendingKeysModal(ModalScreen[str | None]):

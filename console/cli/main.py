@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from console.client import parse_address
-from console.statedir import StateDir, default_state_dir
+from console.cli.client import parse_address
+from console.engine.statedir import StateDir, default_state_dir
 from protocol.errors import ChainconsoleError, TaskFileError
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
@@ -166,15 +166,15 @@ def state_dir(args: argparse.Namespace) -> StateDir:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from console.app import run_console
+    from console.tui.app import run_console
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
                        limits=limits_from(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from console.host import Host
-    from console.server import ServerSettings
+    from console.engine.host import Host
+    from console.ssh.server import ServerSettings
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             address = await hosting.start()
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT) from None
-        from console.keys import fingerprint
+        from console.engine.keys import fingerprint
         import asyncssh
 
         fp = fingerprint(asyncssh.read_private_key(hosting.state.host_key))
@@ -206,9 +206,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from console.host import Host
-    from console.results import export_npz
-    from console.server import ServerSettings
+    from console.engine.host import Host
+    from console.engine.results import export_npz
+    from console.ssh.server import ServerSettings
     from protocol.taskfile import load_task_file
 
     task = load_task_file(args.task, limits=limits_from(args))
@@ -272,7 +272,7 @@ class _Progress:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from console.validate import run_validate
+    from console.cli.validate import run_validate
 
     return run_validate(args.task, limits=limits_from(args))
 
@@ -284,13 +284,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from console.keyscli import run_keys
+    from console.cli.keys import run_keys
 
     return run_keys(state_dir(args), args)
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from console.remote import run_remote
+    from console.cli.remote import run_remote
 
     return asyncio.run(run_remote(state_dir(args), args))
 

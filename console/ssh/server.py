@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from console.frontend import FrontEnd
-from console.keys import KeyEntry, KeyRegistry, Role, ensure_keypair
-from console.node_session import NodeSession
-from console.statedir import write_private_file
-from console.throttle import DEFAULT_MAX_FAILURES, AuthThrottle
-from console.user_commands import run_user_command
+from console.engine.frontend import FrontEnd
+from console.engine.keys import KeyEntry, KeyRegistry, Role, ensure_keypair
+from console.ssh.node_session import NodeSession
+from console.engine.statedir import write_private_file
+from console.ssh.throttle import DEFAULT_MAX_FAILURES, AuthThrottle
+from console.ssh.user_commands import run_user_command
 
 NODE_SUBSYSTEM = "chainconsole-node"
 NODE_USERNAME = "node"

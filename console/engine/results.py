@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from console.statedir import make_private_dir, write_private_file
+from console.engine.statedir import make_private_dir, write_private_file
 
 OK_FILE = "ok.npy"
 RESULT_FILE = "result.npy"

@@ -19,8 +19,8 @@ from typing import ClassVar
 from rich.text import Text
 from textual.widgets import DataTable
 
-from console import tui_format as fmt
-from console.records import NodeRow, TaskRow
+from console.tui import formatting as fmt
+from console.engine.records import NodeRow, TaskRow
 
 Cell = tuple[str, str]
 """What a cell shows: its text and its Rich style."""

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from console.frontend import FrontEnd, FrontEndError
-from console.records import TaskRecord
-from console.keys import KeyEntry, Role
+from console.engine.frontend import FrontEnd, FrontEndError
+from console.engine.records import TaskRecord
+from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, RemoteProtocolError, TaskFileError
 from protocol.frames import FrameDecoder, unpack_arrays
 from protocol.taskfile import Task, TaskLimits, parse_task_text, task_from_parts
 
 if TYPE_CHECKING:
-    from console.server import FrontEndServer
+    from console.ssh.server import FrontEndServer
 
 MAX_TASK_TEXT = 64 * 1024 * 1024
 MAX_UPLOAD = 1024 * 1024 * 1024

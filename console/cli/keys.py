@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from console.keys import KeyError_, KeyRegistry, Role, ensure_keypair, fingerprint, initialize
-from console.statedir import StateDir
+from console.engine.keys import KeyError_, KeyRegistry, Role, ensure_keypair, fingerprint, initialize
+from console.engine.statedir import StateDir
 
 
 def _pubkey_text(value: str) -> str:

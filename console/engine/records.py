@@ -10,7 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from console.results import ResultStore
+from console.engine.results import ResultStore
 from protocol.taskfile import Task
 
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from console.frontend import FrontEndError
-from console.records import NodeRow, TaskRow
+from console.engine.frontend import FrontEndError
+from console.engine.records import NodeRow, TaskRow
 from protocol.dispatch_events import ChunkView
 
 if TYPE_CHECKING:
-    from console.host import Host
+    from console.engine.host import Host
 
 
 @dataclass(frozen=True)

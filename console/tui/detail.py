@@ -18,9 +18,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from console import tui_format as fmt
-from console.records import TaskRow
-from console.tui_tables import TASK_STATE_STYLE, Cells, Column, KeyedTable, task_rate
+from console.tui import formatting as fmt
+from console.engine.records import TaskRow
+from console.tui.tables import TASK_STATE_STYLE, Cells, Column, KeyedTable, task_rate
 from protocol.dispatch_events import ChunkState, ChunkView
 
 CHUNK_STYLE = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from console.statedir import make_private_dir
+from console.engine.statedir import make_private_dir
 from protocol.inputs import GeneratedInput
 from protocol.taskfile import NO_LIMITS, Task, task_from_parts
 

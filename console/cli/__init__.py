@@ -1,0 +1,1 @@
+"""The ``chainconsole`` command line."""
