@@ -461,7 +461,8 @@ class Dispatcher:
         task.live = False
         task.finished_at = now
         items_ok = task.items_resolved - task.items_bad
-        out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed))
+        out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed,
+                                MappingProxyType(dict(task.items_by_node))))
 
     # --- leases -------------------------------------------------------------------------------
 

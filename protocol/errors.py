@@ -6,6 +6,8 @@ edge: the CLI prints one line and exits non-zero, a session gets an error frame.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 
 class ChainconsoleError(Exception):
     """Base of every error chainconsole raises on purpose."""
@@ -29,3 +31,17 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """We tried to send something the protocol does not allow (a bug on our side)."""
+
+
+class ExitStatus(IntEnum):
+    """The exit status of every command, over SSH and on the command line alike."""
+
+    OK = 0
+    FAILED = 1
+    """The task ended with failed items, or was cancelled."""
+    USAGE = 2
+    """Bad usage or an invalid task file."""
+    CONNECT = 3
+    """Cannot connect, or authentication refused."""
+    INTERNAL = 70
+    """A bug on our side (EX_SOFTWARE)."""

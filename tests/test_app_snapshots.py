@@ -77,7 +77,7 @@ class ScriptedFrontEnd:
     def __init__(self) -> None:
         self.started_at = T0
         self.events = collections.deque(EVENTS)
-        self.dispatcher = SimpleNamespace(chunk_map=self._chunk_map)
+        self.hub = SimpleNamespace(dispatcher=SimpleNamespace(chunk_map=self._chunk_map))
         self.released: list[str] = []
 
     def node_rows(self) -> list[NodeRow]:

@@ -68,7 +68,7 @@ def take_detail(host: Host, task_id: str) -> TaskDetail:
     if frontend is None:
         return TaskDetail(None, {})
     try:
-        chunks: tuple[ChunkView, ...] | None = tuple(frontend.dispatcher.chunk_map(task_id))
+        chunks: tuple[ChunkView, ...] | None = tuple(frontend.hub.dispatcher.chunk_map(task_id))
     except KeyError:
         chunks = None
     try:
@@ -78,7 +78,7 @@ def take_detail(host: Host, task_id: str) -> TaskDetail:
     if record.summary is not None:
         return TaskDetail(chunks, dict(record.summary.get("items_per_node", {})))
     # The FrontEnd's rows carry no per-node split; the Dispatcher's task view does.
-    for view in frontend.dispatcher.snapshot(frontend.now()).tasks:
+    for view in frontend.hub.dispatcher.snapshot(frontend.now()).tasks:
         if view.task_id == task_id:
             return TaskDetail(chunks, dict(view.items_by_node))
     return TaskDetail(chunks, {})
