@@ -91,6 +91,8 @@ class _Gate(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         assert self._conn is not None
+        if not self._server.throttle.allowed(self._host(), time.monotonic()):
+            return False  # counted per attempt: one connection cannot offer key after key
         identity = self._server.authenticate(username, key, peer_address(self._conn))
         if identity is None:
             self._server.throttle.failed(self._host(), time.monotonic())
