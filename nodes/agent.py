@@ -64,6 +64,8 @@ class NodeSettings:
 
 
 OUTBOX_LIMIT = 64
+OUTBOX_BYTES = 256 * 1024 * 1024
+"""Results kept while disconnected, at most this many and this large; the oldest go first."""
 
 
 class NodeAgent:
@@ -247,11 +249,17 @@ class NodeAgent:
         """From the work: send now, or keep a result for the next session with the same console."""
         if self._channel is None:
             if isinstance(message, Result) and self._instance:
-                self._outbox = (self._outbox + [(self._instance, message)])[-OUTBOX_LIMIT:]
+                self._keep(message)
             return
         if isinstance(message, Result):
             self._sent += 1
         self._send(message)
+
+    def _keep(self, result: Result) -> None:
+        self._outbox.append((self._instance, result))
+        total = sum(_size(kept) for _, kept in self._outbox)
+        while len(self._outbox) > OUTBOX_LIMIT or total > OUTBOX_BYTES:
+            total -= _size(self._outbox.pop(0)[1])
 
     def _deliver_outbox(self, instance: str) -> None:
         """Offer results computed while disconnected; the console takes those still pending."""
@@ -266,6 +274,11 @@ class NodeAgent:
     def _send(self, message: object) -> None:
         if self._channel is not None:
             self._channel.send(message)
+
+
+def _size(result: Result) -> int:
+    values = result.result if result.result is not None else result.norms
+    return result.ok.nbytes + (values.nbytes if values is not None else 0)
 
 
 def install_signal_handlers(agent: NodeAgent) -> None:

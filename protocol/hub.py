@@ -18,6 +18,8 @@ Rules of this module:
   ``CloseSession`` (and the departure that follows it), plus ``SendMessage`` for what the
   hub itself tells a node, ``ResultAccepted`` just before the ``ChunkCompleted`` of the
   result being handled, and ``Note`` for the events log.
+- A node is granted at most ``max_node_slots`` slots (a chain link, speaking for its
+  subtree, ``max_link_slots``), whatever it claims in hello or credit.
 - What a chain link reports about its subtree is bounded and shown as reported; it is
   never trusted for anything but display and routing.
 """
@@ -38,6 +40,10 @@ DEPARTED_KEPT = 200
 """Departed nodes still listed (as left, lost …) before the oldest is forgotten."""
 IDS_KEPT = 10_000
 """Node ids remembered with their key after the node left."""
+DEFAULT_MAX_NODE_SLOTS = 256
+"""The most slots a plain node is granted, whatever it claims."""
+DEFAULT_MAX_LINK_SLOTS = 4096
+"""The most slots a chain link is granted for itself and everything behind it."""
 
 
 class HubError(ChainconsoleError):
@@ -142,8 +148,11 @@ class NodeRecord:
 class Hub:
     """Node ids, quarantine by key, the subtree table, control routing and result gating."""
 
-    def __init__(self, dispatcher: d.Dispatcher) -> None:
+    def __init__(self, dispatcher: d.Dispatcher, *, max_node_slots: int = DEFAULT_MAX_NODE_SLOTS,
+                 max_link_slots: int = DEFAULT_MAX_LINK_SLOTS) -> None:
         self.dispatcher = dispatcher
+        self.max_node_slots = max_node_slots
+        self.max_link_slots = max_link_slots
         self.nodes: dict[str, NodeRecord] = {}
         """Connected nodes by id (and a link's own pool)."""
         self.departed: OrderedDict[str, NodeRecord] = OrderedDict()
@@ -171,7 +180,9 @@ class Hub:
 
     def join(self, node_id: str, slots: int, window: int, now: float) -> list[Output]:
         """Let the Dispatcher give work to an admitted node (once it has been welcomed)."""
-        self.nodes[node_id].slots, self.nodes[node_id].window = slots, window
+        record = self.nodes[node_id]
+        slots = record.slots = self._granted(record, slots)
+        record.window = window
         out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
                                           f"with {slots} slots", node_id=node_id)]
         return out + self.handle(d.NodeJoined(node_id, slots, window), now)
@@ -194,10 +205,16 @@ class Hub:
 
     def credit(self, node_id: str, window: int, slots: int | None, now: float) -> list[Output]:
         record = self.nodes.get(node_id)
-        if record is not None:
-            record.window = window
-            record.slots = record.slots if slots is None else slots
+        if record is None:
+            return []
+        record.window = window
+        if slots is not None:
+            slots = record.slots = self._granted(record, slots)
         return self.handle(d.CreditChanged(node_id, window, slots), now)
+
+    def _granted(self, record: NodeRecord, slots: int) -> int:
+        """What a node gets of the slots it claims: a node claiming a million must not take every chunk."""
+        return max(0, min(slots, self.max_link_slots if record.is_link else self.max_node_slots))
 
     def report_subtree(self, link_id: str, entries: tuple[dict, ...], now: float) -> list[Output]:
         """A chain link reported the nodes behind it."""

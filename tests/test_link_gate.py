@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-GATE = ServerSettings(port=0, login_timeout_s=1.0, max_auth_failures=3)
+GATE = ServerSettings(port=0, login_timeout_s=3.0, max_auth_failures=3, max_unauthenticated_per_address=4)
 
 
 @pytest.fixture(params=["console", "link"])
@@ -83,3 +84,27 @@ async def test_one_connection_cannot_offer_key_after_key_past_the_limit(door, st
     with pytest.raises(asyncssh.PermissionDenied):
         await asyncssh.connect(*door, username="node", client_keys=[*strangers, str(state.node_key)],
                                known_hosts=None, config=None, agent_path=None, gss_host=None)
+
+
+async def test_one_address_cannot_hold_every_login_slot(door, state: StateDir) -> None:
+    idle = [await asyncio.open_connection(*door) for _ in range(GATE.max_unauthenticated_per_address)]
+    try:
+        for reader, _ in idle:
+            assert (await reader.readline()).startswith(b"SSH-2.0-")
+        reader, writer = await asyncio.open_connection(*door)
+        with contextlib.suppress(ConnectionResetError):
+            # Dropped as it opens, well before the login timeout would have closed it.
+            await asyncio.wait_for(reader.read(), GATE.login_timeout_s / 2)
+        writer.close()
+    finally:
+        for _, idle_writer in idle:
+            idle_writer.close()
+    # Once those are gone, the address may log in again.
+    for _ in range(50):
+        try:
+            async with asyncssh.connect(*door, username="node", client_keys=[str(state.node_key)], known_hosts=None,
+                                        config=None, agent_path=None, gss_host=None):
+                return
+        except (asyncssh.DisconnectError, ConnectionResetError):
+            await asyncio.sleep(0.1)
+    raise AssertionError("the address stayed locked out after its idle connections closed")

@@ -39,6 +39,8 @@ class ServerSettings:
     login_timeout_s: float = 20.0
     """An unauthenticated connection is closed after this long."""
     max_connections: int = 2000
+    max_unauthenticated_per_address: int = 50
+    """Connections from one address still logging in; past it, that address waits, no one else."""
     max_auth_failures: int = DEFAULT_MAX_FAILURES
     """Failed logins from one address within a minute before it is refused outright."""
 
@@ -68,17 +70,26 @@ class _Gate(asyncssh.SSHServer):
         self._server = server
         self._conn: asyncssh.SSHServerConnection | None = None
         self._candidate: object | None = None
+        self._counted = True
+        self._address = "?"
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        self._server.connections.add(conn)
-        if len(self._server.connections) > self._server.settings.max_connections:
+        peer = conn.get_extra_info("peername")
+        self._address = host = str(peer[0]) if peer else "?"
+        server = self._server
+        server.connections.add(conn)
+        server.logging_in[host] = server.logging_in.get(host, 0) + 1
+        if len(server.connections) > server.settings.max_connections:
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
-        elif not self._server.throttle.allowed(self._host(), time.monotonic()):
+        elif server.logging_in[host] > server.settings.max_unauthenticated_per_address:
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections from this address")
+        elif not server.throttle.allowed(host, time.monotonic()):
             conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many failed logins; try later")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self._conn)
+        self._logged_in()
 
     def begin_auth(self, username: str) -> bool:
         return True  # always require authentication
@@ -91,11 +102,11 @@ class _Gate(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         assert self._conn is not None
-        if not self._server.throttle.allowed(self._host(), time.monotonic()):
+        if not self._server.throttle.allowed(self._address, time.monotonic()):
             return False  # counted per attempt: one connection cannot offer key after key
         identity = self._server.authenticate(username, key, peer_address(self._conn))
         if identity is None:
-            self._server.throttle.failed(self._host(), time.monotonic())
+            self._server.throttle.failed(self._address, time.monotonic())
             return False
         # The last key validated before success is the one that signed (asyncssh checks
         # the signature right after this call), so remember it until auth completes.
@@ -105,10 +116,16 @@ class _Gate(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self._conn is not None and self._candidate is not None
         self._conn.set_extra_info(**{IDENTITY: self._candidate})
+        self._logged_in()
 
-    def _host(self) -> str:
-        peer = self._conn.get_extra_info("peername") if self._conn is not None else None
-        return str(peer[0]) if peer else "?"
+    def _logged_in(self) -> None:
+        """This connection no longer counts as one logging in (it did, or it ended)."""
+        if self._counted:
+            self._counted = False
+            host, logging_in = self._address, self._server.logging_in
+            logging_in[host] -= 1
+            if not logging_in[host]:
+                del logging_in[host]
 
 
 class GatedServer:
@@ -120,6 +137,8 @@ class GatedServer:
         self.authenticate = authenticate
         self.throttle = AuthThrottle(max_failures=settings.max_auth_failures)
         self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.logging_in: dict[str, int] = {}
+        """Connections per address that have not logged in yet."""
         self.address: tuple[str, int] = (settings.host, settings.port)
         self._host_keys = host_keys
         self._serve = serve
