@@ -295,7 +295,8 @@ class Hub:
                         record.items_done += stop - start
                     out.append(action)
                 case d.NodeQuarantined(node_id=node_id):
-                    record = self.nodes.get(node_id)
+                    # A draining node's last, invalid result drains it before it is quarantined.
+                    record = self.nodes.get(node_id) or self.departed.get(node_id)
                     if record is not None and record.fingerprint:
                         self.quarantined[record.fingerprint] = node_id
                     out.append(action)
