@@ -136,7 +136,7 @@ class NodeRecord:
     departed: str = ""
     """How the node left ("left", "drained", "kicked", "lost"); "" while connected."""
     items_done: int = 0
-    """At departure: what it computed (the Dispatcher's count while connected)."""
+    """Items of the chunks it completed in this session (kept when it departs)."""
     subtree: tuple[dict, ...] = field(default=())
     """A chain link's last report of the nodes behind it."""
 
@@ -192,10 +192,11 @@ class Hub:
         record = self.nodes.pop(node_id, None)
         if record is None:
             return []
-        ending = self._ending.pop(node_id, "left" if clean else "lost")
-        view = next((v for v in self.dispatcher.snapshot(now).nodes if v.node_id == node_id), None)
-        record.departed, record.subtree = ending, ()
-        record.items_done = view.items_done if view is not None else 0
+        ending = self._ending.pop(node_id, "")
+        if ending == "drained" and not clean:
+            ending = ""  # a draining node that dropped before it was done was lost, not drained
+        record.departed = ending or ("left" if clean else "lost")
+        record.subtree = ()
         record.joined_at = now  # from now on: when it left
         self.departed[node_id] = record
         while len(self.departed) > DEPARTED_KEPT:
@@ -304,8 +305,15 @@ class Hub:
                     if node_id in self.nodes:
                         out.append(CloseSession(node_id, "drained", farewell=True))
                         out.extend(self.depart(node_id, clean=True, reason="drained", now=now))
+                case d.ChunkCompleted(node_id=node_id, start=start, stop=stop):
+                    # Counted here: a kicked or silent node is gone from the Dispatcher
+                    # before its CloseNode reaches the hub.
+                    if (record := self.nodes.get(node_id)) is not None:
+                        record.items_done += stop - start
+                    out.append(action)
                 case d.NodeQuarantined(node_id=node_id):
-                    record = self.nodes.get(node_id)
+                    # A draining node's last, invalid result drains it before it is quarantined.
+                    record = self.nodes.get(node_id) or self.departed.get(node_id)
                     if record is not None and record.fingerprint:
                         self.quarantined[record.fingerprint] = node_id
                     out.append(action)

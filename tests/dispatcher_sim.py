@@ -1,17 +1,21 @@
-"""A seeded simulation of a changing fleet around one Dispatcher, with a fake clock.
+"""A seeded simulation of a changing fleet around one Hub and its Dispatcher, with a fake clock.
 
 The world: nodes that join, compute one chunk per slot at their own speed, heartbeat, and
 misbehave on cue (leave, die, freeze, slow down, fail chunks, return wrong results, change
-their credit, reconnect); an operator who drains, kicks, releases quarantines and cancels
+their credit, reconnect while their old session is still open, come back under a new key
+with the same name, give up when quarantined); two machines may share a name; an operator
+who drains, kicks and releases nodes by id (now and then an id that is gone) and cancels
 tasks; users who submit tasks with fixed or automatic chunk sizes, some holding poison
 items that fail on every node; now and then a front-end restart that resumes from its
 journal. Messages take a little time to travel (in order per direction) and results are
-verified for a moment before the Dispatcher sees them, so results race cancels, kicks and
-node deaths the way they do on a real network.
+verified for a moment before the hub sees them, so results race cancels, kicks and node
+deaths the way they do on a real network.
 
-`Simulation` plays the front-end shell: it turns messages into events, asks `wants_result`
-before taking a result, and carries out actions. After every `Dispatcher.handle` the
-`Checker` verifies the invariants against its own ledger and mirror:
+`Simulation` plays the front-end shell as `nodes.hub_shell` does: it admits and joins nodes
+through the `Hub` (which hands out their ids), turns messages into hub calls, asks `wants`
+before taking a result, and carries out the outputs. The hub's Dispatcher shows the
+`Checker` every event and the actions it returned, and the Checker verifies the
+invariants against its own ledger and mirror:
 
 - every item is resolved (done or failed) exactly once, and tasks report the ledger's totals;
 - nothing is assigned to a draining, departed, kicked or quarantined node, nor beyond its
@@ -20,6 +24,18 @@ before taking a result, and carries out actions. After every `Dispatcher.handle`
 - completions answer the result just handed in, never one from a quarantined node;
 - `wants_result` is true exactly for issued attempts at open chunks of live tasks;
 - every few steps the Dispatcher's snapshot matches the mirror.
+
+The `HubChecker` verifies every hub call's outputs against the simulation's own record:
+
+- live node ids are unique, each belongs to one key, and each is the first of ``name``,
+  ``name-2`` … free for that key; a quarantined key is never admitted, and only a
+  quarantined key is refused; operator actions fail with `HubError` exactly for unknown ids;
+- `ResultAccepted` comes only for the valid result handed in, right before its completion,
+  and every completion has one;
+- the Dispatcher's `CloseNode` and `NodeDrained` never leave the hub; every `CloseSession`
+  (with a farewell exactly for kicked and drained nodes) is followed by that node's
+  departure, and every departed node is listed as it ended with the items it completed;
+- every few calls the hub's live nodes, keys, quarantine and rows match the record.
 
 At the end every task must have finished: healthy anchor nodes stay connected once they join.
 `run_scenario(seed)` is the entry point; any failure raises `SimulationError` naming the seed.
@@ -49,7 +65,6 @@ from protocol.dispatch_events import (
     DrainRequested,
     Event,
     HeartbeatReceived,
-    KickRequested,
     NodeDrained,
     NodeJoined,
     NodeLeft,
@@ -65,6 +80,8 @@ from protocol.dispatch_events import (
     Tick,
 )
 from protocol.dispatcher import Dispatcher
+from protocol.hub import CloseSession, Hub, HubError, Note, Output, Refused, ResultAccepted, SendMessage
+from protocol.messages import Drain
 
 TICK_S = 0.5
 HEARTBEAT_S = 0.7
@@ -135,7 +152,9 @@ class _Job:
 class SimNode:
     """One compute node: its nature, its session and the chunks it holds."""
 
-    node_id: str
+    handle: str  # the simulation's own name for the machine (unique)
+    name: str  # the name it says hello with (another machine may use it too)
+    fingerprint: str  # its key
     kind: Kind
     slots: int
     window: int
@@ -409,6 +428,165 @@ class Checker:
         return tuple(ranges), items.count(BAD) + items.count(ABANDONED), items.count(ABANDONED)
 
 
+class ObservedDispatcher(Dispatcher):
+    """The Dispatcher the hub holds, showing every event and the actions it returned to an observer."""
+
+    def __init__(self, observe: Callable[[Event, list[Action], Dispatcher, float], None], **settings: Any) -> None:
+        super().__init__(**settings)
+        self._observe = observe
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        actions = super().handle(event, now)
+        self._observe(event, actions, self, now)
+        return actions
+
+
+@dataclass(frozen=True)
+class Handed:
+    """The checked result handed to ``Hub.result``."""
+
+    node_id: str
+    task_id: str
+    chunk: int
+    attempt: int
+    items_ok: int
+    valid: bool
+
+
+class HubChecker:
+    """Verifies the hub's rules against the simulation's own record of keys, ids and endings."""
+
+    def __init__(self, checker: Checker) -> None:
+        self._checker = checker
+        self.reset()
+
+    def reset(self) -> None:
+        """A new hub (front-end restart): it knows no id and no quarantine."""
+        self.key_of: dict[str, str] = {}  # every id this hub gave out -> its key
+        self.live: dict[str, str] = {}  # ids with an open session -> their key
+        self.quarantined: dict[str, str] = {}  # key -> the id it was quarantined as
+        self.ending: dict[str, str] = {}  # live id -> "drained" or "kicked", as the operator asked
+        self.items_done: Counter[str] = Counter()  # live id -> items of the chunks it completed
+
+    def fail(self, message: str) -> None:
+        self._checker.fail(message)
+
+    def expected_id(self, name: str, fingerprint: str) -> str:
+        """The first of name, name-2 … that is not live and was given to no other key."""
+        candidate, n = name, 1
+        while candidate in self.live or self.key_of.get(candidate, fingerprint) != fingerprint:
+            n += 1
+            candidate = f"{name}-{n}"
+        return candidate
+
+    def admitted(self, name: str, fingerprint: str, node_id: str | None) -> None:
+        """``admit`` returned ``node_id`` (None: it raised ``Refused``)."""
+        if node_id is None:
+            if fingerprint not in self.quarantined:
+                self.fail(f"{name} ({fingerprint}) refused, but its key is not quarantined")
+            return
+        if fingerprint in self.quarantined:
+            self.fail(f"{name} admitted as {node_id} with a key quarantined as {self.quarantined[fingerprint]}")
+        if node_id in self.live:
+            self.fail(f"{node_id} handed out twice: it is live for {self.live[node_id]}")
+        if self.key_of.get(node_id, fingerprint) != fingerprint:
+            self.fail(f"{node_id} handed to {fingerprint}, it belongs to {self.key_of[node_id]}")
+        if node_id != self.expected_id(name, fingerprint):
+            self.fail(f"{name} ({fingerprint}) got {node_id}, expected {self.expected_id(name, fingerprint)}")
+        self.key_of[node_id] = self.live[node_id] = fingerprint
+
+    def routed(self, action: str, node_id: str, error: bool) -> None:
+        """An operator action went to the hub; ``error``: it raised ``HubError``."""
+        known = node_id in self.live or (action == "release" and node_id in self.quarantined.values())
+        if error == known:
+            self.fail(f"{action} {node_id}: HubError={error}, but the node is {'known' if known else 'unknown'}")
+        if error:
+            return
+        if action == "release":
+            for fingerprint in [key for key, held in self.quarantined.items() if held == node_id]:
+                del self.quarantined[fingerprint]
+        elif node_id in self.live and self.ending.get(node_id) != "kicked":
+            self.ending[node_id] = "drained" if action == "drain" else "kicked"
+
+    def outputs(self, outputs: list[Output], hub: Hub, handed: Handed | None = None) -> None:
+        """Check what one hub call returned; ``handed`` is the result it was given, if any."""
+        closed: list[tuple[str, str]] = []
+        for index, output in enumerate(outputs):
+            if isinstance(output, (CloseNode, NodeDrained)):
+                self.fail(f"{output} left the hub: it should be a CloseSession")
+            elif isinstance(output, ResultAccepted):
+                following = outputs[index + 1] if index + 1 < len(outputs) else None
+                if not (isinstance(following, ChunkCompleted) and (
+                    following.node_id, following.task_id, following.chunk, following.attempt, following.start,
+                    following.stop) == (output.node_id, output.task_id, output.chunk, output.attempt,
+                                        output.start, output.stop)):
+                    self.fail(f"{output} is followed by {following}, not by its completion")
+            elif isinstance(output, ChunkCompleted):
+                before = outputs[index - 1] if index else None
+                if handed is None or not handed.valid or (
+                    output.node_id, output.task_id, output.chunk, output.attempt
+                ) != (handed.node_id, handed.task_id, handed.chunk, handed.attempt):
+                    self.fail(f"{output} completes no result handed in ({handed})")
+                if not isinstance(before, ResultAccepted) or before.items_ok != handed.items_ok:
+                    self.fail(f"{output} is not preceded by the ResultAccepted of {handed}, but by {before}")
+                if output.node_id in self.live:
+                    self.items_done[output.node_id] += output.stop - output.start
+            elif isinstance(output, NodeQuarantined):
+                self.quarantined[self.live[output.node_id]] = output.node_id
+            elif isinstance(output, CloseSession):
+                closed.append((output.node_id, self._closed_as(output, outputs[index + 1:])))
+            elif isinstance(output, SendMessage):
+                if not isinstance(output.message, Drain) or output.node_id not in self.live:
+                    self.fail(f"{output}: this hub has no links and tells its own nodes only to drain")
+        for node_id, state in closed:
+            self.departed(node_id, state, hub)
+        if len(hub.nodes) != len(self.live):
+            self.fail(f"the hub has {len(hub.nodes)} live nodes, the simulation {len(self.live)}")
+
+    def _closed_as(self, close: CloseSession, after: list[Output]) -> str:
+        """How a session the hub closed departs: kicked, drained, or lost (found silent)."""
+        if close.node_id not in self.live:
+            self.fail(f"{close} for a node without a session")
+        ending = self.ending.get(close.node_id, "")
+        if ending == "kicked":
+            state = "kicked"
+        elif close.reason == "drained":
+            if ending != "drained":
+                self.fail(f"{close} but nobody asked it to drain")
+            state = "drained"
+        else:
+            state = "lost"
+        if close.farewell != (state != "lost"):
+            self.fail(f"{close}: a farewell is for kicked and drained nodes only")
+        if not any(isinstance(o, Note) and o.kind in ("lost", "leave") and o.node_id == close.node_id for o in after):
+            self.fail(f"{close} is not followed by the node's departure")
+        return state
+
+    def departed(self, node_id: str, state: str, hub: Hub) -> None:
+        """The node's session is over: the hub lists it as ``state`` with what it computed."""
+        record = hub.departed.get(node_id)
+        if node_id in hub.nodes or record is None:
+            self.fail(f"{node_id} ended its session but is {'live' if node_id in hub.nodes else 'not listed'}")
+        if (record.departed, record.items_done) != (state, self.items_done[node_id]):
+            self.fail(f"{node_id} departed as {record.departed} with {record.items_done} items done, "
+                      f"expected {state} with {self.items_done[node_id]}")
+        del self.live[node_id]
+        self.ending.pop(node_id, None)
+        self.items_done.pop(node_id, None)
+
+    def compare(self, hub: Hub) -> None:
+        """The hub's live nodes are the simulation's open sessions, each listed once in its rows."""
+        if set(hub.nodes) != set(self.live):
+            self.fail(f"hub nodes {sorted(hub.nodes)} != open sessions {sorted(self.live)}")
+        if any(hub.nodes[node_id].fingerprint != key for node_id, key in self.live.items()):
+            self.fail("a live node id is held by another key")
+        if hub.quarantined != self.quarantined:
+            self.fail(f"hub quarantine {hub.quarantined} != {self.quarantined}")
+        rows = [row.node_id for row in hub.rows(0.0)]
+        if rows[:len(self.live)] != list(hub.nodes) or len(set(rows)) != len(rows):
+            self.fail(f"rows {rows} do not list live nodes first, each once")
+
+
 @dataclass(frozen=True)
 class Params:
     """Dispatcher settings for one scenario, scaled down so simulated time passes quickly."""
@@ -420,10 +598,10 @@ class Params:
     min_lease_s: float = 2.0
     max_node_errors: int = 2
 
-    def dispatcher(self) -> Dispatcher:
-        """A fresh Dispatcher with these settings."""
-        return Dispatcher(
-            prefetch=self.prefetch, heartbeat_timeout_s=self.heartbeat_timeout_s,
+    def dispatcher(self, observe: Callable[[Event, list[Action], Dispatcher, float], None]) -> Dispatcher:
+        """A fresh Dispatcher with these settings that shows ``observe`` every step."""
+        return ObservedDispatcher(
+            observe, prefetch=self.prefetch, heartbeat_timeout_s=self.heartbeat_timeout_s,
             target_chunk_s=self.target_chunk_s, straggler_factor=self.straggler_factor,
             min_lease_s=self.min_lease_s, max_node_errors=self.max_node_errors,
         )
@@ -440,11 +618,14 @@ class SimReport:
     finished_at: float
     restarts: int
     outcomes: dict[str, TaskState]
-    happened: Counter[str]  # action types, requeue reasons, late results accepted
+    happened: Counter[str]  # actions and outputs by type, requeue reasons, late results, hub events
+
+
+Session = tuple[str, int]  # a machine (its handle) and the number of one of its sessions
 
 
 class Simulation:
-    """One seeded scenario: the world, the front-end shell around the Dispatcher, the checks."""
+    """One seeded scenario: the world, the front-end shell around the Hub, the checks."""
 
     def __init__(self, seed: int, *, big: bool = False) -> None:
         self.seed = seed
@@ -453,17 +634,20 @@ class Simulation:
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self.params = Params(prefetch=rng.choice((0, 1, 1, 2)), max_node_errors=rng.choice((1, 2, 3)))
-        self.dispatcher = self.params.dispatcher()
         self.generation = 0  # front-end restarts so far; messages of older ones are lost
-        self.sessions: dict[str, int] = {}  # node id -> open session, as the front-end sees it
+        self.sessions: dict[str, Session] = {}  # node id -> the open session it names, as the front-end sees it
+        self.ids: dict[Session, str] = {}  # open session -> its node id
         self.outcomes: dict[str, TaskState] = {}
         self.happened: Counter[str] = Counter()
         self.submitted: list[str] = []
         chaos_s = rng.uniform(3.0, 6.0) if big else rng.uniform(5.0, 20.0)
         self.nodes = self._make_nodes(rng.randint(100, 300) if big else rng.randint(1, 12))
         self.tasks = self._make_tasks(rng.randint(1, 4), chaos_s)
-        anchors = {node.node_id for node in self.nodes.values() if node.anchor}
-        self.checker = Checker(seed, self.tasks, self.params.prefetch, anchors)
+        self.anchor_ids: set[str] = set()  # ids handed to anchors' keys (no other key gets them)
+        self.checker = Checker(seed, self.tasks, self.params.prefetch, self.anchor_ids)
+        self.hub_checker = HubChecker(self.checker)
+        self.hub = Hub(self.params.dispatcher(self._observed))
+        self._hub_compared = 0  # checker steps at the last full comparison with the hub
         self._schedule_world(chaos_s)
         # Bounded time: the anchors alone could do all the work three times over, plus time
         # for the slowest node to finish a copy it holds (only one backup runs at a time).
@@ -480,12 +664,15 @@ class Simulation:
         for index in range(count):
             anchor = index < anchors
             kind = Kind.HEALTHY if anchor else rng.choice(list(Kind))
+            handle = f"n{index}"
+            name = "n0" if not anchor and rng.random() < 0.05 else handle  # two machines, one name
             node = SimNode(
-                node_id=f"n{index}", kind=kind, slots=rng.choice((1, 2, 4) if anchor else (0, 1, 1, 2, 4)),
+                handle=handle, name=name, fingerprint=f"SHA256:{handle}", kind=kind,
+                slots=rng.choice((1, 2, 4) if anchor else (0, 1, 1, 2, 4)),
                 window=0, speed=rng.uniform(5, 15) if kind is Kind.SLOW else rng.uniform(0.7, 1.3), anchor=anchor,
             )
             node.window = node.slots + rng.choice((0, 1, 1, 2, 5))
-            nodes[node.node_id] = node
+            nodes[handle] = node
         return nodes
 
     def _make_tasks(self, count: int, chaos_s: float) -> dict[str, SimTask]:
@@ -517,7 +704,7 @@ class Simulation:
                 continue
             for _ in range(rng.choice((0, 1, 1, 2, 3))):
                 fate = rng.choice((self._leave, self._die, self._freeze, self._slow_down, self._change_credit,
-                                   self._reconnect, self._drain, self._kick))
+                                   self._reconnect, self._drain, self._kick, self._new_key))
                 self.at(rng.uniform(0, chaos_s), fate, node)
         if rng.random() < 0.15:
             self.at(rng.uniform(0, chaos_s), self._restart)
@@ -543,74 +730,128 @@ class Simulation:
         unfinished = [task_id for task_id, ledger in self.checker.ledgers.items() if not ledger.finished]
         if unfinished:
             self.checker.fail(f"tasks {unfinished} unfinished at t={self.now:.1f} (deadline {self.deadline:.1f})")
-        self.checker.compare(self.dispatcher, self.now)
+        self.checker.compare(self.hub.dispatcher, self.now)
+        self.hub_checker.compare(self.hub)
         return SimReport(
             seed=self.seed, steps=self.checker.steps, nodes=len(self.nodes), tasks=len(self.tasks),
             finished_at=self.now, restarts=self.generation, outcomes=dict(self.outcomes), happened=self.happened,
         )
 
-    def step(self, event: Event) -> None:
-        """Hand one event to the Dispatcher, check the step, carry out the actions."""
-        actions = self.dispatcher.handle(event, self.now)
-        self.checker.observe(event, actions, self.dispatcher, self.now)
+    def _observed(self, event: Event, actions: list[Action], dispatcher: Dispatcher, now: float) -> None:
+        """Every step of the Dispatcher inside the hub: check it, count what it did."""
+        self.checker.observe(event, actions, dispatcher, now)
         for action in actions:
             self.happened[type(action).__name__] += 1
             if isinstance(action, ChunkRequeued):
                 self.happened[action.reason.split(":")[0]] += 1
-            if isinstance(action, AssignChunk):
-                self._to_node(action.node_id, self._node_assigned, action)
-            elif isinstance(action, CancelChunk):
-                self._to_node(action.node_id, self._node_cancelled, action)
-            elif isinstance(action, CloseNode):
-                self._close_session(action.node_id)
-            elif isinstance(action, NodeDrained) and self.rng.random() < 0.5:
-                self.at(self.now + self.rng.uniform(0, 1), self._leave, self.nodes[action.node_id])
-            elif isinstance(action, NodeQuarantined) and self.rng.random() < 0.6:
-                self.at(self.now + self.rng.uniform(1, 5), self._release, action.node_id, self.sessions[action.node_id])
-            elif isinstance(action, TaskFinished):
-                self.outcomes[action.task_id] = action.state
+
+    def carry_out(self, outputs: list[Output], handed: Handed | None = None) -> None:
+        """Check what the hub returned, then carry it out as the shell does."""
+        self.hub_checker.outputs(outputs, self.hub, handed)
+        if self.checker.steps >= self._hub_compared + COMPARE_EVERY:  # between hub calls, not inside one
+            self._hub_compared = self.checker.steps
+            self.hub_checker.compare(self.hub)
+        for output in outputs:
+            if not isinstance(output, Action):
+                self.happened[type(output).__name__] += 1
+            if isinstance(output, AssignChunk):
+                self._to_node(output.node_id, self._node_assigned, output)
+            elif isinstance(output, CancelChunk):
+                self._to_node(output.node_id, self._node_cancelled, output)
+            elif isinstance(output, SendMessage):
+                self._to_node(output.node_id, self._node_told_to_drain, None)
+            elif isinstance(output, CloseSession):
+                self._close_session(output.node_id)
+            elif isinstance(output, NodeQuarantined):
+                self._quarantined(output.node_id)
+            elif isinstance(output, TaskFinished):
+                self.outcomes[output.task_id] = output.state
+
+    def run_event(self, event: Event) -> None:
+        self.carry_out(self.hub.handle(event, self.now))
 
     def _tick(self) -> None:
-        self.step(Tick())
+        self.run_event(Tick())
         self.at(self.now + TICK_S, self._tick)
 
     # --- the front-end's side ---------------------------------------------------------------
 
     def _submit(self, task: SimTask) -> None:
         self.submitted.append(task.task_id)
-        self.step(TaskSubmitted(task.task_id, task.items, task.chunk_size, task.max_attempts, owner="sim"))
+        self.run_event(TaskSubmitted(task.task_id, task.items, task.chunk_size, task.max_attempts, owner="sim"))
 
     def _cancel(self, task_id: str) -> None:
         if not self.checker.ledgers[task_id].finished:
-            self.step(TaskCancelled(task_id))
+            self.run_event(TaskCancelled(task_id))
 
-    def _release(self, node_id: str, session: int) -> None:
-        if self.sessions.get(node_id) == session:
-            self.step(QuarantineReleased(node_id))
+    def _operator(self, action: str, node_id: str) -> None:
+        """The operator drains, kicks or releases a node by id; the hub knows it or says so."""
+        try:
+            outputs = getattr(self.hub, action)(node_id, self.now)
+        except HubError:
+            self.hub_checker.routed(action, node_id, error=True)
+            self.happened[f"{action} refused"] += 1
+            return
+        self.hub_checker.routed(action, node_id, error=False)
+        self.carry_out(outputs)
+
+    def _quarantined(self, node_id: str) -> None:
+        """Now and then the operator releases the node; now and then it gives up and reconnects first."""
+        if self.rng.random() < 0.6:
+            self.at(self.now + self.rng.uniform(1, 5), self._release, node_id, self.generation)
+        if node_id in self.sessions and self.rng.random() < 0.5:
+            node = self.nodes[self.sessions[node_id][0]]
+            self.at(self.now + self.rng.uniform(0.2, 2), self._reconnect if self.rng.random() < 0.5 else self._die, node)
+
+    def _release(self, node_id: str, generation: int) -> None:
+        if generation == self.generation:  # a restarted front-end forgot every quarantine
+            if node_id not in self.sessions:
+                self.happened["released after leaving"] += 1
+            self._operator("release", node_id)
+
+    def _current_id(self, node: SimNode) -> str | None:
+        return self.ids.get((node.handle, node.session)) if node.connected else None
 
     def _drain(self, node: SimNode) -> None:
-        if node.node_id in self.sessions:
-            self.step(DrainRequested(node.node_id))
+        node_id = self._current_id(node)
+        if node_id is not None or self.rng.random() < 0.2:  # now and then a stale id from the screen
+            self._operator("drain", node_id or f"{node.name}-gone")
 
     def _kick(self, node: SimNode) -> None:
-        if node.node_id in self.sessions:
-            self.step(KickRequested(node.node_id))
+        node_id = self._current_id(node)
+        if node_id is not None:
+            self._operator("kick", node_id)
 
     def _close_session(self, node_id: str) -> None:
+        """The hub closed a session (and listed the node as departed)."""
         session = self.sessions.pop(node_id)
-        self._to_node(node_id, self._node_closed, None, session)
+        del self.ids[session]
+        self._to_node_session(session, self._node_closed, None)
+
+    def _depart(self, node_id: str, *, clean: bool, reason: str) -> None:
+        """A session ended on the node's side; the front-end tells the hub."""
+        del self.ids[self.sessions.pop(node_id)]
+        ending = self.hub_checker.ending.get(node_id, "")
+        state = "left" if clean else "lost"
+        if ending == "kicked" or (ending == "drained" and clean):
+            state = ending
+        outputs = self.hub.depart(node_id, clean=clean, reason=reason, now=self.now)
+        self.hub_checker.departed(node_id, state, self.hub)
+        self.carry_out(outputs)
 
     def _restart(self) -> None:
-        """The front-end restarts: sessions drop, a new Dispatcher resumes from the journal."""
+        """The front-end restarts: sessions drop, a new hub and Dispatcher resume from the journal."""
         self.generation += 1
-        for node_id in list(self.sessions):
-            node = self.nodes[node_id]
-            self.sessions.pop(node_id)
+        for handle, _ in list(self.sessions.values()):
+            node = self.nodes[handle]
             node.connected = False
             node.drop_work()
             self.at(self.now + self.rng.uniform(0.1, 1.0), self._connect, node)
-        self.dispatcher = self.params.dispatcher()
+        self.sessions.clear()
+        self.ids.clear()
         self.checker.reset()
+        self.hub_checker.reset()
+        self.hub = Hub(self.params.dispatcher(self._observed))
         for task_id in self.submitted:
             ledger = self.checker.ledgers[task_id]
             if ledger.finished:
@@ -618,10 +859,31 @@ class Simulation:
             task = self.tasks[task_id]
             completed, failed, abandoned = self.checker.journal(task_id)
             ledger.abandoned_before_restart = abandoned
-            self.step(TaskSubmitted(
+            self.run_event(TaskSubmitted(
                 task_id, task.items, task.chunk_size, task.max_attempts, owner="sim",
                 completed=completed, completed_failed=failed,
             ))
+
+    def _admit(self, node: SimNode, session: int, slots: int, window: int) -> None:
+        """A node said hello on a new session: the hub gives it an id (or refuses it) and work."""
+        live_sessions = sum(1 for handle, _ in self.sessions.values() if self.nodes[handle].fingerprint == node.fingerprint)
+        try:
+            node_id = self.hub.admit(node.name, node.fingerprint, address=node.handle, slots=slots, now=self.now)
+        except Refused:
+            self.hub_checker.admitted(node.name, node.fingerprint, None)
+            self.happened["refused"] += 1
+            self._to_node_session((node.handle, session), self._node_refused, None)
+            return
+        self.hub_checker.admitted(node.name, node.fingerprint, node_id)
+        if live_sessions:
+            self.happened["second session"] += 1
+        if node_id != node.name:
+            self.happened["suffixed id"] += 1
+        if node.anchor:
+            self.anchor_ids.add(node_id)
+        self.sessions[node_id] = (node.handle, session)
+        self.ids[(node.handle, session)] = node_id
+        self.carry_out(self.hub.join(node_id, slots, window, self.now))
 
     def _from_node(self, node: SimNode, message: tuple[Any, ...]) -> None:
         """A node sends a message; it reaches the front-end a little later, in order."""
@@ -634,39 +896,42 @@ class Simulation:
         if generation != self.generation:
             return  # sent to a front-end that has since restarted
         kind, *body = message
-        node_id = node.node_id
         if kind == "join":
-            self.sessions[node_id] = session  # replacing any session the front-end still had open
-            self.step(NodeJoined(node_id, *body))
+            self._admit(node, session, *body)
             return
-        if self.sessions.get(node_id) != session:
+        node_id = self.ids.get((node.handle, session))
+        if node_id is None:
             return  # the connection it travelled on is gone, and the bytes with it
         if kind == "result":  # verified off the event loop: the session may be gone by then
-            self.at(self.now + self.rng.uniform(0, VERIFY_S), self._verified, node_id, session, generation, body)
+            self.at(self.now + self.rng.uniform(0, VERIFY_S), self._verified, node_id, (node.handle, session), generation, body)
         elif kind == "failed":
-            self.step(ChunkFailed(node_id, *body))
+            self.run_event(ChunkFailed(node_id, *body))
         elif kind == "heartbeat":
-            self.step(HeartbeatReceived(node_id))
+            self.run_event(HeartbeatReceived(node_id))
         elif kind == "credit":
-            self.step(CreditChanged(node_id, *body))
+            self.carry_out(self.hub.credit(node_id, body[0], None, self.now))
         elif kind == "bye":
-            self.sessions.pop(node_id)
-            self.step(NodeLeft(node_id))
+            self._depart(node_id, clean=True, reason="bye")
 
-    def _verified(self, node_id: str, session: int, generation: int, body: list[Any]) -> None:
+    def _verified(self, node_id: str, session: Session, generation: int, body: list[Any]) -> None:
         if generation != self.generation:
             return
         task_id, chunk, attempt, items_ok, elapsed_s, valid = body
-        wanted = self.dispatcher.wants_result(task_id, chunk, attempt)
+        wanted = self.hub.wants(task_id, chunk, attempt)
         self.checker.check_wants_result((task_id, chunk, attempt), wanted)
         if wanted:
-            self.happened["result" if self.sessions.get(node_id) == session else "late result"] += 1
-            self.step(ResultReceived(node_id, task_id, chunk, attempt, items_ok, elapsed_s, valid))
+            self.happened["result" if self.ids.get(session) == node_id else "late result"] += 1
+            outputs = self.hub.result(node_id, task_id, chunk, attempt, items_ok=items_ok, elapsed_s=elapsed_s,
+                                      valid=valid, now=self.now)
+            self.carry_out(outputs, Handed(node_id, task_id, chunk, attempt, items_ok, valid))
 
-    def _to_node(self, node_id: str, deliver: Callable[..., None], payload: Any, session: int | None = None) -> None:
+    def _to_node(self, node_id: str, deliver: Callable[..., None], payload: Any, session: Session | None = None) -> None:
         """Send over the node's open session; it arrives a little later, only if that session lives on."""
-        session = self.sessions[node_id] if session is None else session
-        self.at(self.now + self.rng.uniform(0, MAX_LATENCY_S), deliver, self.nodes[node_id], session, payload)
+        self._to_node_session(self.sessions[node_id] if session is None else session, deliver, payload)
+
+    def _to_node_session(self, session: Session, deliver: Callable[..., None], payload: Any) -> None:
+        handle, number = session
+        self.at(self.now + self.rng.uniform(0, MAX_LATENCY_S), deliver, self.nodes[handle], number, payload)
 
     # --- the nodes' side --------------------------------------------------------------------
 
@@ -680,10 +945,23 @@ class Simulation:
         self.at(self.now + HEARTBEAT_S, self._heartbeat, node, node.session)
 
     def _reconnect(self, node: SimNode) -> None:
-        """The node opens a new session while the front-end may still hold the old one."""
+        """The node opens a new session while the front-end may still hold the old one.
+
+        The hub gives the new session a suffixed id; the old one ends when the front-end
+        notices the reset connection, or when its heartbeats stop.
+        """
         if node.connected and not node.frozen:
+            if self.rng.random() < 0.5:
+                self.at(self.now + self.rng.uniform(0, 1), self._noticed_loss, node.handle, node.session,
+                        self.generation)
             node.connected = False
             self._connect(node)
+
+    def _new_key(self, node: SimNode) -> None:
+        """The machine is set up again with a new key; it keeps its name (and reconnects if it was on)."""
+        node.fingerprint = f"{node.fingerprint}+"
+        self.happened["other key"] += 1
+        self._reconnect(node)
 
     def _heartbeat(self, node: SimNode, session: int) -> None:
         if node.session != session or not node.connected or node.frozen:
@@ -708,12 +986,25 @@ class Simulation:
             node.running.discard(key)
             self._start_jobs(node)
 
+    def _node_told_to_drain(self, node: SimNode, session: int, _: None) -> None:
+        """Now and then a draining node is stopped by hand before it is done."""
+        if node.session == session and node.connected and not node.frozen and self.rng.random() < 0.3:
+            self.at(self.now + self.rng.uniform(0, 1), self._leave, node)
+
     def _node_closed(self, node: SimNode, session: int, _: None) -> None:
         if node.session == session and node.connected and not node.frozen:
             node.connected = False
             node.drop_work()
             if not node.anchor and self.rng.random() < 0.3:
                 self.at(self.now + self.rng.uniform(0.5, 3), self._connect, node)
+
+    def _node_refused(self, node: SimNode, session: int, _: None) -> None:
+        """Its key is quarantined; it tries again later, as the node agent does."""
+        if node.session == session and node.connected and not node.frozen:
+            node.connected = False
+            node.drop_work()
+            if self.rng.random() < 0.7:
+                self.at(self.now + self.rng.uniform(1, 3), self._connect, node)
 
     def _start_jobs(self, node: SimNode) -> None:
         while node.waiting and len(node.running) < node.slots:
@@ -754,14 +1045,14 @@ class Simulation:
             return
         node.connected = False
         node.drop_work()
-        self.at(self.now + self.rng.uniform(0, 0.2), self._noticed_loss, node.node_id, node.session, self.generation)
+        self.at(self.now + self.rng.uniform(0, 0.2), self._noticed_loss, node.handle, node.session, self.generation)
         if self.rng.random() < 0.4:
             self.at(self.now + self.rng.uniform(0.5, 4), self._connect, node)
 
-    def _noticed_loss(self, node_id: str, session: int, generation: int) -> None:
-        if generation == self.generation and self.sessions.get(node_id) == session:
-            self.sessions.pop(node_id)
-            self.step(NodeLost(node_id, "connection reset"))
+    def _noticed_loss(self, handle: str, session: int, generation: int) -> None:
+        node_id = self.ids.get((handle, session))
+        if generation == self.generation and node_id is not None:
+            self._depart(node_id, clean=False, reason="connection reset")
 
     def _freeze(self, node: SimNode) -> None:
         """The node stops dead (SIGSTOP, half-open TCP); only the heartbeat timeout notices."""
