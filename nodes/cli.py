@@ -7,16 +7,20 @@ import asyncio
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import asyncssh
 import platformdirs
 
 from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
+from nodes.lifeline import watch_parent
 from nodes.relay import Relay, RelaySettings
 from nodes.work import LocalWork
 
 APP_NAME = "chainconsole"
+ORPHAN_GRACE_S = 10.0
+"""How long a node whose parent died may take to stop cleanly before it exits anyway."""
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -47,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
     parser.add_argument("--listen", type=_address, metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
+    parser.add_argument("--exit-with", type=int, metavar="PID",
+                        help="stop when the parent process PID exits (front-ends start their local nodes so)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
         blas_threads=args.blas_threads,
     )
-    return asyncio.run(_main(settings, args.listen, state))
+    return asyncio.run(_main(settings, args.listen, state, args.exit_with))
 
 
-async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path) -> int:
+async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path,
+                exit_with: int | None = None) -> int:
     local = LocalWork(settings.slots, prefetch=settings.prefetch, blas_threads=settings.blas_threads)
     if listen is None:
         agent = NodeAgent(settings, local)
@@ -88,6 +95,16 @@ async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: P
         relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key"), local)
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)
+    if exit_with is not None:
+        loop = asyncio.get_running_loop()
+
+        def parent_died() -> None:
+            loop.call_soon_threadsafe(agent.say, f"parent process {exit_with} is gone: stopping")
+            loop.call_soon_threadsafe(agent.stop)
+            time.sleep(ORPHAN_GRACE_S)
+            os._exit(1)  # the clean stop took too long: leave no orphan behind
+
+        watch_parent(exit_with, parent_died)
     return await agent.run()
 
 
@@ -95,4 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the node's key and recorded host key are for this user only
     parser = argparse.ArgumentParser(prog="chainconsole node", description="Run a compute node.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:  # Ctrl-C while starting up: nothing to clean yet
+        return 130

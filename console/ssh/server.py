@@ -156,8 +156,12 @@ class FrontEndServer:
         """Close the live sessions of keys that were removed (or changed role) on disk."""
         while True:
             await asyncio.sleep(KEY_CHECK_S)
-            self.frontend.refresh_node_keys()
-            current = {e.fingerprint: e.role for e in self.registry.entries()}
+            try:
+                self.frontend.refresh_node_keys()
+                current = {e.fingerprint: e.role for e in self.registry.entries()}
+            except Exception as exc:  # one bad pass must not end the watching
+                self.frontend.log("error", f"cannot check the authorized keys: {exc!r}")
+                continue
             for conn in list(self.connections):
                 entry: KeyEntry | None = conn.get_extra_info("chainconsole_key")
                 if entry is not None and current.get(entry.fingerprint) is not entry.role:
@@ -183,8 +187,9 @@ class FrontEndServer:
         if self._acceptor is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._acceptor.wait_closed(), 5)
-        with contextlib.suppress(FileNotFoundError):
-            self.frontend.state.endpoint.unlink()
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # only ever our own endpoint
+            if json.loads(self.frontend.state.endpoint.read_text()).get("pid") == os.getpid():
+                self.frontend.state.endpoint.unlink()
 
     def _on_process(self, process: asyncssh.SSHServerProcess) -> None:
         handler = asyncio.get_running_loop().create_task(self._serve(process))
