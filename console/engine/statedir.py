@@ -47,6 +47,15 @@ def write_private_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (a new or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class StateDir:
     """Paths of everything the front-end keeps on disk, under one root folder."""
