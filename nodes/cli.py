@@ -23,7 +23,8 @@ ORPHAN_GRACE_S = 10.0
 """How long a node whose parent died may take to stop cleanly before it exits anyway."""
 
 
-def _address(text: str) -> tuple[str, int]:
+def _address(text: str, lowest_port: int = 0) -> tuple[str, int]:
+    """HOST:PORT to listen on; port 0 lets the OS choose (the link prints the one it got)."""
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text
@@ -31,13 +32,17 @@ def _address(text: str) -> tuple[str, int]:
         number = int(port)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
-    if not 0 < number < 65536:
+    if not lowest_port <= number < 65536:
         raise argparse.ArgumentTypeError(f"port {number} out of range")
     return host.strip("[]") or "127.0.0.1", number
 
 
+def _upstream(text: str) -> tuple[str, int]:
+    return _address(text, lowest_port=1)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", type=_address, action="append", required=True, metavar="HOST:PORT",
+    parser.add_argument("--connect", type=_upstream, action="append", required=True, metavar="HOST:PORT",
                         help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="chunks computed at once, one worker process each (default: one per core)")

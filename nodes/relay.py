@@ -350,6 +350,7 @@ class Relay:
             compression_algs=None, max_pktsize=256 * 1024, window=16 * 1024 * 1024,
         )
         self.address = self._acceptor.sockets[0].getsockname()[:2]
+        print(f"[{self.name}] accepting nodes on {self.address[0]}:{self.address[1]}", file=sys.stderr, flush=True)
 
     def _on_process(self, process: asyncssh.SSHServerProcess) -> None:
         asyncio.get_running_loop().create_task(DownstreamSession(self, process).run())

@@ -66,6 +66,30 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _kill_if_running(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def _signal_and_wait(proc: subprocess.Popen, sig: signal.Signals) -> tuple[set[int], str]:
+    """Send ``sig``; return the processes that were below ``proc`` and its stderr once it exited."""
+    below = descendants(proc.pid)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    return below, err
+
+
+def _a_new_front_end_starts(state: StateDir) -> None:
+    """A front-end started now takes the folder (its lock is free), then stops."""
+    again = _serve(state)
+    try:
+        wait_for(lambda: (_endpoint(state) or {}).get("pid") == again.pid, 30, "a new front-end to start")
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=30)
+
+
 def _workers(node_pid: int) -> set[int]:
     return {p for p in descendants(node_pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
 
@@ -128,13 +152,9 @@ def test_run_stopped_by_a_signal_mid_task_cleans_up(tmp_path: Path, sig: signal.
             return any("connected to" in log.read_text() for log in temp.glob("chainconsole-run-*/state/logs/*.log"))
 
         wait_for(computing, 60, "a local node to connect")
-        below = descendants(proc.pid)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        below, err = _signal_and_wait(proc, sig)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_if_running(proc)
     assert proc.returncode == 128 + sig
     assert "Traceback" not in err
     assert err.strip().splitlines() == [f"chainconsole: stopped by {sig.name} before the task finished"]
@@ -149,13 +169,9 @@ def test_serve_stops_on_a_signal_with_one_line(tmp_path: Path, sig: signal.Signa
     try:
         wait_for(lambda: _endpoint(state) is not None and len(descendants(server.pid)) >= 3, 30,
                  "the front-end and its local node")
-        below = descendants(server.pid)
-        server.send_signal(sig)
-        _, err = server.communicate(timeout=30)
+        below, err = _signal_and_wait(server, sig)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+        _kill_if_running(server)
     assert server.returncode == 0
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "shutting down"
@@ -178,9 +194,7 @@ async def test_ctrl_c_on_a_foreground_node_stops_it_without_a_traceback(host: Ho
         os.killpg(node.pid, signal.SIGINT)
         _, err = node.communicate(timeout=30)
     finally:
-        if node.poll() is None:
-            node.kill()
-            node.communicate()
+        _kill_if_running(node)
     assert node.returncode == 0, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     wait_gone(below, 10, "the workers of a stopped node")
@@ -203,16 +217,9 @@ def test_a_second_front_end_on_one_state_folder_exits_3_naming_the_first(tmp_pat
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
         # The lock goes with the process that held it: the folder is free again.
-        again = _serve(state)
-        try:
-            wait_for(lambda: (_endpoint(state) or {}).get("pid") == again.pid, 30, "a new front-end to start")
-        finally:
-            again.send_signal(signal.SIGTERM)
-            again.communicate(timeout=30)
+        _a_new_front_end_starts(state)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        _kill_if_running(first)
 
 
 async def test_the_console_on_a_folder_in_use_exits_3_and_leaves_the_endpoint(host: Host) -> None:
@@ -234,9 +241,4 @@ def test_a_sigkilled_front_end_leaves_the_folder_free(tmp_path: Path) -> None:
     wait_for(lambda: _endpoint(state) is not None, 30, "the front-end to listen")
     first.send_signal(signal.SIGKILL)
     first.communicate()
-    again = _serve(state)
-    try:
-        wait_for(lambda: (_endpoint(state) or {}).get("pid") == again.pid, 30, "a new front-end to start")
-    finally:
-        again.send_signal(signal.SIGTERM)
-        again.communicate(timeout=30)
+    _a_new_front_end_starts(state)

@@ -78,7 +78,7 @@ class FrontEnd:
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         self.journal = Journal(state.journal)
-        self.registry = KeyRegistry(state)
+        self.registry = KeyRegistry(state, report=lambda problem: self.log("warning", problem))
         self.subtrees: dict[str, tuple[dict, ...]] = {}
         """Per chain link: the nodes behind it, as it last reported them."""
         self._node_keys_sent: tuple[str, ...] = ()
