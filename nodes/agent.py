@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import sys
@@ -281,7 +282,18 @@ def _size(result: Result) -> int:
     return result.ok.nbytes + (values.nbytes if values is not None else 0)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def install_signal_handlers(agent: NodeAgent) -> None:
+    """SIGINT, SIGTERM or SIGHUP: stop cleanly; a second one: stop at once (workers follow)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, agent.stop)
+
+    def on_signal(sig: signal.Signals) -> None:
+        if agent.stopping.is_set():
+            agent.say(f"{sig.name} again: stopping now")
+            os._exit(128 + sig)
+        agent.stop()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)

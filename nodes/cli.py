@@ -7,19 +7,24 @@ import asyncio
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import asyncssh
 import platformdirs
 
 from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
+from nodes.lifeline import watch_parent
 from nodes.relay import Relay, RelaySettings
 from nodes.work import LocalWork
 
 APP_NAME = "chainconsole"
+ORPHAN_GRACE_S = 10.0
+"""How long a node whose parent died may take to stop cleanly before it exits anyway."""
 
 
-def _address(text: str) -> tuple[str, int]:
+def _address(text: str, lowest_port: int = 0) -> tuple[str, int]:
+    """HOST:PORT to listen on; port 0 lets the OS choose (the link prints the one it got)."""
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text
@@ -27,13 +32,17 @@ def _address(text: str) -> tuple[str, int]:
         number = int(port)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
-    if not 0 < number < 65536:
+    if not lowest_port <= number < 65536:
         raise argparse.ArgumentTypeError(f"port {number} out of range")
     return host.strip("[]") or "127.0.0.1", number
 
 
+def _upstream(text: str) -> tuple[str, int]:
+    return _address(text, lowest_port=1)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", type=_address, action="append", required=True, metavar="HOST:PORT",
+    parser.add_argument("--connect", type=_upstream, action="append", required=True, metavar="HOST:PORT",
                         help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="chunks computed at once, one worker process each (default: one per core)")
@@ -47,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
     parser.add_argument("--listen", type=_address, metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
+    parser.add_argument("--exit-with", type=int, metavar="PID",
+                        help="stop when the parent process PID exits (front-ends start their local nodes so)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
         blas_threads=args.blas_threads,
     )
-    return asyncio.run(_main(settings, args.listen, state))
+    return asyncio.run(_main(settings, args.listen, state, args.exit_with))
 
 
-async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path) -> int:
+async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path,
+                exit_with: int | None = None) -> int:
     local = LocalWork(settings.slots, prefetch=settings.prefetch, blas_threads=settings.blas_threads)
     if listen is None:
         agent = NodeAgent(settings, local)
@@ -88,6 +100,16 @@ async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: P
         relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key"), local)
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)
+    if exit_with is not None:
+        loop = asyncio.get_running_loop()
+
+        def parent_died() -> None:
+            loop.call_soon_threadsafe(agent.say, f"parent process {exit_with} is gone: stopping")
+            loop.call_soon_threadsafe(agent.stop)
+            time.sleep(ORPHAN_GRACE_S)
+            os._exit(1)  # the clean stop took too long: leave no orphan behind
+
+        watch_parent(exit_with, parent_died)
     return await agent.run()
 
 
@@ -95,4 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the node's key and recorded host key are for this user only
     parser = argparse.ArgumentParser(prog="chainconsole node", description="Run a compute node.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:  # Ctrl-C while starting up: nothing to clean yet
+        return 130

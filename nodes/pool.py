@@ -4,12 +4,20 @@ Processes are started with ``spawn`` (never ``fork`` a process that runs an asyn
 loop) and limit their BLAS threads in their initializer, so slots × threads never
 oversubscribe the cores. A worker that dies (the OOM killer, a segfault) breaks the
 pool: every chunk it held fails with ``WorkerCrashed`` and a fresh pool takes over.
+
+A worker never outlives its node: it watches its parent and exits when the node is
+gone, even a node that was SIGKILLed. It ignores SIGINT and SIGHUP, which a terminal
+sends to the whole foreground process group: the node decides how to stop, and stops
+its workers itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -18,9 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nodes.lifeline import exit_now, watch_parent
 from protocol.errors import ChainconsoleError
 
 DEFAULT_BLAS_THREADS = 1
+TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGHUP}
 
 
 class WorkerCrashed(ChainconsoleError):
@@ -49,7 +59,26 @@ class ChunkDone:
     elapsed_s: float
 
 
-def _init_worker(blas_threads: int) -> None:
+@contextlib.contextmanager
+def _terminal_signals_blocked():
+    """Workers started in here begin life with SIGINT and SIGHUP blocked.
+
+    A blocked signal mask survives fork and exec, so a Ctrl-C that arrives while a worker
+    is still starting (importing numpy) waits, and is dropped once its initializer
+    ignores it: no KeyboardInterrupt traceback from a half-started worker.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _init_worker(blas_threads: int, node_pid: int) -> None:
+    for sig in TERMINAL_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINAL_SIGNALS)
+    watch_parent(node_pid, exit_now())
     import nodes.kernels  # noqa: F401  (numpy must be loaded for threadpoolctl to find its BLAS)
     from threadpoolctl import threadpool_limits
 
@@ -57,8 +86,6 @@ def _init_worker(blas_threads: int) -> None:
 
 
 def _warm_up() -> int:
-    import os
-
     return os.getpid()
 
 
@@ -88,21 +115,23 @@ class WorkerPool:
             max_workers=self.slots,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.blas_threads,),
+            initargs=(self.blas_threads, os.getpid()),
         )
 
     async def warm_up(self) -> None:
         """Start every worker now, so the first chunk does not pay for process start-up."""
-        await asyncio.gather(*(asyncio.wrap_future(self._executor.submit(_warm_up))
-                               for _ in range(self.slots)))
+        with _terminal_signals_blocked():
+            futures = [self._executor.submit(_warm_up) for _ in range(self.slots)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
 
     def submit(self, job: ChunkJob) -> Future:
         """Queue ``job``; the future can be cancelled while it has not started."""
-        try:
-            return self._executor.submit(compute_chunk, job)
-        except BrokenProcessPool:
-            self._replace()
-            return self._executor.submit(compute_chunk, job)
+        with _terminal_signals_blocked():  # the pool starts (or replaces) workers on submit
+            try:
+                return self._executor.submit(compute_chunk, job)
+            except BrokenProcessPool:
+                self._replace()
+                return self._executor.submit(compute_chunk, job)
 
     async def result(self, future: Future) -> ChunkDone:
         """Wait for a submitted job; ``WorkerCrashed`` if its worker died."""

@@ -307,7 +307,11 @@ class Relay(HubShell):
         settings = dataclasses.replace(self.settings.server or ServerSettings(), host=host, port=port)
         self.server = GatedServer(settings, host_keys, self._authenticate, self._serve,
                                   log=lambda line: print(f"[{self.name}] {line}", file=sys.stderr, flush=True))
-        asyncio.get_running_loop().create_task(self.server.start())
+        asyncio.get_running_loop().create_task(self._listen(self.server))
+
+    async def _listen(self, server: GatedServer) -> None:
+        host, port = await server.start()
+        print(f"[{self.name}] accepting nodes on {host}:{port}", file=sys.stderr, flush=True)
 
     def _authenticate(self, username: str, key: asyncssh.SSHKey, peer: str) -> str | None:
         fingerprint = key.get_fingerprint("sha256")

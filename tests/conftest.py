@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,6 +20,50 @@ from console.ssh.server import ServerSettings
 from console.engine.statedir import StateDir
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Every process the suite starts inherits this mark in its environment — node processes,
+# their spawn workers and resource trackers, serve and CLI subprocesses — and keeps it
+# when re-parented to PID 1, so the session check below finds orphans too.
+RUN_MARK = f"CHAINCONSOLE_TEST_RUN={uuid.uuid4().hex}".encode()
+os.environ[RUN_MARK.decode().partition("=")[0]] = RUN_MARK.decode().partition("=")[2]
+LEAK_GRACE_S = 15.0
+
+
+def processes_of_this_run() -> dict[int, str]:
+    """Live processes (other than pytest itself) started by this test run: pid → command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if RUN_MARK not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":  # a zombie is dead; its parent reaps it
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite():
+    """Fail the run if any process it started is still alive at its end (killing them)."""
+    yield
+    if not Path("/proc/self/environ").exists():
+        return
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (left := processes_of_this_run()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        pytest.fail(f"{len(left)} processes started by the tests outlived them: "
+                    + "; ".join(f"{pid} {cmd[:120]}" for pid, cmd in sorted(left.items())), pytrace=False)
 
 
 @pytest.fixture

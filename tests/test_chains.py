@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +23,18 @@ from tests.reference import expected_item
 pytestmark = pytest.mark.timeout(150)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LISTENING = re.compile(r"accepting nodes on \S+:(\d+)")
+
+
+async def _link_port(tmp: Path, name: str) -> int:
+    """The port a chain link started with ``--listen HOST:0`` was given by the OS (from its log)."""
+
+    def port() -> int | None:
+        found = LISTENING.search((tmp / f"{name}.log").read_text())
+        return int(found.group(1)) if found else None
+
+    await wait_until(lambda: port() is not None, timeout=60, what=f"link {name} to accept nodes")
+    return port()
 
 
 def _node(host: Host, tmp: Path, name: str, upstreams: list[int], listen: int | None = None,
@@ -63,10 +71,9 @@ def _check(host: Host, task_id: str, document: dict) -> None:
 
 async def test_a_three_deep_chain_computes_and_the_console_sees_it_all(host: Host, tmp_path) -> None:
     console = host.server.address[1]
-    port_a, port_b = _free_port(), _free_port()
-    _node(host, tmp_path, "A", [console], listen=port_a)
-    _node(host, tmp_path, "B", [port_a], listen=port_b)
-    _node(host, tmp_path, "C", [port_b])
+    _node(host, tmp_path, "A", [console], listen=0)
+    _node(host, tmp_path, "B", [await _link_port(tmp_path, "A")], listen=0)
+    _node(host, tmp_path, "C", [await _link_port(tmp_path, "B")])
     await wait_until(lambda: {"A", "B", "C"} <= set(_rows(host)), timeout=60, what="the chain to form")
     rows = _rows(host)
     assert rows["B"].via == ("A",) and rows["C"].via == ("A", "B")
@@ -87,8 +94,8 @@ async def test_a_three_deep_chain_computes_and_the_console_sees_it_all(host: Hos
 
 async def test_nodes_behind_a_dead_link_fail_over_and_the_task_finishes(host: Host, tmp_path) -> None:
     console = host.server.address[1]
-    port_a = _free_port()
-    link = _node(host, tmp_path, "A", [console], listen=port_a)
+    link = _node(host, tmp_path, "A", [console], listen=0)
+    port_a = await _link_port(tmp_path, "A")
     _node(host, tmp_path, "B", [port_a, console])
     _node(host, tmp_path, "C", [port_a, console])
     await wait_until(lambda: {"A", "B", "C"} <= set(_rows(host)), timeout=60, what="the chain to form")
@@ -138,8 +145,8 @@ def isolated_host():
 async def test_a_node_that_can_reach_only_a_link_still_computes(host: Host, tmp_path, isolated_host) -> None:
     """Why chains exist: C cannot reach the console, only the gateway link B."""
     console = host.server.address[1]
-    port_b = _free_port()
-    _node(host, tmp_path, "B", [console], listen=port_b, listen_host="10.231.0.1")  # the gateway
+    _node(host, tmp_path, "B", [console], listen=0, listen_host="10.231.0.1")  # the gateway
+    port_b = await _link_port(tmp_path, "B")
     cmd = ["ip", "netns", "exec", isolated_host, sys.executable, "-m", "nodes", "--name", "C", "--slots", "1",
            "--state-dir", str(tmp_path / "C"), "--key", str(host.state.node_key),
            "--host-key", str(host.state.host_key) + ".pub",
@@ -167,7 +174,7 @@ async def _start_behind(node, attempts: int = 100):
             return await node.start()
         except (OSError, asyncssh.PermissionDenied):
             await asyncio.sleep(0.1)
-    raise AssertionError("the link never listened")
+    raise AssertionError("the link never let the node in")
 
 
 def _enrol(host: Host, tmp_path: Path, name: str) -> Path:
@@ -182,16 +189,14 @@ async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link_and_stays_o
     from tests.fake_node import FakeNode, NodeRejected, corrupt
     from tests.reference import check_npz
 
-    port_a = _free_port()
-    _node(host, tmp_path, "A", [host.server.address[1]], listen=port_a)
-    await wait_until(lambda: "A" in _rows(host), timeout=60, what="the link to join")
+    _node(host, tmp_path, "A", [host.server.address[1]], listen=0)
+    port_a = await _link_port(tmp_path, "A")  # the link listens once the console has certified it
     key = _enrol(host, tmp_path, "liar")
 
     def liar() -> FakeNode:
         return FakeNode(("127.0.0.1", port_a), key, host.state.host_key_pub, name="liar", tamper=corrupt)
 
     first = liar()
-    await wait_until(lambda: _rows(host)["A"].slots >= 1, what="the link to be certified")
     await _start_behind(first)
     try:
         document = {"name": "behind-link", "operation": "invert", "chunk_size": 5,
@@ -214,11 +219,9 @@ async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link_and_stays_o
 async def test_three_sessions_of_one_key_behind_a_link_get_three_ids(host: Host, tmp_path) -> None:
     from tests.fake_node import FakeNode
 
-    port_a = _free_port()
-    _node(host, tmp_path, "A", [host.server.address[1]], listen=port_a)
-    await wait_until(lambda: "A" in _rows(host), timeout=60, what="the link to join")
+    _node(host, tmp_path, "A", [host.server.address[1]], listen=0)
+    port_a = await _link_port(tmp_path, "A")
     key = _enrol(host, tmp_path, "triplet")
-    await wait_until(lambda: _rows(host)["A"].slots >= 1, what="the link to be certified")
     triplets = [FakeNode(("127.0.0.1", port_a), key, host.state.host_key_pub, name="triplet") for _ in range(3)]
     try:
         ids = [(await _start_behind(node)).node_id for node in triplets]

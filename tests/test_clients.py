@@ -144,3 +144,23 @@ async def test_cli_run_one_shot(tmp_path) -> None:
     summary = json.loads(out)
     assert summary["state"] == "done" and summary["ok_items"] == 50
     check_npz(tmp_path / "r.npz", TASK, rtol=1e-8)
+
+
+async def test_eight_parallel_result_downloads_get_identical_whole_files(host: Host, nodes, tmp_path) -> None:
+    nodes("n1", slots=2)
+    document = {"name": "download", "operation": "invert", "chunk_size": 50,
+                "inputs": {"a": {"generate": {"count": 1000, "shape": [48, 48], "seed": 23}}}}
+    from protocol.taskfile import parse_task
+
+    task_id = host.frontend.submit(parse_task(document), "operator")
+    summary = await asyncio.wait_for(host.frontend.wait(task_id), 60)
+    assert summary["state"] == "done"
+    outputs = [tmp_path / f"out{i}.npz" for i in range(8)]
+    runs = await asyncio.gather(*(_cli("result", task_id, "-o", str(path), "--state-dir", str(host.state.root))
+                                  for path in outputs))
+    assert [status for status, _, _ in runs] == [0] * 8, [err for _, _, err in runs]
+    first = outputs[0].read_bytes()
+    assert all(path.read_bytes() == first for path in outputs[1:])
+    check_npz(outputs[0], document, rtol=1e-8)
+    assert not list(host.state.task_dir(task_id).glob("*.part")), "a temporary download file was left behind"
+    assert not [e for e in host.frontend.events if e.kind == "error"]

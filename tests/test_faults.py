@@ -6,10 +6,10 @@ Each test checks the final results against numpy; none may lose or corrupt an it
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -112,12 +112,6 @@ async def test_a_killed_worker_process_is_replaced_and_the_node_stays(host: Host
     check_norms(host.frontend.result_file(task_id), document)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(state: StateDir, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", "from console.cli.main import main; main()", "serve", "--state-dir", str(state.root),
@@ -134,11 +128,12 @@ async def test_the_front_end_killed_mid_task_resumes_without_losing_work(tmp_pat
 
     state = StateDir(tmp_path / "state")
     initialize(state)
-    port = _free_port()
-    server = _serve(state, port)
+    server = _serve(state, 0)
     workers = []
     try:
         await wait_until(lambda: state.endpoint.exists(), what="the front-end to listen")
+        # The restarted front-end listens where the first one did: the port the OS gave it.
+        port = json.loads(state.endpoint.read_text())["port"]
         workers = [start_local_node(state, ("127.0.0.1", port), f"n{i}") for i in (1, 2)]
         document = norms_task(6000, 64, 34, chunk=20)
         (tmp_path / "task.json").write_text(__import__("json").dumps(document))

@@ -1,8 +1,10 @@
 """Hostile input against a running front-end: fuzzed frames, junk commands, a lying node.
 
 The front-end runs in a background thread's event loop for the whole module, so
-hypothesis can drive it from plain test functions. A real node computes a real task
-throughout; at the end its results must be right: nobody else was affected.
+hypothesis can drive it from plain test functions. After every test no handler may have
+crashed (a crash shows as an "error" event). A real node computes a real task
+throughout; when the module ends — whatever order its tests ran in — that task must be
+done and right: nobody else was affected.
 """
 
 from __future__ import annotations
@@ -50,16 +52,39 @@ def live(tmp_path_factory):
     initialize(state)
     host = Host(state, ServerSettings(port=0, max_auth_failures=10_000))
     call(host.start())
+    crashes: list = []
+    host.frontend.on_event(lambda event: crashes.append(event) if event.kind == "error" else None)
     host.nodes.append(start_local_node(state, host.server.address, "steady"))
     task_id = call(_submit(host, BACKGROUND_TASK))
     try:
-        yield SimpleNamespace(host=host, call=call, task_id=task_id)
+        yield SimpleNamespace(host=host, call=call, task_id=task_id, crashes=crashes)
+        _check_background_task(host, call, task_id)
     finally:
         call(host.stop())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         print(f"\nhostile input: {TRIED['frames']} fuzzed node streams, {TRIED['commands']} junk commands, "
-              "0 crashes")
+              f"{len(crashes)} crashes")
+
+
+@pytest.fixture(autouse=True)
+def no_handler_crashed(live):
+    """A handler that crashes logs an "error" event: none may, whatever the input."""
+    yield
+    assert not live.crashes, "handlers crashed: " + "; ".join(e.message for e in live.crashes)
+
+
+def _check_background_task(host: Host, call, task_id: str) -> None:
+    """The real work that ran alongside the hostile input finished, on the steady node, right."""
+    summary = call(host.frontend.wait(task_id), timeout=200)
+    assert summary["state"] == "done" and summary["ok_items"] == 4000
+    assert set(summary["items_per_node"]) == {"steady"}
+    with np.load(host.frontend.result_file(task_id)) as data:
+        assert data["ok"].all()
+        from tests.reference import expected_item
+        for i in range(0, 4000, 97):
+            np.testing.assert_allclose(data["norms"][i], np.linalg.norm(expected_item(BACKGROUND_TASK, i)),
+                                       rtol=1e-7)
 
 
 async def _submit(host: Host, document: dict) -> str:
@@ -214,15 +239,3 @@ def test_a_lying_node_is_caught_quarantined_and_the_results_stay_right(live, tmp
     again = liar()
     live.call(again.start())
     live.call(again.close())
-
-
-def test_zz_the_background_task_was_never_disturbed(live) -> None:
-    summary = live.call(live.host.frontend.wait(live.task_id), timeout=200)
-    assert summary["state"] == "done" and summary["ok_items"] == 4000
-    assert set(summary["items_per_node"]) == {"steady"}
-    with np.load(live.host.frontend.result_file(live.task_id)) as data:
-        assert data["ok"].all()
-        from tests.reference import expected_item
-        for i in range(0, 4000, 97):
-            np.testing.assert_allclose(data["norms"][i], np.linalg.norm(expected_item(BACKGROUND_TASK, i)),
-                                       rtol=1e-7)

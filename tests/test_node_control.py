@@ -87,7 +87,8 @@ async def test_an_overdue_chunk_is_reissued_and_the_first_answer_wins(host: Host
     try:
         document = {**_task(40, 83, chunk=10, n=16), "return": "full"}
         task_id = host.frontend.submit(parse_task(document), "operator")
-        await asyncio.sleep(0.5)  # the sitter takes its window of chunks and sits on them
+        await wait_until(lambda: any(r.name == "sitter" and r.in_flight > 0 for r in host.frontend.node_rows()),
+                         what="the sitter to take chunks and sit on them")
         nodes("worker")
         summary = await asyncio.wait_for(host.frontend.wait(task_id), 60)
         assert summary["state"] == "done" and summary["ok_items"] == 40

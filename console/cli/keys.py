@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def _pubkey_text(value: str) -> str:
 
 def run_keys(state: StateDir, args: argparse.Namespace) -> int:
     initialize(state)
-    registry = KeyRegistry(state)
+    registry = KeyRegistry(state, report=lambda problem: print(f"chainconsole: warning: {problem}", file=sys.stderr))
     match args.keys_command:
         case "show":
             info = {

@@ -173,7 +173,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from console.engine.host import Host
+    from console.engine.host import Host, on_stop_signals
     from console.ssh.server import ServerSettings
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
@@ -182,9 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        on_stop_signals(lambda sig: stop.set())
         try:
             address = await hosting.start()
         except OSError as exc:
@@ -195,6 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         fp = fingerprint(asyncssh.read_private_key(hosting.state.host_key))
         print(f"chainconsole front-end listening on {address[0]}:{address[1]}", file=sys.stderr)
         print(f"host key {fp}; state in {hosting.state.root}", file=sys.stderr, flush=True)
+        for warning in hosting.warnings:
+            print(f"chainconsole: warning: {warning}", file=sys.stderr, flush=True)
         try:
             await stop.wait()
         finally:
@@ -206,7 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from console.engine.host import Host
+    from console.engine.host import Host, on_stop_signals
     from console.engine.results import export_npz
     from console.ssh.server import ServerSettings
     from protocol.taskfile import load_task_file
@@ -215,7 +215,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.local_nodes < 1:
         raise CliError("run needs at least one local node (--local-nodes N)")
 
+    stopped_by: list[signal.Signals] = []
+
     async def one_shot() -> dict:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        on_stop_signals(lambda sig: (stopped_by.append(sig), main_task.cancel()))
         with tempfile.TemporaryDirectory(prefix="chainconsole-run-") as tmp:
             hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes,
                            {"limits": limits_from(args)})
@@ -240,7 +245,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             finally:
                 await hosting.stop()
 
-    summary = asyncio.run(one_shot())
+    try:
+        summary = asyncio.run(one_shot())
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        raise CliError(f"stopped by {stopped_by[0].name} before the task finished", 128 + stopped_by[0]) from None
     return _report(summary, args.json)
 
 

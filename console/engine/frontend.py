@@ -20,10 +20,12 @@ from pathlib import Path
 import asyncssh
 import numpy as np
 
-from console.engine.journal import Journal, save_array_inputs, task_document, task_from_document
+from console.engine.journal import (
+    SUBMITTING, DamagedTask, Journal, JournaledTask, save_array_inputs, task_document, task_from_document,
+)
 from console.engine.keys import KeyRegistry, Role
 from console.engine.records import Event, NodeRow, TaskRecord, TaskRow
-from console.engine.results import ResultStore, export_npz, write_summary
+from console.engine.results import ResultStore, discard_results, export_npz, verify_result_files, write_summary
 from console.engine.statedir import StateDir, make_private_dir
 from nodes.hub_shell import ChunkId, HubShell
 from protocol import dispatcher as d
@@ -65,7 +67,7 @@ class FrontEnd(HubShell):
         """Size limits for tasks submitted over SSH."""
         self.max_unfinished_per_owner = max_unfinished_per_owner
         self.journal = Journal(state.journal)
-        self.registry = KeyRegistry(state)
+        self.registry = KeyRegistry(state, report=lambda problem: self.log("warning", problem))
         self.tasks: dict[str, TaskRecord] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_LOG_SIZE)
         self.started_at = time.time()
@@ -106,10 +108,13 @@ class FrontEnd(HubShell):
             raise FrontEndError(f"{owner} already has {unfinished} unfinished tasks, the most allowed; "
                                 "wait for some to finish or cancel them")
         document = task_document(task)
-        task_id = self.journal.new_task(task.name, owner, document, task.count)
+        # The row is a task only once its inputs are durably on disk (resume fails a
+        # row left SUBMITTING by a crash).
+        task_id = self.journal.new_task(task.name, owner, document, task.count, state=SUBMITTING)
         folder = self.state.task_dir(task_id)
         make_private_dir(folder)
         save_array_inputs(folder, task)
+        self.journal.set_state(task_id, "queued")
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
@@ -128,24 +133,50 @@ class FrontEnd(HubShell):
                           submitted_at, task=task, store=store)
 
     def _resume(self) -> None:
-        """Load finished tasks' records and resubmit unfinished ones from the journal."""
+        """Load finished tasks' records and resubmit unfinished ones from the journal.
+
+        A task whose document or files are missing or damaged is failed with its reason;
+        every other task resumes.
+        """
         for row in self.journal.tasks():
             if row.state in ("done", "failed", "cancelled"):
+                document = row.document or {}
                 record = TaskRecord(row.task_id, row.name, row.owner, row.items,
-                                    row.document.get("operation", ""), row.document.get("return", "full"),
+                                    str(document.get("operation", "")), str(document.get("return", "full")),
                                     row.submitted_at, state=row.state, finished_at=row.finished_at,
-                                    summary=row.summary)
+                                    summary=row.summary or _failed_summary(row, "the journal's summary is damaged"))
                 record.finished.set()
                 self.tasks[row.task_id] = record
                 continue
-            try:
-                task = task_from_document(row.document, self.state.task_dir(row.task_id))
-            except ChainconsoleError as exc:
-                self.journal.set_state(row.task_id, "failed", {"error": f"cannot resume: {exc}"})
-                continue
-            record = self._make_record(row.task_id, task, row.owner, row.submitted_at)
-            self.tasks[row.task_id] = record
+            folder = self.state.task_dir(row.task_id)
             chunks = self.journal.chunks(row.task_id)
+            try:
+                if row.state == SUBMITTING:
+                    raise DamagedTask("the front-end stopped while the task was being submitted (interrupted)")
+                task = task_from_document(row.document, folder)
+                if task.count != row.items:
+                    raise DamagedTask(f"its inputs hold {task.count} items, not the {row.items} submitted")
+                if chunks:
+                    problem = verify_result_files(folder, count=task.count, item_shape=task.result_item_shape,
+                                                  dtype=task.result_dtype, return_mode=task.return_mode)
+                    if problem:
+                        raise DamagedTask(problem)
+                else:
+                    discard_results(folder)  # nothing in them is trusted: start them afresh
+                record = self._make_record(row.task_id, task, row.owner, row.submitted_at)
+            except (DamagedTask, OSError, ValueError) as exc:
+                reason = f"cannot resume: {exc}"
+                summary = _failed_summary(row, reason)
+                self.journal.set_state(row.task_id, "failed", summary)
+                record = TaskRecord(row.task_id, row.name, row.owner, row.items,
+                                    str((row.document or {}).get("operation", "")),
+                                    str((row.document or {}).get("return", "full")), row.submitted_at,
+                                    state="failed", finished_at=time.time(), summary=summary)
+                record.finished.set()
+                self.tasks[row.task_id] = record
+                self.log("damaged", f"{row.name}: {reason}", task_id=row.task_id)
+                continue
+            self.tasks[row.task_id] = record
             completed = tuple((c.start, c.stop) for c in chunks)
             failed = sum(c.stop - c.start - c.items_ok for c in chunks)
             for c in chunks:
@@ -395,6 +426,14 @@ class FrontEnd(HubShell):
         self.events.append(event)
         for listener in self._listeners:
             listener(event)
+
+
+def _failed_summary(row: JournaledTask, reason: str) -> dict:
+    """The summary of a task that could not be resumed: every item failed, and why."""
+    return {"task_id": row.task_id, "name": row.name, "owner": row.owner,
+            "operation": str((row.document or {}).get("operation", "")), "state": "failed",
+            "items": row.items, "ok_items": 0, "failed_items": row.items, "wall_s": 0.0,
+            "items_per_node": {}, "return": str((row.document or {}).get("return", "full")), "error": reason}
 
 
 def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int, int], ...] = (),

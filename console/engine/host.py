@@ -1,7 +1,9 @@
 """Hosting a front-end in this process: the FrontEnd, its SSH server and local nodes.
 
 ``serve``, ``run`` and the Textual console all start the same way and stop the same way;
-this is that one way.
+this is that one way. A host holds its state folder's lock from start to stop: one
+front-end per folder. Local nodes watch the front-end's process and stop when it is
+gone, so even a SIGKILLed front-end leaves none of them behind.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from threadpoolctl import threadpool_limits
@@ -18,7 +22,8 @@ from threadpoolctl import threadpool_limits
 from console.engine.frontend import FrontEnd
 from console.engine.keys import initialize
 from console.ssh.server import FrontEndServer, ServerSettings
-from console.engine.statedir import StateDir, make_private_dir
+from nodes.agent import STOP_SIGNALS
+from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
 
 NODE_STOP_GRACE_S = 10.0
 FRONTEND_BLAS_THREADS = 1
@@ -37,29 +42,48 @@ class Host:
         self.frontend: FrontEnd | None = None
         self.server: FrontEndServer | None = None
         self.nodes: list[subprocess.Popen] = []
+        self.warnings: list[str] = []
+        """What start-up found wrong in the state folder and fixed (permissions)."""
+        self._lock = StateLock(self.state)
 
     async def start(self) -> tuple[str, int]:
+        """Lock the state folder, resume the front-end, listen, start local nodes.
+
+        A failure part-way stops what had started (and releases the lock) before it is raised.
+        """
         # The front-end's own numpy work (checking results) must not crowd out the nodes'
         # worker processes on the same cores: one BLAS thread.
         threadpool_limits(FRONTEND_BLAS_THREADS)
-        initialize(self.state)
-        self.frontend = FrontEnd(self.state, **self.frontend_options)
-        await self.frontend.start()
-        self.server = FrontEndServer(self.frontend, self.settings)
-        address = await self.server.start()
-        self.nodes = [start_local_node(self.state, address, f"local{i + 1}") for i in range(self.local_nodes)]
+        self._lock.acquire()
+        try:
+            self.warnings = fix_permissions(self.state)
+            initialize(self.state)
+            self.frontend = FrontEnd(self.state, **self.frontend_options)
+            for warning in self.warnings:
+                self.frontend.log("warning", warning)
+            await self.frontend.start()
+            self.server = FrontEndServer(self.frontend, self.settings)
+            address = await self.server.start()
+            for i in range(self.local_nodes):
+                self.nodes.append(start_local_node(self.state, address, f"local{i + 1}"))
+        except BaseException:
+            await self.stop()
+            raise
         return address
 
     async def stop(self) -> None:
         """Stop local nodes (they finish and say bye), then the server, then the front-end."""
-        for proc in self.nodes:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        await asyncio.to_thread(_reap, self.nodes)
-        if self.server is not None:
-            await self.server.close()
-        if self.frontend is not None:
-            await self.frontend.stop()
+        try:
+            for proc in self.nodes:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            await asyncio.to_thread(_reap, self.nodes)
+            if self.server is not None:
+                await self.server.close()
+            if self.frontend is not None:
+                await self.frontend.stop()
+        finally:
+            self._lock.release()
 
     async def __aenter__(self) -> Host:
         await self.start()
@@ -70,13 +94,16 @@ class Host:
 
 
 def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots: int = 1) -> subprocess.Popen:
-    """Start a full node process on this machine that connects over SSH like any other."""
+    """Start a full node process on this machine that connects over SSH like any other.
+
+    It stops when this process exits, however that happens (``--exit-with``).
+    """
     host, port = address
     logs = make_private_dir(state.root / "logs")
     log = open(os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     cmd = [sys.executable, "-m", "nodes", "--connect", f"{host}:{port}", "--name", name,
            "--slots", str(slots), "--key", str(state.node_key),
-           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root)]
+           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root), "--exit-with", str(os.getpid())]
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     finally:
@@ -90,3 +117,21 @@ def _reap(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def on_stop_signals(callback: Callable[[signal.Signals], None]) -> None:
+    """Call ``callback(signal)`` on the running loop at the first SIGINT, SIGTERM or SIGHUP.
+
+    Later ones are ignored: the stop that the first one began finishes, bounded in time
+    (``NODE_STOP_GRACE_S`` for the nodes, a few seconds for connections).
+    """
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received:
+            received.append(sig)
+            callback(sig)
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)

@@ -16,9 +16,24 @@ from pathlib import Path
 
 import numpy as np
 
-from console.engine.statedir import make_private_dir
+from console.engine.statedir import fsync_dir, make_private_dir
+from protocol.errors import ChainconsoleError
 from protocol.inputs import GeneratedInput
 from protocol.taskfile import NO_LIMITS, Task, task_from_parts
+
+SUBMITTING = "submitting"
+"""A task's state while its inputs are written: it is a task only once they are on disk."""
+EXIT_DAMAGED = 2
+
+
+class JournalDamaged(ChainconsoleError):
+    """The journal file is not a readable database; the front-end refuses to start on it."""
+
+    status = EXIT_DAMAGED
+
+
+class DamagedTask(ChainconsoleError):
+    """A journaled task cannot be rebuilt: its document or input files are missing or damaged."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -51,7 +66,8 @@ class JournaledTask:
     task_id: str
     name: str
     owner: str
-    document: dict
+    document: dict | None
+    """None when the journal's copy is not a JSON object (a damaged row)."""
     items: int
     state: str
     submitted_at: float
@@ -73,22 +89,29 @@ class Journal:
     """Durable record of tasks and of every chunk range whose results are on disk."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the journal; ``JournalDamaged`` if the file is not one."""
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        os.chmod(path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            os.chmod(path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute("SELECT task_id, document, summary FROM tasks LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalDamaged(f"the journal {path} is damaged ({exc}); move it aside to start "
+                                 "with an empty one (its tasks are then forgotten)") from None
 
     def close(self) -> None:
         self._db.close()
 
-    def new_task(self, name: str, owner: str, document: dict, items: int) -> str:
-        """Record a new queued task and return its id."""
+    def new_task(self, name: str, owner: str, document: dict, items: int, state: str = "queued") -> str:
+        """Record a new task (queued, or ``SUBMITTING`` until its inputs are on disk); return its id."""
         with self._db:
             cur = self._db.execute(
                 "INSERT INTO tasks (task_id, name, owner, document, items, state, submitted_at)"
-                " VALUES ('', ?, ?, ?, ?, 'queued', ?)",
-                (name, owner, json.dumps(document), items, time.time()),
+                " VALUES ('', ?, ?, ?, ?, ?, ?)",
+                (name, owner, json.dumps(document), items, state, time.time()),
             )
             task_id = f"t{cur.lastrowid}"
             self._db.execute("UPDATE tasks SET task_id = ? WHERE seq = ?", (task_id, cur.lastrowid))
@@ -114,8 +137,7 @@ class Journal:
             " FROM tasks ORDER BY seq"
         ).fetchall()
         return [
-            JournaledTask(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7],
-                    json.loads(r[8]) if r[8] else None)
+            JournaledTask(r[0], r[1], r[2], _json_object(r[3]), r[4], r[5], r[6], r[7], _json_object(r[8]))
             for r in rows
         ]
 
@@ -139,23 +161,71 @@ def task_document(task: Task) -> dict:
     }
 
 
-def task_from_document(document: dict, folder: Path) -> Task:
-    """Rebuild a journaled task, reading its array inputs back from the task folder."""
-    generated, arrays = {}, {}
-    for name, described in document["inputs"].items():
-        if "generate" in described:
-            generated[name] = described["generate"]
-        else:
-            arrays[name] = np.load(folder / "inputs" / f"{name}.npy", mmap_mode="r")
-    chunk_size = document["chunk_size"]
-    return task_from_parts(document["name"], document["operation"], generated, arrays,
-                           None if chunk_size == "auto" else chunk_size,
-                           document["return"], document["max_attempts"], limits=NO_LIMITS)
+def _json_object(text: object) -> dict | None:
+    """A JSON object from the journal, or None for anything else (NULL, damage)."""
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def task_from_document(document: dict | None, folder: Path) -> Task:
+    """Rebuild a journaled task, reading its array inputs back from the task folder.
+
+    Raises ``DamagedTask`` naming what is wrong when the document or a file is missing,
+    truncated or not what the document describes.
+    """
+    if document is None:
+        raise DamagedTask("the journal's copy of the task document is damaged")
+    try:
+        generated, arrays = {}, {}
+        for name, described in document["inputs"].items():
+            if "generate" in described:
+                generated[name] = described["generate"]
+            else:
+                path = folder / "inputs" / f"{name}.npy"
+                try:
+                    arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+                except FileNotFoundError:
+                    raise DamagedTask(f"input file {path} is missing") from None
+                except (OSError, ValueError, EOFError) as exc:
+                    raise DamagedTask(f"input file {path} is damaged: {exc}") from None
+        chunk_size = document["chunk_size"]
+        return task_from_parts(document["name"], document["operation"], generated, arrays,
+                               None if chunk_size == "auto" else chunk_size,
+                               document["return"], document["max_attempts"], limits=NO_LIMITS)
+    except DamagedTask:
+        raise
+    except ChainconsoleError as exc:
+        raise DamagedTask(f"the task no longer validates: {exc}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DamagedTask(f"the journal's copy of the task document is damaged ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def save_array_inputs(folder: Path, task: Task) -> None:
-    for name, source in task.inputs.items():
-        if not isinstance(source, GeneratedInput):
-            make_private_dir(folder / "inputs")
-            np.save(folder / "inputs" / f"{name}.npy", source)
+    """Write the task's array inputs durably: each to a temporary file, fsynced, renamed, folder fsynced.
 
+    A crash leaves either a whole file or none (and perhaps a ``.tmp`` file nothing reads).
+    """
+    arrays = [(name, source) for name, source in task.inputs.items() if not isinstance(source, GeneratedInput)]
+    if not arrays:
+        return
+    inputs = make_private_dir(folder / "inputs")
+    for name, source in arrays:
+        path = inputs / f"{name}.npy"
+        tmp = inputs / f".{name}.npy.tmp"
+        _write_array(tmp, source)
+        os.replace(tmp, path)
+    fsync_dir(inputs)
+    fsync_dir(folder)
+    fsync_dir(folder.parent)
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as out:
+        np.save(out, array, allow_pickle=False)
+        out.flush()
+        os.fsync(out.fileno())

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,23 +89,48 @@ def ensure_keypair(path: Path, comment: str) -> asyncssh.SSHKey:
     return key
 
 
-def read_authorized(path: Path, role: Role) -> list[KeyEntry]:
-    """The entries of one authorized-keys file; unparsable lines are skipped."""
-    if not path.exists():
+def read_authorized(path: Path, role: Role, report: Callable[[str], None] = lambda problem: None) -> list[KeyEntry]:
+    """The entries of one authorized-keys file.
+
+    A file is hostile input like any other: a line that is not UTF-8 or not a public key
+    is reported (file name and line number) and skipped; the other lines still count.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        report(f"cannot read {path}: {exc.strerror or exc}")
         return []
     entries = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for number, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            report(f"{path} line {number}: not UTF-8 text; line skipped")
+            continue
         if not line or line.startswith("#"):
             continue
         try:
             key = asyncssh.import_public_key(line)
-        except (asyncssh.KeyImportError, ValueError):
+        except (asyncssh.KeyImportError, ValueError, TypeError, IndexError):
+            report(f"{path} line {number}: not an OpenSSH public key; line skipped")
             continue
         parts = line.split(maxsplit=2)
         name = parts[2] if len(parts) > 2 else ""
         entries.append(KeyEntry(role, name, fingerprint(key), public_key_line(key)))
     return entries
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a key file as text; bytes that are not UTF-8 survive a rewrite unchanged."""
+    if not path.exists():
+        return []
+    return path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines()
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    write_private_file(path, ("\n".join(lines) + "\n" if lines else "").encode("utf-8", errors="surrogateescape"))
 
 
 class KeyRegistry:
@@ -112,8 +140,10 @@ class KeyRegistry:
     process takes effect for the next login without a restart.
     """
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, *, report: Callable[[str], None] | None = None) -> None:
         self.state = state
+        self.report = report or (lambda problem: None)
+        """Where problems found in the files go (bad lines, permissions fixed): the events log."""
         self._files = {
             Role.NODE: state.authorized_nodes,
             Role.USER: state.authorized_users,
@@ -130,12 +160,29 @@ class KeyRegistry:
 
     def _entries(self, role: Role) -> list[KeyEntry]:
         path = self._files[role]
-        mtime = path.stat().st_mtime_ns if path.exists() else -1
+        try:
+            info = path.stat()
+        except OSError:
+            info = None
+        if info is not None and info.st_mode & 0o022:
+            self._fix_mode(path, info.st_mode)
+        mtime = info.st_mtime_ns if info is not None else -1
         cached = self._cache.get(role)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, read_authorized(path, role))
+            cached = (mtime, read_authorized(path, role, self.report))
             self._cache[role] = cached
         return cached[1]
+
+    def _fix_mode(self, path: Path, mode: int) -> None:
+        """A key file others may write is a way in: make it the owner's only, and say so."""
+        try:
+            os.chmod(path, stat.S_IMODE(mode) & 0o600)
+        except OSError as exc:
+            self.report(f"{path} may be written by others (mode {stat.S_IMODE(mode):o}) "
+                        f"and cannot be fixed: {exc.strerror}")
+            return
+        self.report(f"{path} could be written by others (mode {stat.S_IMODE(mode):o}); now 600 — "
+                    "check that every key in it belongs there")
 
     def lookup(self, key: asyncssh.SSHKey) -> KeyEntry | None:
         """The entry that authorizes ``key``, or None."""
@@ -152,9 +199,9 @@ class KeyRegistry:
         name = name or key.get_comment() or fp[7:19]
         self.remove(fp)
         path = self._files[role]
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = _lines(path)
         lines.append(public_key_line(key, _safe_name(name)))
-        write_private_file(path, ("\n".join(lines) + "\n").encode())
+        _write_lines(path, lines)
         self._drop_pending(fp)
         return KeyEntry(role, _safe_name(name), fp, public_key_line(key))
 
@@ -164,17 +211,18 @@ class KeyRegistry:
         for path in self._files.values():
             if not path.exists():
                 continue
+            lines = _lines(path)
             kept = []
-            for line in path.read_text().splitlines():
+            for line in lines:
                 try:
                     same = fingerprint(asyncssh.import_public_key(line.strip())) == fp
-                except (asyncssh.KeyImportError, ValueError):
-                    same = False
+                except (asyncssh.KeyImportError, ValueError, TypeError, IndexError):
+                    same = False  # a bad line (even one not UTF-8) stays as it was
                 found |= same
                 if not same:
                     kept.append(line)
-            if len(kept) != len(path.read_text().splitlines()):
-                write_private_file(path, ("\n".join(kept) + "\n" if kept else "").encode())
+            if len(kept) != len(lines):
+                _write_lines(path, kept)
         return found
 
     # -- pending node keys -------------------------------------------------------------

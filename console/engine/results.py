@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -116,6 +117,40 @@ def _open(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
     return array
 
 
+def verify_result_files(folder: Path, *, count: int, item_shape: tuple[int, ...], dtype: np.dtype,
+                        return_mode: str) -> str:
+    """Why the result files of a task cannot be trusted, or ``""`` when they are whole.
+
+    Used on resume for a task whose journal lists stored ranges: their values must still
+    be there, in files of the task's shape.
+    """
+    values_file = RESULT_FILE if return_mode == "full" else NORMS_FILE
+    expected = {OK_FILE: ((count,), np.dtype(bool))}
+    if return_mode == "full":
+        expected[values_file] = ((count, *item_shape), np.dtype(dtype))
+    else:
+        expected[values_file] = ((count,), np.dtype(np.float64))
+    for name, (shape, want_dtype) in expected.items():
+        path = folder / name
+        try:
+            array = np.lib.format.open_memmap(path, mode="r")
+        except FileNotFoundError:
+            return f"result file {path} is missing"
+        except (OSError, ValueError, EOFError) as exc:
+            return f"result file {path} is damaged: {exc}"
+        found = (array.shape, array.dtype)
+        del array
+        if found != (shape, want_dtype):
+            return f"result file {path} holds {found[1]}{list(found[0])}, not {want_dtype}{list(shape)}"
+    return ""
+
+
+def discard_results(folder: Path) -> None:
+    """Remove a task's result files (on resume, when the journal trusts none of their rows)."""
+    for name in (OK_FILE, RESULT_FILE, NORMS_FILE, NPZ_FILE):
+        (folder / name).unlink(missing_ok=True)
+
+
 def write_summary(folder: Path, summary: dict) -> None:
     """Write the task's summary JSON (atomically)."""
     write_private_file(folder / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
@@ -126,17 +161,25 @@ def export_npz(folder: Path, target: Path | None = None) -> Path:
 
     Without ``target`` it is built once, inside the task folder, and kept for later
     downloads; with one it is written straight there (one copy of a large result, not two).
+    Each call writes its own temporary file and renames it into place, so downloads that
+    race to build it each get a whole file, and a reader never sees a half-written one.
     """
     if target is None:
         target = folder / NPZ_FILE
         if target.exists():
             return target
-    tmp = target.with_name(target.name + ".part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, filename in (("ok", OK_FILE), ("result", RESULT_FILE), ("norms", NORMS_FILE)):
-            source = folder / filename
-            if source.exists():
-                archive.write(source, arcname=name + ".npy")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with open(fd, "wb") as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED,
+                                                    allowZip64=True) as archive:
+            for arcname, filename in (("ok", OK_FILE), ("result", RESULT_FILE), ("norms", NORMS_FILE)):
+                source = folder / filename
+                if source.exists():
+                    archive.write(source, arcname=arcname + ".npy")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target

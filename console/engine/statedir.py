@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+from protocol.errors import ChainconsoleError
+
 APP_NAME = "chainconsole"
+EXIT_IN_USE = 3
+
+
+class StateDirInUse(ChainconsoleError):
+    """Another front-end holds this state folder; ``status`` is the exit status."""
+
+    status = EXIT_IN_USE
 
 
 def default_state_dir() -> Path:
@@ -33,6 +45,15 @@ def write_private_file(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (a new or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,11 @@ class StateDir:
         return self.root / "pending_nodes.json"
 
     @property
+    def lock(self) -> Path:
+        """Held (``flock``) by the one front-end that uses this folder, for its whole life."""
+        return self.root / "frontend.lock"
+
+    @property
     def journal(self) -> Path:
         return self.root / "journal.sqlite3"
 
@@ -90,3 +116,64 @@ class StateDir:
 
     def task_dir(self, task_id: str) -> Path:
         return self.tasks / task_id
+
+
+class StateLock:
+    """The exclusive lock of a state folder: one front-end per folder.
+
+    ``flock`` is released by the kernel when the process dies, however it dies, so a
+    crashed front-end never leaves a stale lock behind.
+    """
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``StateDirInUse`` naming the front-end that holds it."""
+        make_private_dir(self.state.root)
+        fd = os.open(self.state.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateDirInUse(f"state folder {self.state.root} is in use by {self.holder()}") from None
+        self._fd = fd
+
+    def holder(self) -> str:
+        """Who holds the folder, as ``endpoint.json`` tells it."""
+        try:
+            data = json.loads(self.state.endpoint.read_text())
+            return f"the front-end listening on {data['host']}:{data['port']} (pid {int(data['pid'])})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another front-end (starting, or its endpoint.json is missing)"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def fix_permissions(state: StateDir) -> list[str]:
+    """Take group and world access away from the state folder and what it holds; say what changed.
+
+    Keys, authorized-keys files, the journal and results are for the owner only: a file
+    others could write (an authorized_users anyone may add a key to) is a way in.
+    """
+    fixed = []
+    paths = [state.root, *state.root.iterdir()] if state.root.is_dir() else []
+    for path in paths:
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISLNK(info.st_mode) or not info.st_mode & 0o077:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        try:
+            os.chmod(path, mode & 0o700)
+        except OSError as exc:
+            fixed.append(f"{path} is open to others (mode {mode:o}) and cannot be fixed: {exc.strerror}")
+            continue
+        fixed.append(f"{path} was open to others (mode {mode:o}); now {mode & 0o700:o}")
+    return fixed

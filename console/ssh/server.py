@@ -66,8 +66,12 @@ class FrontEndServer:
         assert self.gate is not None
         while True:
             await asyncio.sleep(KEY_CHECK_S)
-            self.frontend.refresh_node_keys()
-            current = {e.fingerprint: e.role for e in self.registry.entries()}
+            try:
+                self.frontend.refresh_node_keys()
+                current = {e.fingerprint: e.role for e in self.registry.entries()}
+            except Exception as exc:  # one bad pass must not end the watching
+                self.frontend.log("error", f"cannot check the authorized keys: {exc!r}")
+                continue
             for conn, entry in self.gate.identities():
                 if current.get(entry.fingerprint) is not entry.role:
                     self.frontend.log("revoked", f"closing the session of {entry.name}: its key was removed")
@@ -79,8 +83,9 @@ class FrontEndServer:
             self._watcher.cancel()
         if self.gate is not None:
             await self.gate.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.frontend.state.endpoint.unlink()
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # only ever our own endpoint
+            if json.loads(self.frontend.state.endpoint.read_text()).get("pid") == os.getpid():
+                self.frontend.state.endpoint.unlink()
 
     async def _serve(self, process: asyncssh.SSHServerProcess, entry: KeyEntry) -> None:
         """Route one channel by role."""

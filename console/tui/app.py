@@ -30,7 +30,7 @@ from textual_fspicker import FileOpen, FileSave, Filters
 from console.tui import formatting as fmt
 from console.engine.frontend import FrontEndError
 from console.engine.records import Event, NodeRow, TaskRow
-from console.engine.host import Host
+from console.engine.host import Host, on_stop_signals
 from console.engine.keys import KeyError_, fingerprint
 from console.ssh.server import ServerSettings
 from console.engine.statedir import StateDir
@@ -102,19 +102,23 @@ class ConsoleApp(App[None]):
     TITLE = "chainconsole"
     BINDINGS = [Binding(a.key, a.action, a.label, key_display=a.key_display) for a in KEY_ACTIONS]
 
-    def __init__(self, host: Host, *, live: bool = True, refresh_s: float = DEFAULT_REFRESH_S) -> None:
+    def __init__(self, host: Host, *, live: bool = True, refresh_s: float = DEFAULT_REFRESH_S,
+                 handle_signals: bool = False) -> None:
         """``live=False`` is for snapshots: no refresh timer, and the address, host key and
-        uptime are masked, so the same state always draws the same picture."""
+        uptime are masked, so the same state always draws the same picture.
+        ``handle_signals`` makes SIGINT, SIGTERM and SIGHUP quit cleanly (the console
+        command; tests leave the process's signals alone)."""
         super().__init__()
         self.host = host
         self.live = live
+        self.handle_signals = handle_signals
         self.refresh_s = refresh_s
         self.snapshot = EMPTY
         self.identity = HostIdentity("starting…", MASK)
         self.meter = ThroughputMeter()
         self.main = MainScreen()
         self._new_events: collections.deque[Event] = collections.deque(maxlen=1000)
-        self._running = False
+        self._host_running = False
         self._stopped = False
         self._binding_state: tuple = ()
 
@@ -125,15 +129,21 @@ class ConsoleApp(App[None]):
 
     async def on_mount(self) -> None:
         settings = self.host.settings
+        if self.handle_signals:
+            on_stop_signals(self._on_stop_signal)
         try:
             address = await self.host.start()
-        except (OSError, ChainconsoleError) as exc:
+        except ChainconsoleError as exc:  # the state folder is in use or damaged
             await self._stop_host()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.exit(return_code=EXIT_CONNECT,
-                      message=f"chainconsole: cannot listen on {settings.host}:{settings.port}: {reason}")
+            self.exit(return_code=getattr(exc, "status", EXIT_CONNECT), message=f"chainconsole: {exc}")
             return
-        self._running = True
+        except OSError as exc:
+            await self._stop_host()
+            self.exit(return_code=EXIT_CONNECT,
+                      message=f"chainconsole: cannot listen on {settings.host}:{settings.port}: "
+                              f"{exc.strerror or exc}")
+            return
+        self._host_running = True
         self.identity = self._identify(address)
         frontend = self.host.frontend
         assert frontend is not None
@@ -156,11 +166,14 @@ class ConsoleApp(App[None]):
         if self._stopped:
             return
         self._stopped = True
-        self._running = False
+        self._host_running = False
         await self.host.stop()
 
     async def on_unmount(self) -> None:
         await self._stop_host()
+
+    def _on_stop_signal(self, sig) -> None:
+        self.exit(return_code=128 + sig, message=f"chainconsole: stopped by {sig.name}")
 
     # -- reading the front-end ----------------------------------------------------------------
 
@@ -169,7 +182,7 @@ class ConsoleApp(App[None]):
 
     def refresh_views(self) -> None:
         """Read the front-end once and bring every visible screen up to date."""
-        if not (self._running and self.main.ready):
+        if not (self._host_running and self.main.ready):
             return
         self.snapshot = take_snapshot(self.host)
         now = time.monotonic()
@@ -194,7 +207,7 @@ class ConsoleApp(App[None]):
             self._show_detail(stack[-1])
 
     def _show_detail(self, screen: TaskDetailScreen) -> None:
-        if not (self._running and screen.ready):
+        if not (self._host_running and screen.ready):
             return
         detail = take_detail(self.host, screen.task_id)
         screen.show(self.snapshot.tasks_by_id.get(screen.task_id), detail.chunks, detail.shares)
@@ -238,7 +251,7 @@ class ConsoleApp(App[None]):
 
     def applies(self, action: str, screen: Screen) -> bool:
         """Whether ``action`` can do anything on ``screen`` with its current selection."""
-        if not self._running:
+        if not self._host_running:
             return action in ("help", "quit")
         node, task = self.selected_node(screen), self.selected_task(screen)
         match action:
@@ -310,7 +323,7 @@ class ConsoleApp(App[None]):
     async def _submit(self) -> None:
         path = await self.push_screen_wait(FileOpen(Path.cwd(), "Submit a task file", filters=TASK_FILES))
         frontend = self.host.frontend
-        if path is None or frontend is None or not self._running:
+        if path is None or frontend is None or not self._host_running:
             return
         try:
             # The same size limits as tasks submitted over SSH to this front-end.
@@ -447,6 +460,7 @@ def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: in
                 limits: TaskLimits = DEFAULT_LIMITS) -> int:
     """Run the console until the operator quits; return the process exit status."""
     host, port = listen or DEFAULT_LISTEN
-    app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits}))
+    app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits}),
+                     handle_signals=True)
     app.run()
     return app.return_code or EXIT_OK

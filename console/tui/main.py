@@ -34,6 +34,8 @@ EVENT_STYLE = {
     "invalid": "bold red",
     "quarantine": "bold red",
     "error": "bold red",
+    "damaged": "bold red",
+    "warning": "yellow",
 }
 
 
