@@ -15,6 +15,7 @@ import platformdirs
 from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
 from nodes.relay import Relay, RelaySettings
 from nodes.work import LocalWork
+from protocol.errors import ExitStatus
 
 APP_NAME = "chainconsole"
 
@@ -53,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     """Run a node until SIGINT/SIGTERM; return the exit status."""
     if args.slots < 1 or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     state = args.state_dir or Path(platformdirs.user_data_dir(APP_NAME))
     key_path = args.key or state / "node_key"
     if args.host_key is not None and not args.host_key.exists():
         print(f"chainconsole node: no host key file {args.host_key}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     if not key_path.exists():
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-node-{args.name}")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         fingerprint = asyncssh.read_private_key(key_path).get_fingerprint("sha256")
     except (OSError, asyncssh.KeyImportError) as exc:
         print(f"chainconsole node: cannot read key {key_path}: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     print(f"node {args.name}: key {fingerprint}", file=sys.stderr, flush=True)
     settings = NodeSettings(
         upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=args.slots,

@@ -1,7 +1,8 @@
 """``chainconsole``: the command line. Errors are one line on stderr, never a traceback.
 
-Exit status: 0 success; 1 a task ended with failed items or was cancelled; 2 bad usage
-or an invalid task file; 3 cannot connect, or authentication refused.
+Exit status (``protocol.errors.ExitStatus``): 0 success; 1 a task ended with failed items
+or was cancelled; 2 bad usage or an invalid task file; 3 cannot connect, or authentication
+refused.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from pathlib import Path
 
 from console.cli.client import parse_address
 from console.engine.statedir import StateDir, default_state_dir
-from protocol.errors import ChainconsoleError, TaskFileError
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 
 
 class CliError(ChainconsoleError):
     """A mistake a user made on the command line; ``status`` is the exit status."""
 
-    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+    def __init__(self, message: str, status: int = ExitStatus.USAGE) -> None:
         super().__init__(message)
         self.status = status
 
@@ -188,7 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             address = await hosting.start()
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT) from None
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.CONNECT) from None
         from console.engine.keys import fingerprint
         import asyncssh
 
@@ -202,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await hosting.stop()
 
     asyncio.run(serve())
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,7 +250,7 @@ def _report(summary: dict, as_json: bool) -> int:
     else:
         print(f"{summary['task_id']} {summary['state']}: {summary['ok_items']}/{summary['items']} items ok, "
               f"{summary['failed_items']} failed, {summary['wall_s']:.2f} s")
-    return EXIT_OK if summary["state"] == "done" else EXIT_TASK_FAILED
+    return ExitStatus.OK if summary["state"] == "done" else ExitStatus.FAILED
 
 
 class _Progress:
@@ -314,12 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     except TaskFileError as exc:
         for problem in exc.problems:
             print(f"chainconsole: {problem}", file=sys.stderr)
-        status = EXIT_USAGE
+        status = ExitStatus.USAGE
     except ChainconsoleError as exc:
         print(f"chainconsole: {exc}", file=sys.stderr)
-        status = getattr(exc, "status", EXIT_USAGE)
+        status = getattr(exc, "status", ExitStatus.USAGE)
     except KeyboardInterrupt:
-        status = 130
+        status = ExitStatus.INTERRUPTED
     except BrokenPipeError:
-        status = EXIT_OK
+        status = ExitStatus.OK
     sys.exit(status)

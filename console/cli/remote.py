@@ -13,12 +13,11 @@ import asyncssh
 
 from console.cli.client import connect, resolve_endpoint
 from console.engine.statedir import StateDir
-from protocol.errors import ChainconsoleError
+from protocol.errors import ChainconsoleError, ExitStatus
 from protocol.frames import encode_frame, pack_arrays
 from protocol.inputs import GeneratedInput
 from protocol.taskfile import Task, load_task_file
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 
 
 def upload_bytes(task: Task) -> list:
@@ -52,13 +51,13 @@ async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
                 result = await _call(conn, args.command)
                 rows = json.loads(result.stdout)
                 print(json.dumps(rows, indent=2) if args.json else _table(args.command, rows))
-                return EXIT_OK
+                return ExitStatus.OK
             case "result":
                 return await _download(conn, args.task_id, Path(args.output))
             case "cancel" | "drain" | "kick" | "release":
                 result = await _call(conn, f"{args.command} {shlex.quote(args.target)}")
                 print(result.stdout.decode().strip())
-                return EXIT_OK
+                return ExitStatus.OK
     raise AssertionError(args.command)
 
 
@@ -66,7 +65,7 @@ async def _call(conn: asyncssh.SSHClientConnection, command: str, stdin: bytes |
     result = await conn.run(command, input=stdin, encoding=None, check=False)
     if result.exit_status != 0:
         message = (result.stderr or b"").decode(errors="replace").strip() or f"{command} failed"
-        raise _Remote(message.removeprefix("chainconsole: "), result.exit_status or EXIT_USAGE)
+        raise _Remote(message.removeprefix("chainconsole: "), result.exit_status or ExitStatus.USAGE)
     return result
 
 
@@ -109,16 +108,16 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
     if progress:
         progress.end()
     status = process.exit_status
-    if status == EXIT_USAGE:
+    if status == ExitStatus.USAGE:
         for line in (await process.stderr.read()).decode().splitlines():
             print(line, file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     if not wait:
         print(json.dumps({"task_id": task_id}) if args.json else task_id)
-        return EXIT_OK
+        return ExitStatus.OK
     if summary is None:
         print("chainconsole: the front-end closed the session before the task ended", file=sys.stderr)
-        return EXIT_CONNECT
+        return ExitStatus.CONNECT
     if args.output:
         await _download(conn, summary["task_id"], Path(args.output))
     from console.cli.main import _report
@@ -136,9 +135,9 @@ async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Pa
         tmp.unlink(missing_ok=True)
         message = (await process.stderr.read()).decode().strip().removeprefix("chainconsole: ")
         print(f"chainconsole: {message}", file=sys.stderr)
-        return process.exit_status or EXIT_USAGE
+        return process.exit_status or ExitStatus.USAGE
     os.replace(tmp, output)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def _table(kind: str, rows: list[dict]) -> str:

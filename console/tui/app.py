@@ -41,7 +41,7 @@ from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
 from console.tui.snapshot import EMPTY, take_detail, take_snapshot
 from console.tui.status import HostIdentity, ThroughputMeter
 from console.tui.tables import CONNECTED_NODE_STATES, FINISHED_TASK_STATES, LIVE_TASK_STATES
-from protocol.errors import ChainconsoleError, TaskFileError
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 from protocol.taskfile import DEFAULT_LIMITS, TaskLimits, load_task_file
 
 DEFAULT_LISTEN = ("127.0.0.1", 8022)
@@ -49,7 +49,6 @@ DEFAULT_REFRESH_S = 0.4
 """How often the screens re-read the front-end (STYLE.md: every 250-500 ms)."""
 OWNER = "operator"
 """Who the console's submissions belong to: the operator, like the operator key's tasks."""
-EXIT_OK, EXIT_CONNECT = 0, 3
 MASK = "•••"
 DRAINABLE_NODE_STATES = frozenset({"idle", "busy"})
 
@@ -130,7 +129,7 @@ class ConsoleApp(App[None]):
         except (OSError, ChainconsoleError) as exc:
             await self._stop_host()
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.exit(return_code=EXIT_CONNECT,
+            self.exit(return_code=ExitStatus.CONNECT,
                       message=f"chainconsole: cannot listen on {settings.host}:{settings.port}: {reason}")
             return
         self._running = True
@@ -440,7 +439,7 @@ class ConsoleApp(App[None]):
                 return
         self.notify("Stopping the front-end…", timeout=30)
         await self._stop_host()
-        self.exit(return_code=EXIT_OK)
+        self.exit(return_code=ExitStatus.OK)
 
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,
@@ -449,4 +448,4 @@ def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: in
     host, port = listen or DEFAULT_LISTEN
     app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits}))
     app.run()
-    return app.return_code or EXIT_OK
+    return app.return_code or ExitStatus.OK
