@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -15,26 +16,26 @@ import platformdirs
 from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
 from nodes.relay import Relay, RelaySettings
 from nodes.work import LocalWork
+from protocol.addresses import AddressError, parse_address
 from protocol.errors import ExitStatus
 
 APP_NAME = "chainconsole"
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"port {number} out of range")
-    return host.strip("[]") or "127.0.0.1", number
+def address_argument(*, listening: bool = False) -> Callable[[str], tuple[str, int]]:
+    """An argparse ``type`` for ``HOST:PORT`` options, with the one rule of ``parse_address``."""
+
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_address(text, listening=listening)
+        except AddressError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", type=_address, action="append", required=True, metavar="HOST:PORT",
+    parser.add_argument("--connect", type=address_argument(), action="append", required=True, metavar="HOST:PORT",
                         help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="chunks computed at once, one worker process each (default: one per core)")
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the front-end's public host key to pin (default: the one recorded on first connection)")
     parser.add_argument("--blas-threads", type=int, default=1, metavar="N", help="BLAS threads per worker (default 1)")
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
-    parser.add_argument("--listen", type=_address, metavar="HOST:PORT",
+    parser.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
 
 

@@ -39,9 +39,9 @@ from protocol.frames import (
     short_repr,
     unpack_arrays,
 )
+from protocol.operations import RETURN_MODES
 
 PROTOCOL_VERSION = 1
-RETURN_MODES = ("full", "norms")
 MAX_NAME = 128
 MAX_TEXT = 4096
 MAX_VERSION = 65535

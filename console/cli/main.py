@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from console.cli.client import parse_address
 from console.engine.statedir import StateDir, default_state_dir
+from nodes.cli import add_arguments as node_arguments, address_argument
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
 
@@ -30,13 +30,6 @@ class CliError(ChainconsoleError):
     def __init__(self, message: str, status: int = ExitStatus.USAGE) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _listen(text: str) -> tuple[str, int]:
-    try:
-        return parse_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
 
 
 def _count(text: str) -> int:
@@ -69,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
     _limit_options(p)
 
-    from nodes.cli import add_arguments as node_arguments
     p = sub.add_parser("node", help="run a compute node")
     node_arguments(p)
 
@@ -126,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _hosting_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
                    help="state folder (default: the platform's user data folder)")
-    p.add_argument("--listen", type=_listen, metavar="HOST:PORT", default=argparse.SUPPRESS,
+    p.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help="address to listen on (default 127.0.0.1:8022)")
     p.add_argument("--local-nodes", type=_count, metavar="N", default=argparse.SUPPRESS,
                    help="node processes to start on this machine (default 0)")
