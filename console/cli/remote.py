@@ -14,27 +14,9 @@ import asyncssh
 from console.cli.client import connect, resolve_endpoint
 from console.engine.statedir import StateDir
 from protocol.errors import ChainconsoleError, ExitStatus
-from protocol.frames import encode_frame, pack_arrays
-from protocol.inputs import GeneratedInput
 from protocol.taskfile import Task, load_task_file
+from protocol.upload import encode_upload
 
-
-
-def upload_bytes(task: Task) -> list:
-    """What ``submit`` sends on stdin: plain JSON, or one frame when there are array inputs."""
-    generated = {n: s.to_spec() for n, s in task.inputs.items() if isinstance(s, GeneratedInput)}
-    arrays = {n: s for n, s in task.inputs.items() if not isinstance(s, GeneratedInput)}
-    common = {"name": task.name, "operation": task.operation,
-              "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
-              "return": task.return_mode, "max_attempts": task.max_attempts}
-    if not arrays:
-        document = {**common, "inputs": {n: {"generate": spec} for n, spec in generated.items()}}
-        return [json.dumps(document).encode()]
-    meta, parts = pack_arrays(arrays)
-    chunk = common["chunk_size"]
-    header = {"type": "submit", "arrays": meta,
-              "task": {**common, "chunk_size": None if chunk == "auto" else chunk, "generated": generated}}
-    return encode_frame(header, parts)
 
 
 async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
@@ -79,7 +61,7 @@ class _Remote(ChainconsoleError):
 
 async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse.Namespace) -> int:
     wait = args.wait or bool(args.output)
-    data = b"".join(bytes(p) for p in upload_bytes(task))
+    data = b"".join(bytes(p) for p in encode_upload(task))
     process = await conn.create_process("submit" if wait else "submit --detach", encoding=None)
     process.stdin.write(data)
     process.stdin.write_eof()

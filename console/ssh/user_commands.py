@@ -21,18 +21,14 @@ import asyncssh
 from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
-from protocol.errors import ChainconsoleError, ExitStatus, RemoteProtocolError, TaskFileError
-from protocol.frames import FrameDecoder, unpack_arrays
-from protocol.taskfile import Task, TaskLimits, parse_task_text, task_from_parts
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
+from protocol.upload import MAX_UPLOAD, decode_upload
 
 if TYPE_CHECKING:
     from console.ssh.server import FrontEndServer
 
-MAX_TASK_TEXT = 64 * 1024 * 1024
-MAX_UPLOAD = 1024 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
-FRAME_MAGIC = b"CC"
 
 USAGE = """commands:
   submit [--detach]     read a task (JSON) on stdin and run it
@@ -127,7 +123,7 @@ class Session:
         opts = parser.parse_args(args)
         data = await self._read_stdin(MAX_UPLOAD)
         try:
-            task = _parse_upload(data, self.frontend.limits)
+            task = decode_upload(data, self.frontend.limits)
         except TaskFileError as exc:
             for problem in exc.problems:
                 self.process.stderr.write(f"chainconsole: {problem}\n".encode())
@@ -211,31 +207,6 @@ class Session:
         action(node)
         self.out({"node": node, "state": state})
         return ExitStatus.OK
-
-
-def _parse_upload(data: bytes, limits: TaskLimits) -> Task:
-    """A task from ``submit``'s stdin: JSON text, or one frame with array inputs."""
-    if not data.startswith(FRAME_MAGIC):
-        if len(data) > MAX_TASK_TEXT:
-            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
-        return parse_task_text(data, allow_files=False, limits=limits)
-    decoder = FrameDecoder(max_payload=MAX_UPLOAD)
-    try:
-        decoder.feed(data)
-        frame = decoder.next_frame()
-        decoder.close()
-        if frame is None or frame.header.get("type") != "submit":
-            raise RemoteProtocolError("expected one submit frame")
-        spec = frame.header.get("task")
-        if not isinstance(spec, dict):
-            raise RemoteProtocolError("submit frame has no task object")
-        arrays = unpack_arrays(frame.header.get("arrays", []), memoryview(frame.payload))
-        return task_from_parts(
-            spec.get("name", "task"), spec.get("operation", ""), spec.get("generated", {}), arrays,
-            spec.get("chunk_size"), spec.get("return", "full"), spec.get("max_attempts", 3), limits=limits,
-        )
-    except RemoteProtocolError as exc:
-        raise TaskFileError([f"upload: {exc}"]) from None
 
 
 async def run_user_command(server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
