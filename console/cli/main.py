@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from console.cli.report import Progress, report
 from console.engine.statedir import StateDir, default_state_dir
 from nodes.cli import add_arguments as node_arguments, address_argument
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
@@ -215,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 assert hosting.frontend is not None
                 task_id = hosting.frontend.submit(task, "operator")
-                progress = _Progress(task.name, task.count) if sys.stderr.isatty() else None
+                progress = Progress(task.name, task.count) if sys.stderr.isatty() else None
                 waiter = asyncio.ensure_future(hosting.frontend.wait(task_id))
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=0.25)
@@ -233,34 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 await hosting.stop()
 
     summary = asyncio.run(one_shot())
-    return _report(summary, args.json)
-
-
-def _report(summary: dict, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"{summary['task_id']} {summary['state']}: {summary['ok_items']}/{summary['items']} items ok, "
-              f"{summary['failed_items']} failed, {summary['wall_s']:.2f} s")
-    return ExitStatus.OK if summary["state"] == "done" else ExitStatus.FAILED
-
-
-class _Progress:
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.began = name, max(total, 1), time.monotonic()
-
-    def show(self, done: int) -> None:
-        width = 30
-        filled = int(width * done / self.total)
-        rate = done / max(time.monotonic() - self.began, 1e-9)
-        sys.stderr.write(f"\r{self.name} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                         f"{rate:,.0f} items/s ")
-        sys.stderr.flush()
-
-    def end(self) -> None:
-        sys.stderr.write("\n")
+    return report(summary, args.json)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -284,7 +256,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_client(args: argparse.Namespace) -> int:
     from console.cli.remote import run_remote
 
-    return asyncio.run(run_remote(state_dir(args), args))
+    return asyncio.run(run_remote(state_dir(args), args, limits_from(args)))
 
 
 COMMANDS = {

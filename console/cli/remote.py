@@ -12,19 +12,19 @@ from pathlib import Path
 import asyncssh
 
 from console.cli.client import connect, resolve_endpoint
+from console.cli.report import Progress, report
 from console.engine.statedir import StateDir
 from protocol.errors import ChainconsoleError, ExitStatus
-from protocol.taskfile import Task, load_task_file
+from protocol.taskfile import Task, TaskLimits, load_task_file
 from protocol.upload import encode_upload
 
 
 
-async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
+async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimits) -> int:
+    """Run one client command (``submit``, ``tasks`` …) against the front-end; return the exit status."""
     endpoint = resolve_endpoint(state, args.connect, args.key, args.host_key)
     if args.command == "submit":
-        from console.cli.main import limits_from
-
-        task = load_task_file(args.task, limits=limits_from(args))  # refuse a bad file before connecting
+        task = load_task_file(args.task, limits=limits)  # refuse a bad file before connecting
     async with await connect(endpoint) as conn:
         match args.command:
             case "submit":
@@ -68,8 +68,7 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
     summary = None
     progress = None
     if wait and sys.stderr.isatty():
-        from console.cli.main import _Progress
-        progress = _Progress(task.name, task.count)
+        progress = Progress(task.name, task.count)
     task_id = None
     while line := await process.stdout.readline():
         try:
@@ -102,8 +101,7 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
         return ExitStatus.CONNECT
     if args.output:
         await _download(conn, summary["task_id"], Path(args.output))
-    from console.cli.main import _report
-    return _report(summary, args.json)
+    return report(summary, args.json)
 
 
 async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Path) -> int:

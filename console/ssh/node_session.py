@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 import asyncssh
 
@@ -23,9 +22,6 @@ from protocol.messages import (
     Reject, Result, Subtree, Welcome, encode_message,
 )
 
-if TYPE_CHECKING:
-    from console.ssh.server import ServerSettings
-
 READ_SIZE = 1024 * 1024
 HELLO_TIMEOUT_S = 10.0
 
@@ -34,7 +30,7 @@ class NodeSession:
     """The node subsystem channel of one connected node."""
 
     def __init__(self, frontend: FrontEnd, process: asyncssh.SSHServerProcess, key: KeyEntry,
-                 address: str, settings: ServerSettings) -> None:
+                 address: str) -> None:
         self.frontend = frontend
         self.process = process
         self.key = key

@@ -200,8 +200,7 @@ class FrontEndServer:
                 _refuse(process, "not authenticated")
             elif process.subsystem is not None:
                 if process.subsystem == NODE_SUBSYSTEM and entry.role is Role.NODE:
-                    await NodeSession(self.frontend, process, entry, _peer(conn),
-                                      self.settings).run()
+                    await NodeSession(self.frontend, process, entry, _peer(conn)).run()
                 else:
                     _refuse(process, f"subsystem {process.subsystem!r} is not available to this key")
             elif entry.role is Role.NODE:

@@ -14,7 +14,7 @@ import json
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import asyncssh
 
@@ -23,9 +23,6 @@ from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 from protocol.upload import MAX_UPLOAD, decode_upload
-
-if TYPE_CHECKING:
-    from console.ssh.server import FrontEndServer
 
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
@@ -53,9 +50,8 @@ class _Parser(argparse.ArgumentParser):
 class Session:
     """One user command on one SSH channel."""
 
-    def __init__(self, server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
-        self.server = server
-        self.frontend: FrontEnd = server.frontend
+    def __init__(self, frontend: FrontEnd, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
+        self.frontend = frontend
         self.process = process
         self.key = key
         self.operator = key.role is Role.OPERATOR
@@ -209,6 +205,14 @@ class Session:
         return ExitStatus.OK
 
 
-async def run_user_command(server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
-    status = await Session(server, process, key).run()
+class ServesAFrontEnd(Protocol):
+    """What a user command needs of the SSH server that runs it: the front-end it serves."""
+
+    @property
+    def frontend(self) -> FrontEnd: ...
+
+
+async def run_user_command(server: ServesAFrontEnd, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
+    """Run the command ``process`` asks for, as ``key``, and exit with its status."""
+    status = await Session(server.frontend, process, key).run()
     process.exit(status)
