@@ -344,8 +344,6 @@ class FrontEnd:
         if problem:
             self.log("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
                      task_id=result.task_id, node_id=node_id)
-        if record.started_at is None:
-            record.started_at = time.time()
         items_ok = int(np.count_nonzero(result.ok)) if not problem else 0
         event = d.ResultReceived(node_id, result.task_id, result.chunk, result.attempt,
                                  items_ok, result.elapsed_s, valid=not problem)

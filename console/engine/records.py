@@ -54,7 +54,6 @@ class TaskRecord:
     task: Task | None = None
     store: ResultStore | None = None
     state: str = "queued"
-    started_at: float | None = None
     finished_at: float | None = None
     summary: dict | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
