@@ -402,13 +402,13 @@ class ConsoleApp(App[None]):
 
     @work(group="dialogs")
     async def _approve(self) -> None:
-        server = self.host.server
-        if server is None:
+        frontend = self.host.frontend
+        if frontend is None:
             return
-        chosen = await self.push_screen_wait(PendingKeysModal(server.registry.pending(), time.time()))
+        chosen = await self.push_screen_wait(PendingKeysModal(frontend.pending_keys(), time.time()))
         if chosen is None:
             return
-        if self._call("approve", partial(server.registry.approve, chosen)):
+        if self._call("approve", partial(frontend.approve_key, chosen)):
             self.notify(f"Node key {chosen} approved: the node gets in on its next try")
 
     def action_filter(self) -> None:
