@@ -131,17 +131,22 @@ def choice(*options: str) -> Check:
     return check
 
 
-def names() -> Check:
-    each = name()
+def list_of(each: Check, most: int, what: str) -> Check:
+    """A list (or tuple) of at most ``most`` values, each passing ``each``; normalised to a tuple."""
 
-    def check(label: str, value: Any) -> tuple[str, ...]:
+    def check(label: str, value: Any) -> tuple[Any, ...]:
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{label} must be a list of names, got {type(value).__name__}")
-        if len(value) > MAX_CHAIN:
-            raise ValueError(f"{label} has {len(value)} entries, at most {MAX_CHAIN}")
+            raise TypeError(f"{label} must be a list of {what}, got {type(value).__name__}")
+        if len(value) > most:
+            raise ValueError(f"{label} has {len(value)} entries, at most {most}")
         return tuple(each(f"{label}[{index}]", item) for index, item in enumerate(value))
 
     return check
+
+
+def names() -> Check:
+    """A chain of node names (``via``)."""
+    return list_of(name(), MAX_CHAIN, "names")
 
 
 def _plain_json(label: str, value: Any, depth: int = 0) -> Any:
@@ -261,14 +266,5 @@ def node_reports() -> Check:
 
 
 def key_lines() -> Check:
-    line = key_text()
-
-    def check(label: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{label} must be a list of public key lines")
-        if len(value) > MAX_NODE_KEYS:
-            raise ValueError(f"{label} has {len(value)} entries, at most {MAX_NODE_KEYS}")
-        return tuple(line(f"{label}[{i}]", key) for i, key in enumerate(value))
-
-    return check
-
+    """Public key lines (``node_keys``)."""
+    return list_of(key_text(), MAX_NODE_KEYS, "public key lines")

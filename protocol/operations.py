@@ -1,6 +1,6 @@
 """The whitelist of operations a task may ask for, as data: inputs and shape rules.
 
-Only the operations listed in OPERATIONS ever run (DESIGN.md, decision 10). Each entry
+Only the operations listed in OPERATIONS ever run (docs/security.md). Each entry
 says which inputs it takes, which item shapes it accepts and the shape of one result item.
 The numpy kernels that compute them live in ``nodes/kernels.py``; a test keeps the two
 lists equal.

@@ -46,7 +46,7 @@ from protocol.taskfile import DEFAULT_LIMITS, TaskLimits, load_task_file
 
 DEFAULT_LISTEN = ("127.0.0.1", 8022)
 DEFAULT_REFRESH_S = 0.4
-"""How often the screens re-read the front-end (STYLE.md: every 250-500 ms)."""
+"""How often the screens re-read the front-end: every 250-500 ms is live enough and cheap."""
 OWNER = "operator"
 """Who the console's submissions belong to: the operator, like the operator key's tasks."""
 MASK = "•••"
