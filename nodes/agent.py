@@ -20,20 +20,14 @@ from pathlib import Path
 
 import asyncssh
 
+from nodes.ssh import NODE_SUBSYSTEM, NODE_USERNAME
+from nodes.ssh.channel import BROKEN, MessageChannel
+from nodes.ssh.client import open_connection
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
-from protocol.frames import coalesce
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, MessageReader, Reject,
-    Result, Welcome, encode_message,
+    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Result, Welcome,
 )
-
-NODE_SUBSYSTEM = "chainconsole-node"
-NODE_USERNAME = "node"
-READ_SIZE = 1024 * 1024
-CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-           "aes128-ctr", "aes256-ctr"]
-
 
 
 class NodeExit(ChainconsoleError):
@@ -85,7 +79,7 @@ class NodeAgent:
         """A chain link's public host key, offered to the console for certification."""
         self.stopping = asyncio.Event()
         self._out = out
-        self._process: asyncssh.SSHClientProcess | None = None
+        self._channel: MessageChannel | None = None
         self._instance = ""
         self._outbox: list[tuple[str, Result]] = []
         self._left = False
@@ -132,13 +126,9 @@ class NodeAgent:
         s = self.settings
         known_hosts = self._known_hosts()
         try:
-            conn = await asyncssh.connect(
-                host, port, username=NODE_USERNAME, client_keys=[str(s.key_path)],
-                known_hosts=known_hosts, config=None, agent_path=None, gss_host=None,
-                keepalive_interval=s.keepalive_interval_s, keepalive_count_max=s.keepalive_count,
-                compression_algs=None, encryption_algs=CIPHERS, connect_timeout=10,
-                max_pktsize=256 * 1024, window=16 * 1024 * 1024,
-            )
+            conn = await open_connection(host, port, username=NODE_USERNAME, key=s.key_path,
+                                         known_hosts=known_hosts, keepalive_interval_s=s.keepalive_interval_s,
+                                         keepalive_count=s.keepalive_count)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise NodeExit(f"{host}:{port} is not the front-end this node trusts "
                            f"(host key does not match the pinned key): {exc}", 3) from None
@@ -154,14 +144,14 @@ class NodeAgent:
                 self._record_host_key(conn)
             try:
                 return await self._work(conn, f"{host}:{port}")
-            except (asyncssh.Error, ConnectionError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            except (*BROKEN, asyncio.IncompleteReadError) as exc:
                 self.say(f"session with {host}:{port} lost: {exc}")
                 return True
             except RemoteProtocolError as exc:
                 self.say(f"{host}:{port} broke the protocol: {exc}")
                 return True
             finally:
-                self._process = None
+                self._channel = None
                 self.work.upstream_lost()
 
     def fingerprint(self) -> str:
@@ -188,12 +178,11 @@ class NodeAgent:
 
     async def _work(self, conn: asyncssh.SSHClientConnection, where: str) -> bool:
         process = await conn.create_process(subsystem=NODE_SUBSYSTEM, encoding=None)
-        self._process = process
-        reader = MessageReader()
+        channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
                          f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line))
-        first = await self._next(process, reader)
+        first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)
         if not isinstance(first, Welcome):
@@ -206,7 +195,7 @@ class NodeAgent:
         stop = asyncio.get_running_loop().create_task(self._on_stop())
         try:
             while True:
-                message = await self._next(process, reader)
+                message = await channel.receive()
                 if message is None:
                     self.say(f"{where} closed the session")
                     return True
@@ -219,17 +208,6 @@ class NodeAgent:
             beat.cancel()
             stop.cancel()
             self.say(f"session with {where} ended after {self._sent - sent_before} results")
-
-    async def _next(self, process: asyncssh.SSHClientProcess, reader: MessageReader):
-        while True:
-            message = reader.next_message()
-            if message is not None:
-                return message
-            data = await process.stdout.read(READ_SIZE)
-            if not data:
-                reader.close()
-                return None
-            reader.feed(data)
 
     def _handle(self, message: object) -> None:
         match message:
@@ -260,15 +238,14 @@ class NodeAgent:
         while self.work.held and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._send(Bye("node stopping"))
-        if self._process is not None:
-            self._process.stdin.write_eof()
-            self._process.close()
+        if self._channel is not None:
+            self._channel.close("node stopping")
 
     # -- sending upstream -----------------------------------------------------------------
 
     def _emit(self, message: object) -> None:
         """From the work: send now, or keep a result for the next session with the same console."""
-        if self._process is None:
+        if self._channel is None:
             if isinstance(message, Result) and self._instance:
                 self._outbox = (self._outbox + [(self._instance, message)])[-OUTBOX_LIMIT:]
             return
@@ -287,14 +264,8 @@ class NodeAgent:
         self._instance = instance
 
     def _send(self, message: object) -> None:
-        process = self._process
-        if process is None:
-            return
-        try:
-            for piece in coalesce(encode_message(message)):
-                process.stdin.write(piece)
-        except (BrokenPipeError, asyncssh.Error, ConnectionError):
-            pass
+        if self._channel is not None:
+            self._channel.send(message)
 
 
 def install_signal_handlers(agent: NodeAgent) -> None:

@@ -1,11 +1,11 @@
 """A chain link: a node that accepts nodes behind it and passes part of its work on.
 
-The link runs the same Dispatcher as the console, over the chunks its upstream assigns
-it: each upstream chunk is one task of one chunk, handed whole to the link's own worker
-pool or to a node behind it. Assignments travel on unchanged — the same task id, chunk
-and attempt — so results go up without translation. When a link dies its upstream
-requeues everything the link held; the nodes behind it fail over to their next
-upstream and start afresh there.
+The link is the same hub and shell as the console (``nodes.hub_shell``), over the chunks
+its upstream assigns it: each upstream chunk is one task of one chunk, handed whole to
+the link's own worker pool or to a node behind it. Assignments travel on unchanged — the
+same task id, chunk and attempt — so results go up without translation. When a link
+dies its upstream requeues everything the link held; the nodes behind it fail over to
+their next upstream and start afresh there.
 
 Trust flows from the console. The console certifies the link's host key, and nodes
 behind the link check that certificate against the one key they pin, the console's.
@@ -16,49 +16,30 @@ and closes the sessions of keys that leave the list.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
+from nodes.hub_shell import ChunkId, HubShell
+from nodes.node_session import NodeSession
+from nodes.ssh import NODE_SUBSYSTEM
+from nodes.ssh.server import GatedServer, ServerSettings, peer_address, refuse
 from nodes.work import ChunkKey, Emit, LocalWork, key_of
 from protocol import dispatcher as d
-from protocol.errors import RemoteProtocolError
-from protocol.frames import coalesce
+from protocol import hub as h
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Bye, Cancel, Control, Credit, Error, Failed, Heartbeat, Hello,
-    HostCertificate, MessageReader, NodeKeys, Result, Subtree, Welcome, encode_message,
+    Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Result, Subtree, Welcome,
 )
-from protocol.verify import AssignedChunk, check_result
+from protocol.verify import AssignedChunk
 
-NODE_SUBSYSTEM = "chainconsole-node"
 RELAY_ATTEMPTS = 2
 """Tries of one upstream chunk inside this link before it is handed back as failed."""
 TICK_S = 0.5
 REPORT_EVERY_S = 1.0
-READ_SIZE = 1 << 20
-
-
-@dataclass
-class _Upstream:
-    """One chunk the upstream assigned to this link, as a task of the link's Dispatcher."""
-
-    assign: Assign
-    task_id: str
-
-
-@dataclass
-class _Downstream:
-    """A node connected behind this link."""
-
-    session: DownstreamSession
-    hello: Hello
-    fingerprint: str
-    subtree: tuple[dict, ...] = ()
-    certified: bool = False
+OWN_POOL = "(this link)"
 
 
 @dataclass
@@ -68,54 +49,66 @@ class RelaySettings:
     host_key: Path
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
-    keepalive_interval_s: float = 1.0
-    keepalive_count: int = 3
+    server: ServerSettings | None = None
+    """The gate for nodes behind the link (its host and port come from ``listen``)."""
 
 
-class Relay:
+class _OwnPool:
+    """The link's own worker pool, as a session of its hub."""
+
+    def __init__(self, local: LocalWork) -> None:
+        self.local = local
+
+    def send(self, message: object) -> None:
+        if isinstance(message, Assign):
+            self.local.assign(message)
+        elif isinstance(message, Cancel):
+            self.local.cancel(key_of(message))
+
+    def close(self, reason: str, *, farewell: bool = True) -> None:
+        pass
+
+
+class Relay(HubShell):
     """A Work that spreads its upstream's chunks over its own pool and the nodes behind it."""
 
     def __init__(self, settings: RelaySettings, local: LocalWork) -> None:
+        super().__init__(heartbeat_interval_s=settings.heartbeat_interval_s,
+                         heartbeat_timeout_s=settings.heartbeat_timeout_s, tick_s=TICK_S)
         self.settings = settings
         self.name = settings.name
         self.local = local
-        self.local.attach(self._local_emit)
-        self.dispatcher = d.Dispatcher(heartbeat_timeout_s=settings.heartbeat_timeout_s)
-        self.host_key = asyncssh.read_private_key(settings.host_key) if settings.host_key.exists() else None
-        if self.host_key is None:
-            settings.host_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.host_key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-link-{self.name}")
-            self.host_key.write_private_key(settings.host_key)
-            settings.host_key.chmod(0o600)
+        self.local.attach(self._from_own_pool)
+        self.host_key = _link_host_key(settings.host_key, self.name)
         self.host_key_line = self.host_key.export_public_key("openssh").decode().strip()
-        self.address: tuple[str, int] | None = None
+        self.server: GatedServer | None = None
         self.instance = ""
+        """The upstream console's run, passed on in welcomes so kept results find their way back."""
         self.allowed: set[str] = set()
-        self.allowed_lines: set[str] = set()
-        self._kicked: set[str] = set()
-        self.downstream: dict[str, _Downstream] = {}
+        self.allowed_lines: tuple[str, ...] = ()
         self._emit: Emit = lambda message: None
-        self._by_task: dict[str, _Upstream] = {}
+        self._by_task: dict[str, Assign] = {}  # this link's task id → the upstream's assignment
         self._by_key: dict[ChunkKey, str] = {}
-        self._holders: dict[tuple[str, ChunkKey], int] = {}
+        self._holders: dict[tuple[str, ChunkKey], int] = {}  # (node, upstream chunk) → attempt here
+        self._certified: set[str] = set()
         self._seq = 0
-        self._certificate: asyncssh.SSHCertificate | None = None
-        self._acceptor: asyncssh.SSHAcceptor | None = None
-        self._connections: set[asyncssh.SSHServerConnection] = set()
-        self._ticker: asyncio.Task | None = None
         self._last_capacity = (-1, -1)
         self._last_report: tuple = ()
         self._last_report_at = 0.0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self.server.address if self.server is not None else None
 
     # -- Work, as seen by the upstream session ------------------------------------------
 
     @property
     def slots(self) -> int:
-        return self.local.slots + sum(n.hello.slots for n in self.downstream.values())
+        return sum(record.slots for record in self.hub.nodes.values())
 
     @property
     def window(self) -> int:
-        return self.local.window + sum(n.hello.window for n in self.downstream.values())
+        return sum(record.window for record in self.hub.nodes.values())
 
     @property
     def held(self) -> int:
@@ -126,20 +119,16 @@ class Relay:
 
     async def start(self) -> None:
         await self.local.start()
-        self._run(d.NodeJoined(self.name, self.local.slots, self.local.window))
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+        self.hub.admit(self.name, "", address=OWN_POOL, slots=self.local.slots, now=self.now())
+        self.sessions[self.name] = _OwnPool(self.local)
+        self.carry_out(self.hub.join(self.name, self.local.slots, self.local.window, self.now()))
+        self.start_ticking()
 
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-        for node in list(self.downstream.values()):
-            node.session.close("link shutting down", farewell=False)
-        if self._acceptor is not None:
-            self._acceptor.close()
-            for conn in list(self._connections):
-                conn.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._acceptor.wait_closed(), 5)
+        await self.stop_ticking()
+        self.close_sessions("link shutting down")
+        if self.server is not None:
+            await self.server.close()
         await self.local.close()
 
     def assign(self, assign: Assign) -> None:
@@ -148,20 +137,20 @@ class Relay:
             return
         self._seq += 1
         task_id = f"u{self._seq}"
-        self._by_task[task_id] = _Upstream(assign, task_id)
+        self._by_task[task_id] = assign
         self._by_key[key] = task_id
         n = assign.stop - assign.start
-        self._run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS))
+        self.run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS))
 
     def cancel(self, key: ChunkKey) -> None:
         task_id = self._by_key.get(key)
         if task_id is not None:
-            self._run(d.TaskCancelled(task_id))
+            self.run(d.TaskCancelled(task_id))
 
     def upstream_lost(self) -> None:
         """Everything assigned from above was requeued there: stop working on it here."""
         for task_id in list(self._by_task):
-            self._run(d.TaskCancelled(task_id))
+            self.run(d.TaskCancelled(task_id))
 
     def handle(self, message: object) -> bool:
         match message:
@@ -173,198 +162,95 @@ class Relay:
                 if node == self.name:
                     self._set_certificate(certificate)
                 else:
-                    self._route(node, message)
+                    self._pass_down(node, message)
             case Control(action=action, node=node):
-                self._control(action, node, message)
+                act = {"drain": self.hub.drain, "kick": self.hub.kick, "release": self.hub.release}[action]
+                try:
+                    self.carry_out(act(node, self.now()))
+                except h.HubError:
+                    pass  # gone since the upstream's last report
             case NodeKeys(keys=keys):
                 self._set_allowed(keys)
-                for link in self.downstream.values():
-                    if link.hello.host_key:
-                        link.session.send(message)
+                for node_id, record in self.hub.nodes.items():
+                    if record.is_link and node_id in self.sessions:
+                        self.sessions[node_id].send(message)
             case _:
                 return False
         return True
 
-    # -- the Dispatcher's actions ---------------------------------------------------------
+    def _from_own_pool(self, message: object) -> None:
+        """The link's own pool answered: trusted, no check."""
+        if not isinstance(message, (Result, Failed)):
+            return
+        chunk = self.face_chunk(self.name, message)
+        if chunk is None:
+            return
+        if isinstance(message, Failed):
+            self.run(d.ChunkFailed(self.name, *chunk, message.reason))
+        elif self.hub.wants(*chunk):
+            self.settle(self.name, chunk, message)
 
-    def _run(self, event: object) -> None:
-        for action in self.dispatcher.handle(event, time.monotonic()):
-            self._carry_out(action)
+    # -- the face: what only a link does -----------------------------------------------------
+
+    def carry_out(self, outputs: list[h.Output], result: Result | None = None) -> None:
+        super().carry_out(outputs, result)
         self._report_window()
 
-    def _carry_out(self, action: object) -> None:
-        match action:
-            case d.AssignChunk(node_id=node_id, task_id=task_id, attempt=attempt):
-                upstream = self._by_task[task_id]
-                key = key_of(upstream.assign)
-                self._holders[(node_id, key)] = attempt
-                if node_id == self.name:
-                    self.local.assign(upstream.assign)
-                elif node_id in self.downstream:
-                    self.downstream[node_id].session.send(upstream.assign)
-            case d.CancelChunk(node_id=node_id, task_id=task_id):
-                upstream = self._by_task.get(task_id)
-                if upstream is None:
-                    return
-                key = key_of(upstream.assign)
-                if node_id == self.name:
-                    self.local.cancel(key)
-                elif node_id in self.downstream:
-                    self.downstream[node_id].session.send(Cancel(*key))
-            case d.CloseNode(node_id=node_id, reason=reason):
-                if node_id in self.downstream:
-                    self.downstream[node_id].session.close(reason, farewell=node_id in self._kicked)
-            case d.NodeDrained(node_id=node_id):
-                if node_id in self.downstream:
-                    self.downstream[node_id].session.close("drained")
-            case d.ChunkAbandoned(task_id=task_id, reason=reason):
-                upstream = self._by_task.get(task_id)
-                if upstream is not None:
-                    self._emit(Failed(*key_of(upstream.assign), reason[:1000], True))
-            case d.TaskFinished(task_id=task_id):
-                self.dispatcher.forget(task_id)
-                upstream = self._by_task.pop(task_id, None)
-                if upstream is not None:
-                    key = key_of(upstream.assign)
-                    self._by_key.pop(key, None)
-                    for holder in [h for h in self._holders if h[1] == key]:
-                        del self._holders[holder]
+    def face_welcome(self, node_id: str, hello: object) -> tuple[str, str]:
+        return self.instance, ""
 
-    def _answer(self, node_id: str, message: Result | Failed) -> None:
-        """A result or failure from this link's pool or a node behind it."""
+    def face_node_keys(self) -> tuple[str, ...]:
+        return self.allowed_lines
+
+    def face_chunk(self, node_id: str, message: Result | Failed) -> ChunkId | None:
         key = key_of(message)
         task_id = self._by_key.get(key)
         attempt = self._holders.get((node_id, key))
         if task_id is None or attempt is None:
-            return  # cancelled, or never ours: nobody above is waiting for it here
-        if isinstance(message, Failed):
-            self._run(d.ChunkFailed(node_id, task_id, 0, attempt, message.reason))
-        elif self.dispatcher.wants_result(task_id, 0, attempt):
-            self._emit(message)
-            self._run(d.ResultReceived(node_id, task_id, 0, attempt, int(message.ok.sum()), message.elapsed_s))
+            return None  # cancelled, or never ours: nobody above is waiting for it here
+        return (task_id, 0, attempt)
 
-    def _local_emit(self, message: object) -> None:
-        if isinstance(message, (Result, Failed)):
-            self._answer(self.name, message)
+    def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
+        assign = self._by_task[chunk[0]]
+        return AssignedChunk(assign), assign.start, assign.stop
 
-    # -- nodes behind this link -----------------------------------------------------------
+    def face_assign(self, action: d.AssignChunk) -> Assign:
+        assign = self._by_task[action.task_id]
+        self._holders[(action.node_id, key_of(assign))] = action.attempt
+        return assign
 
-    def joined(self, session: DownstreamSession, hello: Hello, fingerprint: str) -> str:
-        node_id = hello.name if hello.name not in self.downstream and hello.name != self.name else \
-            f"{hello.name}-{fingerprint[7:13]}"
-        self.downstream[node_id] = _Downstream(session, hello, fingerprint)
-        self._run(d.NodeJoined(node_id, hello.slots, hello.window))
-        return node_id
+    def face_cancel(self, action: d.CancelChunk) -> Cancel | None:
+        assign = self._by_task.get(action.task_id)
+        return Cancel(*key_of(assign)) if assign is not None else None
 
-    def left(self, node_id: str, *, clean: bool, reason: str) -> None:
-        if self.downstream.pop(node_id, None) is None:
-            return
-        self._kicked.discard(node_id)
-        self._run(d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason))
+    def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
+        self._emit(result)
 
-    async def result_from(self, node_id: str, result: Result) -> None:
-        """Check a result from behind this link before it goes up: a liar is caught here."""
-        key = key_of(result)
-        task_id = self._by_key.get(key)
-        attempt = self._holders.get((node_id, key))
-        if task_id is None or attempt is None or not self.dispatcher.wants_result(task_id, 0, attempt):
-            return
-        assign = self._by_task[task_id].assign
-        problem = await asyncio.to_thread(check_result, AssignedChunk(assign), assign.start, assign.stop, result)
-        if problem:
-            print(f"[{self.name}] invalid result from {node_id}: {problem}", file=sys.stderr, flush=True)
-            self._run(d.ResultReceived(node_id, task_id, 0, attempt, 0, result.elapsed_s, valid=False))
-            return
-        self._answer(node_id, result)
+    def face_output(self, output: h.Output) -> None:
+        match output:
+            case h.Note(kind=kind, text=text):
+                print(f"[{self.name}] {kind}: {text}", file=sys.stderr, flush=True)
+            case d.ChunkAbandoned(task_id=task_id, reason=reason):
+                assign = self._by_task.get(task_id)
+                if assign is not None:
+                    self._emit(Failed(*key_of(assign), reason[:1000], True))
+            case d.TaskFinished(task_id=task_id):
+                self.hub.dispatcher.forget(task_id)
+                assign = self._by_task.pop(task_id, None)
+                if assign is not None:
+                    key = key_of(assign)
+                    self._by_key.pop(key, None)
+                    for holder in [held for held in self._holders if held[1] == key]:
+                        del self._holders[holder]
 
-    def message_from(self, node_id: str, message: object) -> None:
-        match message:
-            case Failed():
-                self._answer(node_id, message)
-            case Heartbeat():
-                self._run(d.HeartbeatReceived(node_id))
-            case Credit(window=window, slots=slots):
-                node = self.downstream[node_id]
-                node.hello = _with_capacity(node.hello, window, slots)
-                self._run(d.CreditChanged(node_id, window, slots))
-            case Subtree(nodes=nodes):
-                self.downstream[node_id].subtree = nodes
-                self._run(d.HeartbeatReceived(node_id))
-            case _:
-                raise RemoteProtocolError(f"a node may not send {type(message).__name__}")
-
-    def _control(self, action: str, node: str, message: Control) -> None:
-        if node in self.downstream:
-            event = {"drain": d.DrainRequested, "kick": d.KickRequested, "release": d.QuarantineReleased}[action]
-            if action == "kick":
-                self._kicked.add(node)
-            self._run(event(node))
-        else:
-            self._route(node, message)
-
-    def _route(self, node: str, message: object) -> None:
-        """Pass a message on to ``node`` itself, or to the link behind which it is."""
-        if node in self.downstream:
-            if isinstance(message, HostCertificate):
-                self.downstream[node].certified = True
-            self.downstream[node].session.send(message)
-            return
-        for link in self.downstream.values():
-            if any(entry["name"] == node for entry in link.subtree):
-                link.session.send(message)
-                return
-
-    def _set_allowed(self, keys: tuple[str, ...]) -> None:
-        allowed, lines = set(), set()
-        for line in keys:
-            try:
-                allowed.add(asyncssh.import_public_key(line).get_fingerprint("sha256"))
-                lines.add(line)
-            except (asyncssh.KeyImportError, ValueError):
-                continue
-        self.allowed, self.allowed_lines = allowed, lines
-        for node in list(self.downstream.values()):
-            if node.fingerprint not in allowed:
-                node.session.close("key no longer enrolled", farewell=False)
-
-    # -- the SSH server for nodes behind this link ------------------------------------------
-
-    def _set_certificate(self, text: str) -> None:
-        try:
-            certificate = asyncssh.import_certificate(text)
-        except (asyncssh.KeyImportError, ValueError):
-            return
-        self._certificate = certificate
-        if self._acceptor is not None:
-            self._acceptor.update(server_host_keys=[(self.host_key, certificate)])
-        else:
-            asyncio.get_running_loop().create_task(self._listen())
-
-    async def _listen(self) -> None:
-        s = self.settings
-        self._acceptor = await asyncssh.create_server(
-            lambda: _LinkGate(self), s.listen[0], s.listen[1],
-            server_host_keys=[(self.host_key, self._certificate)], process_factory=self._on_process,
-            encoding=None, allow_pty=False, agent_forwarding=False, x11_forwarding=False, line_editor=False,
-            keepalive_interval=s.keepalive_interval_s, keepalive_count_max=s.keepalive_count,
-            compression_algs=None, max_pktsize=256 * 1024, window=16 * 1024 * 1024,
-        )
-        self.address = self._acceptor.sockets[0].getsockname()[:2]
-
-    def _on_process(self, process: asyncssh.SSHServerProcess) -> None:
-        asyncio.get_running_loop().create_task(DownstreamSession(self, process).run())
+    def face_tick(self) -> None:
+        self.run(d.HeartbeatReceived(self.name))  # this link's own pool is alive as long as we are
+        now = self.now()
+        if now - self._last_report_at >= REPORT_EVERY_S:
+            self._report_subtree(now)
+            self._last_report_at = now
 
     # -- reports upstream -------------------------------------------------------------------
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_S)
-            self._run(d.HeartbeatReceived(self.name))  # this link's own pool is alive as long as we are
-            self._run(d.Tick())
-            now = time.monotonic()
-            if now - self._last_report_at >= REPORT_EVERY_S:
-                self._report_subtree()
-                self._last_report_at = now
 
     def _report_window(self) -> None:
         """Tell the upstream when nodes behind this link change how much it can take."""
@@ -373,135 +259,74 @@ class Relay:
             self._last_capacity = capacity
             self._emit(Credit(*capacity))
 
-    def _report_subtree(self) -> None:
-        views = {v.node_id: v for v in self.dispatcher.snapshot(time.monotonic()).nodes}
-        entries: list[dict] = []
-        for node_id, node in self.downstream.items():
-            view = views.get(node_id)
-            entries.append({
-                "name": node_id, "state": view.state.value if view else "connecting", "slots": node.hello.slots,
-                "in_flight": view.in_flight if view else 0, "items_done": view.items_done if view else 0,
-                "errors": view.errors if view else 0, "via": [],
-                "host_key": node.hello.host_key if not node.certified else "",
-            })
-            for entry in node.subtree:
-                entries.append({**entry, "via": [node_id, *entry["via"]]})
-        report = tuple(entries)
-        if report != self._last_report:
-            self._last_report = report
-            self._emit(Subtree(report))
+    def _report_subtree(self, now: float) -> None:
+        entries = tuple(
+            {"name": row.node_id, "state": row.state, "slots": row.slots, "in_flight": row.in_flight,
+             "items_done": row.items_done, "errors": row.errors, "via": list(row.via),
+             "host_key": "" if row.node_id in self._certified else host_key}
+            for row, host_key in self.hub.tree(now) if row.node_id != self.name
+        )
+        if entries != self._last_report:
+            self._last_report = entries
+            self._emit(Subtree(entries))
 
+    # -- nodes behind this link -----------------------------------------------------------
 
-def _with_capacity(hello: Hello, window: int, slots: int | None) -> Hello:
-    return Hello(hello.protocol_version, hello.name, hello.slots if slots is None else slots, window,
-                 hello.software, hello.via, hello.host_key)
+    def _pass_down(self, node: str, message: HostCertificate) -> None:
+        """Pass a certificate on to ``node`` itself, or to the link behind which it is."""
+        target = node if node in self.hub.nodes else self.hub.link_of(node)
+        if target is None or target not in self.sessions:
+            return
+        if target == node:
+            self._certified.add(node)
+        self.sessions[target].send(message)
 
+    def _set_allowed(self, keys: tuple[str, ...]) -> None:
+        allowed, lines = set(), []
+        for line in keys:
+            try:
+                allowed.add(asyncssh.import_public_key(line).get_fingerprint("sha256"))
+                lines.append(line)
+            except (asyncssh.KeyImportError, ValueError):
+                continue
+        self.allowed, self.allowed_lines = allowed, tuple(sorted(lines))
+        for node_id, record in list(self.hub.nodes.items()):
+            if node_id != self.name and record.fingerprint not in allowed and node_id in self.sessions:
+                self.sessions[node_id].close("key no longer enrolled", farewell=False)
 
-class _LinkGate(asyncssh.SSHServer):
-    """Lets in exactly the node keys the console enrolled."""
+    def _set_certificate(self, text: str) -> None:
+        try:
+            certificate = asyncssh.import_certificate(text)
+        except (asyncssh.KeyImportError, ValueError):
+            return
+        host_keys = [(self.host_key, certificate)]
+        if self.server is not None:
+            self.server.set_host_keys(host_keys)
+            return
+        host, port = self.settings.listen
+        settings = dataclasses.replace(self.settings.server or ServerSettings(), host=host, port=port)
+        self.server = GatedServer(settings, host_keys, self._authenticate, self._serve,
+                                  log=lambda line: print(f"[{self.name}] {line}", file=sys.stderr, flush=True))
+        asyncio.get_running_loop().create_task(self.server.start())
 
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
-        self._conn: asyncssh.SSHServerConnection | None = None
-        self._candidate = ""
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        self._relay._connections.add(conn)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._relay._connections.discard(self._conn)
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    def _authenticate(self, username: str, key: asyncssh.SSHKey, peer: str) -> str | None:
         fingerprint = key.get_fingerprint("sha256")
-        if fingerprint not in self._relay.allowed:
-            return False
-        self._candidate = fingerprint
-        return True
+        return fingerprint if fingerprint in self.allowed else None
 
-    def auth_completed(self) -> None:
-        assert self._conn is not None
-        self._conn.set_extra_info(chainconsole_fingerprint=self._candidate)
-
-
-class DownstreamSession:
-    """The node subsystem channel of one node connected behind a link."""
-
-    def __init__(self, relay: Relay, process: asyncssh.SSHServerProcess) -> None:
-        self.relay = relay
-        self.process = process
-        self.node_id: str | None = None
-        self._closed = False
-
-    def send(self, message: object) -> None:
-        if self._closed:
+    async def _serve(self, process: asyncssh.SSHServerProcess, fingerprint: str) -> None:
+        if process.subsystem != NODE_SUBSYSTEM:
+            refuse(process, "only the node subsystem is available here")
             return
-        try:
-            for piece in coalesce(encode_message(message)):
-                self.process.stdout.write(piece)
-        except (BrokenPipeError, asyncssh.Error, ConnectionError):
-            self.close("connection broken", farewell=False)
+        address = peer_address(process.get_extra_info("connection"))
+        await NodeSession.of_process(self, process, name="node", fingerprint=fingerprint, address=address).run()
 
-    def close(self, reason: str, *, farewell: bool = True) -> None:
-        if self._closed:
-            return
-        if farewell:
-            self.send(Bye(reason))
-        self._closed = True
-        with contextlib.suppress(Exception):
-            self.process.get_extra_info("connection").disconnect(asyncssh.DISC_BY_APPLICATION, reason[:200])
 
-    async def run(self) -> None:
-        conn = self.process.get_extra_info("connection")
-        fingerprint = conn.get_extra_info("chainconsole_fingerprint") or ""
-        reader = MessageReader()
-        clean, reason = False, "connection lost"
-        try:
-            if self.process.subsystem != NODE_SUBSYSTEM or not fingerprint:
-                self.process.stderr.write(b"chainconsole: only the node subsystem is available here\n")
-                self.process.exit(2)
-                return
-            hello = await asyncio.wait_for(self._next(reader), 10)
-            if not isinstance(hello, Hello) or hello.protocol_version != PROTOCOL_VERSION:
-                raise RemoteProtocolError("expected hello with protocol version 1")
-            self.node_id = self.relay.joined(self, hello, fingerprint)
-            s = self.relay.settings
-            self.send(Welcome(PROTOCOL_VERSION, self.node_id, s.heartbeat_interval_s, s.heartbeat_timeout_s,
-                              instance=self.relay.instance))
-            if hello.host_key:  # a link behind this one: it must know whom to let in
-                self.send(NodeKeys(tuple(sorted(self.relay.allowed_lines))))
-            while not self._closed:
-                message = await self._next(reader)
-                if message is None:
-                    break
-                if isinstance(message, Bye):
-                    clean, reason = True, "left"
-                    break
-                if isinstance(message, Result):
-                    await self.relay.result_from(self.node_id, message)
-                else:
-                    self.relay.message_from(self.node_id, message)
-        except RemoteProtocolError as exc:
-            reason = f"protocol error: {exc}"
-            self.send(Error("protocol", str(exc)[:1000]))
-        except (asyncio.TimeoutError, asyncssh.Error, ConnectionError, BrokenPipeError) as exc:
-            reason = f"connection lost: {exc}"
-        finally:
-            if self.node_id is not None:
-                self.relay.left(self.node_id, clean=clean, reason=reason)
-            self.close(reason, farewell=False)
-
-    async def _next(self, reader: MessageReader):
-        while (message := reader.next_message()) is None:
-            data = await self.process.stdin.read(READ_SIZE)
-            if not data:
-                reader.close()
-                return None
-            reader.feed(data)
-        return message
+def _link_host_key(path: Path, name: str) -> asyncssh.SSHKey:
+    """The link's own host key, created on first start."""
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-link-{name}")
+    key.write_private_key(path)
+    path.chmod(0o600)
+    return key

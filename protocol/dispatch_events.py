@@ -15,8 +15,9 @@ Rules of this module:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import TypeAlias
 
 
@@ -276,6 +277,8 @@ class TaskFinished:
     state: TaskState
     items_ok: int
     items_failed: int
+    items_by_node: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Items computed by each node in this run of the Dispatcher."""
 
 
 Action: TypeAlias = (

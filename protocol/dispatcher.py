@@ -39,6 +39,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 from protocol.chunking import Chunk, Outcome
@@ -364,7 +365,8 @@ class Dispatcher:
         task.live = False
         task.finished_at = now
         items_ok = task.items_resolved - task.items_bad
-        out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed))
+        out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed,
+                                MappingProxyType(dict(task.items_by_node))))
 
     # --- leases -------------------------------------------------------------------------------
 

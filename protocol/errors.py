@@ -9,23 +9,6 @@ from __future__ import annotations
 from enum import IntEnum
 
 
-class ExitStatus(IntEnum):
-    """The exit status of every chainconsole command, local or over SSH: one table for all."""
-
-    OK = 0
-    """Success, or a task that ended ``done``."""
-    FAILED = 1
-    """A task ended with failed items or was cancelled (or its result is not ready yet)."""
-    USAGE = 2
-    """Bad usage, an invalid task file, or a request the front-end refused."""
-    CONNECT = 3
-    """Cannot connect, authentication refused, or the state folder is in use."""
-    INTERNAL = 70
-    """A bug on our side (``EX_SOFTWARE`` of sysexits.h); the log says more."""
-    INTERRUPTED = 130
-    """Stopped by SIGINT (128 + 2, as shells report it)."""
-
-
 class ChainconsoleError(Exception):
     """Base of every error chainconsole raises on purpose."""
 
@@ -48,3 +31,20 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """We tried to send something the protocol does not allow (a bug on our side)."""
+
+
+class ExitStatus(IntEnum):
+    """The exit status of every chainconsole command, local or over SSH: one table for all."""
+
+    OK = 0
+    """Success, or a task that ended ``done``."""
+    FAILED = 1
+    """A task ended with failed items or was cancelled (or its result is not ready yet)."""
+    USAGE = 2
+    """Bad usage, an invalid task file, or a request the front-end refused."""
+    CONNECT = 3
+    """Cannot connect, authentication refused, or the state folder is in use."""
+    INTERNAL = 70
+    """A bug on our side (``EX_SOFTWARE`` of sysexits.h); the log says more."""
+    INTERRUPTED = 130
+    """Stopped by SIGINT (128 + 2, as shells report it)."""

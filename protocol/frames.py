@@ -36,6 +36,7 @@ from typing import TypeAlias
 
 import numpy as np
 
+from protocol import strict_json
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -260,39 +261,16 @@ class FrameDecoder:
 def _parse_header(raw: bytes | bytearray) -> dict[str, object]:
     """Decode a frame header: a UTF-8 JSON object with finite numbers and no repeated keys."""
     try:
-        value = json.loads(
-            raw.decode("utf-8"),
-            parse_float=_finite_float,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_unique_keys,
-        )
+        value = strict_json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(f"frame header is not UTF-8: {exc.reason}") from None
     except RecursionError:
         raise RemoteProtocolError("frame header JSON is nested too deeply") from None
-    except ValueError as exc:  # json.JSONDecodeError and the hooks below
+    except ValueError as exc:  # json.JSONDecodeError and StrictJsonError
         raise RemoteProtocolError(f"frame header is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise RemoteProtocolError(f"frame header is a JSON {type(value).__name__}, not an object")
     return value
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:32]} is out of range")
-    return value
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("an object repeats a key")
-    return result
 
 
 def canonical_dtype(dtype: np.dtype) -> np.dtype | None:

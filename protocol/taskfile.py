@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol import strict_json
 from protocol.errors import TaskFileError
 from protocol.inputs import (
     SQUARE_DISTRIBUTIONS,
@@ -382,14 +383,6 @@ def parse_task(
     )
 
 
-class _NotJsonNumber(ValueError):
-    """NaN or Infinity in the text: Python's json reads them, JSON does not have them."""
-
-
-def _refuse_constant(name: str) -> object:
-    raise _NotJsonNumber(f"invalid JSON: {name} is not a JSON number")
-
-
 def _parse_json(text: str | bytes) -> object:
     """Parse strict JSON text (UTF-8, a byte order mark allowed); TaskFileError says where it breaks."""
     if isinstance(text, bytes):
@@ -398,13 +391,13 @@ def _parse_json(text: str | bytes) -> object:
         except UnicodeDecodeError as error:
             raise TaskFileError([f"not UTF-8 text (byte {error.start})"]) from None
     try:
-        return json.loads(text.removeprefix("\ufeff"), parse_constant=_refuse_constant)
+        return strict_json.loads(text.removeprefix("\ufeff"))
     except json.JSONDecodeError as error:
         raise TaskFileError(
             [f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"]
         ) from None
-    except _NotJsonNumber as error:
-        raise TaskFileError([str(error)]) from None
+    except strict_json.StrictJsonError as error:
+        raise TaskFileError([f"invalid JSON: {error}"]) from None
     except RecursionError:
         raise TaskFileError(["invalid JSON: nested too deeply"]) from None
 

@@ -15,10 +15,14 @@ import numpy as np
 from nodes.kernels import compute
 from protocol.inputs import GeneratedInput
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Result, Welcome, encode_message,
+    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Reject, Result, Welcome, encode_message,
 )
 
 Tamper = Callable[[Assign, Result], "Result | Failed | None"]
+
+
+class NodeRejected(Exception):
+    """The front-end or link answered hello with ``reject``."""
 
 
 def honest(assign: Assign, result: Result) -> Result:
@@ -51,6 +55,8 @@ class FakeNode:
         self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1))
         reader = MessageReader()
         welcome = await self._next(reader)
+        if isinstance(welcome, Reject):
+            raise NodeRejected(welcome.reason)
         assert isinstance(welcome, Welcome), welcome
         self._task = asyncio.get_running_loop().create_task(self._serve(reader))
         self._beat = asyncio.get_running_loop().create_task(self._heartbeat(welcome.heartbeat_interval_s))

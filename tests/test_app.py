@@ -215,13 +215,13 @@ async def test_drain_tells_the_selected_node_to_finish_and_leave(tmp_path: Path)
         assert app.main.query_one(NodesTable).selected_key == "local1"
         assert enabled(app)["drain"] is True
         await pilot.press("d")
-        await wait_until(lambda: node_state(app, "local1") in ("draining", "lost"), 5, "the drain")
+        await wait_until(lambda: node_state(app, "local1") in ("draining", "drained"), 5, "the drain")
         assert app.host.frontend is not None
         kinds = [(e.kind, e.node_id) for e in app.host.frontend.events]
         assert ("drain", "local1") in kinds
         # A drained node finishes what it holds, says goodbye and its process ends.
         await asyncio.to_thread(app.host.nodes[0].wait, 10)
-        await shown(pilot, lambda: app.main.query_one(NodesTable).get_cell("local1", "state").plain == "lost",
+        await shown(pilot, lambda: app.main.query_one(NodesTable).get_cell("local1", "state").plain == "drained",
                     "the node to be gone")
         assert enabled(app)["drain"] is False
 
@@ -239,7 +239,7 @@ async def test_kick_asks_naming_the_node_declined_keeps_it_confirmed_drops_it(tm
         await pilot.press("k")
         await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirm modal")
         await pilot.press("y")
-        await wait_until(lambda: node_state(app, "local1") == "lost", 5, "the node to be kicked")
+        await wait_until(lambda: node_state(app, "local1") == "kicked", 5, "the node to be kicked")
         assert app.host.frontend is not None
         assert ("kick", "local1") in [(e.kind, e.node_id) for e in app.host.frontend.events]
 

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncssh
 import numpy as np
 import pytest
 
 from console.engine.host import Host
+from console.engine.keys import Role
 from protocol.taskfile import parse_task
 from tests.conftest import REPO, wait_until
 from tests.reference import expected_item
@@ -157,22 +159,40 @@ async def test_a_node_that_can_reach_only_a_link_still_computes(host: Host, tmp_
 
 
 
-async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link(host: Host, tmp_path) -> None:
-    from tests.fake_node import FakeNode, corrupt
+async def _start_behind(node, attempts: int = 100):
+    """Connect a fake node to a link, which listens once the console has certified it and lets
+    a key in once the console's list of enrolled keys has reached it."""
+    for _ in range(attempts):
+        try:
+            return await node.start()
+        except (OSError, asyncssh.PermissionDenied):
+            await asyncio.sleep(0.1)
+    raise AssertionError("the link never listened")
+
+
+def _enrol(host: Host, tmp_path: Path, name: str) -> Path:
+    """A node key of its own, enrolled at the console (and so, within a second, at its links)."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(tmp_path / name)
+    host.frontend.registry.add(Role.NODE, key.export_public_key().decode(), name)
+    return tmp_path / name
+
+
+async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link_and_stays_out(host: Host, tmp_path) -> None:
+    from tests.fake_node import FakeNode, NodeRejected, corrupt
     from tests.reference import check_npz
 
     port_a = _free_port()
     _node(host, tmp_path, "A", [host.server.address[1]], listen=port_a)
     await wait_until(lambda: "A" in _rows(host), timeout=60, what="the link to join")
-    liar = FakeNode(("127.0.0.1", port_a), host.state.node_key, host.state.host_key.with_name("host_key.pub"),
-                    name="liar", tamper=corrupt)
+    key = _enrol(host, tmp_path, "liar")
+
+    def liar() -> FakeNode:
+        return FakeNode(("127.0.0.1", port_a), key, host.state.host_key_pub, name="liar", tamper=corrupt)
+
+    first = liar()
     await wait_until(lambda: _rows(host)["A"].slots >= 1, what="the link to be certified")
-    for _ in range(100):  # the link starts listening once the console has certified it
-        try:
-            await liar.start()
-            break
-        except OSError:
-            await asyncio.sleep(0.1)
+    await _start_behind(first)
     try:
         document = {"name": "behind-link", "operation": "invert", "chunk_size": 5,
                     "inputs": {"a": {"generate": {"count": 200, "shape": [20, 20], "seed": 74}}}}
@@ -184,4 +204,27 @@ async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link(host: Host,
                          timeout=10, what="the liar to show as quarantined behind A")
         assert _rows(host)["A"].state != "quarantined" and _rows(host)["A"].errors == 0
     finally:
-        await liar.close()
+        await first.close()
+    # Reconnecting does not wipe the slate: the link refuses the key itself.
+    await wait_until(lambda: "liar" not in _rows(host), timeout=10, what="the liar's session to end")
+    with pytest.raises(NodeRejected, match="quarantined"):
+        await _start_behind(liar())
+
+
+async def test_three_sessions_of_one_key_behind_a_link_get_three_ids(host: Host, tmp_path) -> None:
+    from tests.fake_node import FakeNode
+
+    port_a = _free_port()
+    _node(host, tmp_path, "A", [host.server.address[1]], listen=port_a)
+    await wait_until(lambda: "A" in _rows(host), timeout=60, what="the link to join")
+    key = _enrol(host, tmp_path, "triplet")
+    await wait_until(lambda: _rows(host)["A"].slots >= 1, what="the link to be certified")
+    triplets = [FakeNode(("127.0.0.1", port_a), key, host.state.host_key_pub, name="triplet") for _ in range(3)]
+    try:
+        ids = [(await _start_behind(node)).node_id for node in triplets]
+        assert ids == ["triplet", "triplet-2", "triplet-3"]
+        await wait_until(lambda: set(ids) <= set(_rows(host)), timeout=10, what="the console to see all three")
+        assert all(_rows(host)[node_id].via == ("A",) for node_id in ids)
+    finally:
+        for node in triplets:
+            await node.close()

@@ -196,7 +196,7 @@ def test_completed_ranges_are_never_assigned_and_count_as_done() -> None:
     for assignment in actions[:-1]:
         d.handle(result("a", assignment), 1)
     assert of_type(d.handle(result("a", actions[-1]), 1), TaskFinished) == [
-        TaskFinished("t", TaskState.FAILED, 9, 1)
+        TaskFinished("t", TaskState.FAILED, 9, 1, {"a": 5})
     ]
 
 
@@ -239,7 +239,7 @@ def test_per_item_failures_make_the_task_failed() -> None:
     first, second = assigned(d.handle(task(items=4, chunk_size=2), 0))
     d.handle(result("a", first, items_ok=1), 1)
     finished = of_type(d.handle(result("a", second, items_ok=99), 1), TaskFinished)  # clamped to 2
-    assert finished == [TaskFinished("t", TaskState.FAILED, 3, 1)]
+    assert finished == [TaskFinished("t", TaskState.FAILED, 3, 1, {"a": 4})]
 
 
 # --- leases ---------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_the_first_valid_result_wins_and_the_other_copy_is_cancelled(winner: str
     assert actions == [
         ChunkCompleted("t", 0, 0, 2, copies[winner][5], winner),
         CancelChunk(loser, "t", 0, copies[loser][5]),
-        TaskFinished("t", TaskState.DONE, 2, 0),
+        TaskFinished("t", TaskState.DONE, 2, 0, {winner: 2}),
     ]
     assert d.handle(result(loser, copies[loser]), 13) == []  # no double counting
     assert d.snapshot(13).tasks[0].items_done == 2
@@ -375,7 +375,7 @@ def test_a_late_result_from_a_node_that_has_gone_is_accepted() -> None:
     (retry,) = assigned(d.handle(NodeJoined("b", 1, 1), 1))
     assert retry[5] == 2 and d.wants_result("t", 0, 1)
     assert d.handle(result("a", original), 2) == [
-        ChunkCompleted("t", 0, 0, 2, 1, "a"), CancelChunk("b", "t", 0, 2), TaskFinished("t", TaskState.DONE, 2, 0),
+        ChunkCompleted("t", 0, 0, 2, 1, "a"), CancelChunk("b", "t", 0, 2), TaskFinished("t", TaskState.DONE, 2, 0, {"a": 2}),
     ]
     assert d.snapshot(2).tasks[0].items_by_node == {"a": 2}
 
@@ -428,7 +428,7 @@ def test_a_chunk_failing_max_attempts_times_is_abandoned_and_the_task_still_fini
     ]
     assert d.handle(ChunkFailed("b", "t", 0, 2, "worker crashed"), 3) == [
         ChunkAbandoned("t", 0, 0, 2, "failed 2 times, last: failed: worker crashed"),
-        TaskFinished("t", TaskState.FAILED, 2, 2),
+        TaskFinished("t", TaskState.FAILED, 2, 2, {"b": 2}),
     ]
     assert not d.wants_result("t", 0, 2)
 
@@ -512,7 +512,7 @@ def test_cancel_stops_every_copy_and_frees_the_nodes_for_other_tasks() -> None:
     d.handle(task("t2", items=2), 1)
     actions = d.handle(TaskCancelled("t1"), 2)
     assert actions[:3] == [
-        CancelChunk("a", "t1", 1, 1), CancelChunk("a", "t1", 2, 1), TaskFinished("t1", TaskState.CANCELLED, 1, 1),
+        CancelChunk("a", "t1", 1, 1), CancelChunk("a", "t1", 2, 1), TaskFinished("t1", TaskState.CANCELLED, 1, 1, {"a": 2}),
     ]
     assert assigned(actions) == [("a", "t2", 0, 0, 2, 1)]
     assert d.handle(result("a", second), 3) == []

@@ -27,7 +27,7 @@ from console.engine.statedir import StateDir
 from protocol.frames import encode_frame
 from protocol.messages import PROTOCOL_VERSION, Hello, Result, encode_message
 from protocol.taskfile import parse_task
-from tests.fake_node import FakeNode, corrupt
+from tests.fake_node import FakeNode, NodeRejected, corrupt
 from tests.reference import check_npz
 
 pytestmark = pytest.mark.timeout(300)
@@ -208,7 +208,7 @@ def test_a_lying_node_is_caught_quarantined_and_the_results_stay_right(live, tmp
         live.call(first.close())
 
     # Reconnecting does not wash the slate clean; an operator's release does.
-    with pytest.raises(AssertionError, match="Reject"):
+    with pytest.raises(NodeRejected, match="quarantined"):
         live.call(liar().start())
     host.frontend.release("liar")
     again = liar()

@@ -13,7 +13,7 @@ import pytest
 from console.engine.host import Host
 from console.engine.keys import KeyRegistry, Role, fingerprint
 from console.engine.statedir import StateDir
-from console.ssh.throttle import AuthThrottle
+from nodes.ssh.throttle import AuthThrottle
 from tests.conftest import REPO, cli, wait_until
 
 pytestmark = pytest.mark.timeout(90)

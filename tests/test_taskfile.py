@@ -479,3 +479,15 @@ def test_every_json_example_in_the_task_file_reference_is_a_valid_task() -> None
     assert len(blocks) >= 6
     for block in blocks:
         parse_task_text(block, base_dir=SAMPLES)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"operation": "det", "operation": "invert"}', 'repeats the key "operation"'),
+    ('{"name": 1e400}', "out of range"),
+    ('{"name": NaN}', "NaN is not a JSON number"),
+    ('{"name": -Infinity}', "-Infinity is not a JSON number"),
+])
+def test_task_files_are_strict_json(text: str, problem: str) -> None:
+    with pytest.raises(TaskFileError) as refused:
+        parse_task_text(text)
+    assert problem in str(refused.value)

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncssh
 
 from console.engine.statedir import StateDir
+from nodes.ssh.client import open_connection
 from protocol.addresses import parse_address
 from protocol.errors import ChainconsoleError
 
@@ -58,11 +59,8 @@ async def connect(endpoint: Endpoint, username: str = "user") -> asyncssh.SSHCli
     if not endpoint.host_key.exists():
         raise ConnectError(f"no front-end host key at {endpoint.host_key} (pass --host-key)")
     try:
-        return await asyncssh.connect(
-            endpoint.host, endpoint.port, username=username, client_keys=[str(endpoint.key)],
-            known_hosts=([str(endpoint.host_key)], [], []), config=None, agent_path=None,
-            gss_host=None, connect_timeout=10, compression_algs=None,
-        )
+        return await open_connection(endpoint.host, endpoint.port, username=username, key=endpoint.key,
+                                     known_hosts=([str(endpoint.host_key)], [], []))
     except asyncssh.PermissionDenied:
         raise ConnectError(f"{endpoint.address} refused key {endpoint.key}") from None
     except asyncssh.HostKeyNotVerifiable:

@@ -1,9 +1,9 @@
-"""The front-end: tasks, results and nodes around one Dispatcher.
+"""The front-end: tasks, results and nodes around one hub — the API every face calls.
 
-Every face — the SSH user commands, the CLI's one-shot ``run``, the Textual console —
-calls this API. It owns no sockets: node sessions (``console.ssh.node_session``) feed it
-messages, and it answers by carrying out the Dispatcher's actions. Nothing here imports
-Textual.
+The SSH user commands, the CLI's one-shot ``run`` and the Textual console all call this
+API. The front-end is the root of the chain: the same hub and shell as a chain link
+(``nodes.hub_shell``), with tasks, a journal and result files as its face. It owns no
+sockets and imports no Textual.
 """
 
 from __future__ import annotations
@@ -11,49 +11,41 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import asyncssh
 import numpy as np
 
 from console.engine.journal import Journal, save_array_inputs, task_document, task_from_document
 from console.engine.keys import KeyRegistry, Role
-from console.engine.records import Event, NodeInfo, NodeRow, TaskRecord, TaskRow
+from console.engine.records import Event, NodeRow, TaskRecord, TaskRow
 from console.engine.results import ResultStore, export_npz, write_summary
 from console.engine.statedir import StateDir, make_private_dir
+from nodes.hub_shell import ChunkId, HubShell
 from protocol import dispatcher as d
-from protocol.errors import ChainconsoleError
+from protocol import hub as h
+from protocol.errors import ChainconsoleError, RemoteProtocolError
+from protocol.hub import HubError
 from protocol.inputs import GeneratedInput
-from protocol.messages import MAX_NODE_KEYS, Assign, Cancel, Control, Drain, Hello, HostCertificate, NodeKeys, Result
+from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
-from protocol.verify import DEFAULT_SAMPLE, check_result
+from protocol.verify import DEFAULT_SAMPLE
 
-DEFAULT_TICK_S = 0.5
 CERTIFICATE_DAYS = 365
 DEFAULT_MAX_UNFINISHED_PER_OWNER = 100
 EVENT_LOG_SIZE = 2000
-LOST_NODES_KEPT = 200
 
 
 class FrontEndError(ChainconsoleError):
     """A request the front-end cannot honour (unknown task or node, result not ready)."""
 
 
-class NodeLink(Protocol):
-    """What the front-end needs from a connected node's session."""
-
-    def send(self, message: object) -> None: ...
-
-    def close(self, reason: str, *, farewell: bool = True) -> None:
-        """End the session; with ``farewell`` the node is told to leave rather than come back."""
-
-
-class FrontEnd:
-    """Tasks, nodes and results around one Dispatcher; the API all faces call."""
+class FrontEnd(HubShell):
+    """Tasks, nodes and results around one hub; the API all faces call."""
 
     def __init__(
         self,
@@ -63,36 +55,25 @@ class FrontEnd:
         heartbeat_timeout_s: float = 5.0,
         limits: TaskLimits = DEFAULT_LIMITS,
         max_unfinished_per_owner: int = DEFAULT_MAX_UNFINISHED_PER_OWNER,
-        tick_s: float = DEFAULT_TICK_S,
+        tick_s: float = 0.5,
         verify_sample: int = DEFAULT_SAMPLE,
     ) -> None:
+        super().__init__(heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
+                         tick_s=tick_s, verify_sample=verify_sample)
         self.state = state
-        self.dispatcher = d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s)
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.heartbeat_timeout_s = heartbeat_timeout_s
         self.limits = limits
         """Size limits for tasks submitted over SSH."""
         self.max_unfinished_per_owner = max_unfinished_per_owner
-        self.tick_s = tick_s
-        self.verify_sample = verify_sample
         self.journal = Journal(state.journal)
         self.registry = KeyRegistry(state)
-        self.subtrees: dict[str, tuple[dict, ...]] = {}
-        """Per chain link: the nodes behind it, as it last reported them."""
-        self._node_keys_sent: tuple[str, ...] = ()
-        self._certified: set[str] = set()
-        self.quarantined: dict[str, str] = {}
-        """Keys of quarantined nodes (fingerprint → node name): they stay out, reconnect or not."""
         self.tasks: dict[str, TaskRecord] = {}
-        self.nodes: dict[str, NodeInfo] = {}
-        self.links: dict[str, NodeLink] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_LOG_SIZE)
         self.started_at = time.time()
         self.instance = uuid.uuid4().hex[:16]
         """This run of the front-end: nodes offer results kept across a reconnect only to it."""
-        self._node_seq = 0
-        self._kicked: set[str] = set()
-        self._ticker: asyncio.Task | None = None
+        self._node_keys_sent: tuple[str, ...] = ()
+        self._certified: set[str] = set()
+        self._broken: dict[str, str] = {}  # task id → why its results cannot be stored
         self._finishing: set[asyncio.Task] = set()
         self._listeners: list[Callable[[Event], None]] = []
 
@@ -101,16 +82,12 @@ class FrontEnd:
     async def start(self) -> None:
         """Resume journaled tasks and start the tick loop."""
         self._resume()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+        self.start_ticking()
 
     async def stop(self) -> None:
-        """Stop ticking and close every node link; results stay on disk."""
-        if self._ticker:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        for link in list(self.links.values()):
-            link.close("front-end shutting down")
+        """Stop ticking and close every node session; results stay on disk."""
+        await self.stop_ticking()
+        self.close_sessions("front-end shutting down")
         for task in list(self._finishing):
             with contextlib.suppress(Exception):
                 await task
@@ -119,14 +96,6 @@ class FrontEnd:
                 record.store.close()
                 record.store = None
         self.journal.close()
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_s)
-            self._run(d.Tick())
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -144,7 +113,7 @@ class FrontEnd:
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
-        self._run(_submitted(task_id, task, owner))
+        self.run(_submitted(task_id, task, owner))
         return task_id
 
     def _make_record(self, task_id: str, task: Task, owner: str, submitted_at: float) -> TaskRecord:
@@ -179,15 +148,18 @@ class FrontEnd:
             chunks = self.journal.chunks(row.task_id)
             completed = tuple((c.start, c.stop) for c in chunks)
             failed = sum(c.stop - c.start - c.items_ok for c in chunks)
+            for c in chunks:
+                if c.node:
+                    record.items_by_node[c.node] = record.items_by_node.get(c.node, 0) + c.stop - c.start
             self.log("resumed", f"{row.name}: {len(chunks)} stored chunks kept", task_id=row.task_id)
-            self._run(_submitted(row.task_id, task, row.owner, completed, failed))
+            self.run(_submitted(row.task_id, task, row.owner, completed, failed))
 
     def cancel(self, task_id: str) -> None:
         record = self.task(task_id)
         if record.finished.is_set():
             return
         self.log("cancel", f"{record.name} cancelled", task_id=task_id)
-        self._run(d.TaskCancelled(task_id))
+        self.run(d.TaskCancelled(task_id))
 
     def task(self, task_id: str) -> TaskRecord:
         try:
@@ -212,75 +184,26 @@ class FrontEnd:
             raise FrontEndError(f"task {task_id} has no results on disk")
         return export_npz(folder)
 
-    # -- nodes -----------------------------------------------------------------------
-
-    def attach_node(self, link: NodeLink, hello: Hello, key_name: str, address: str, fingerprint: str = "") -> str:
-        """Register a node that said hello; return its id. A quarantined key stays out."""
-        if fingerprint in self.quarantined:
-            raise FrontEndError(f"this node's key is quarantined (as {self.quarantined[fingerprint]}) "
-                                "until an operator releases it")
-        node_id = self._unique_node_id(hello.name or key_name)
-        self.links[node_id] = link
-        self.nodes[node_id] = NodeInfo(node_id, hello.name or key_name, address, hello.slots, tuple(hello.via),
-                                       is_link=bool(hello.host_key), fingerprint=fingerprint)
-        self.log("join", f"{node_id} joined from {address} with {hello.slots} slots", node_id=node_id)
-        return node_id
-
-    def start_node(self, node_id: str, hello: Hello) -> None:
-        """Let the Dispatcher hand work to a node once it has been welcomed."""
-        self._run(d.NodeJoined(node_id, hello.slots, hello.window))
-
-    def detach_node(self, node_id: str, *, clean: bool, reason: str) -> None:
-        """A node's session ended: its chunks go back to the queue."""
-        if self.links.pop(node_id, None) is None:
-            return
-        self.subtrees.pop(node_id, None)
-        info = self.nodes.get(node_id)
-        if info is not None:
-            info.lost_at = time.time()
-        self.log("leave" if clean else "lost", f"{node_id}: {reason}", node_id=node_id)
-        self._run(d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason))
-        self._forget_old_nodes()
+    # -- nodes, as operators act on them ------------------------------------------------
 
     def drain(self, node_id: str) -> None:
         """No new chunks for the node; it finishes what it holds, then leaves."""
-        if self._route_control("drain", node_id):
-            return
-        self.log("drain", f"{node_id} draining", node_id=node_id)
-        self.links[node_id].send(Drain("operator"))
-        self._run(d.DrainRequested(node_id))
+        self._act(self.hub.drain, node_id)
 
     def kick(self, node_id: str) -> None:
         """Disconnect the node now; its chunks go to other nodes at once."""
-        if self._route_control("kick", node_id):
-            return
-        self.log("kick", f"{node_id} kicked", node_id=node_id)
-        self._kicked.add(node_id)
-        self._run(d.KickRequested(node_id))
+        self._act(self.hub.kick, node_id)
 
     def release(self, node_id: str) -> None:
         """Let a quarantined node have work again (or back in, if it is disconnected)."""
-        for fingerprint, name in list(self.quarantined.items()):
-            if name == node_id:
-                del self.quarantined[fingerprint]
-                if node_id not in self.links:
-                    self.log("release", f"{node_id} may connect again", node_id=node_id)
-                    return
-        if self._route_control("release", node_id):
-            return
-        self.log("release", f"{node_id} released from quarantine", node_id=node_id)
-        self._run(d.QuarantineReleased(node_id))
+        self._act(self.hub.release, node_id)
 
-    def _route_control(self, action: str, node_id: str) -> bool:
-        """Pass an action for a node behind a chain link to that link; False if the node is ours."""
-        if node_id in self.links:
-            return False
-        for link, nodes in self.subtrees.items():
-            if any(entry["name"] == node_id for entry in nodes):
-                self.log(action, f"{node_id} ({action} sent through {link})", node_id=node_id)
-                self.links[link].send(Control(action, node_id))
-                return True
-        raise FrontEndError(f"no connected node {node_id!r}")
+    def _act(self, action: Callable[[str, float], list], node_id: str) -> None:
+        try:
+            outputs = action(node_id, self.now())
+        except HubError as exc:
+            raise FrontEndError(str(exc)) from None
+        self.carry_out(outputs)
 
     # -- chains ----------------------------------------------------------------------
 
@@ -293,20 +216,6 @@ class FrontEnd:
         self.log("certify", f"certified the host key of link {name}", node_id=name)
         return certificate.export_certificate().decode().strip()
 
-    def node_subtree(self, link: str, nodes: tuple[dict, ...]) -> None:
-        """A chain link reported the nodes behind it; certify new links among them."""
-        self.subtrees[link] = nodes
-        for entry in nodes:
-            if entry["host_key"] and entry["host_key"] not in self._certified:
-                try:
-                    certificate = self.certify_host(entry["host_key"], entry["name"])
-                except (ValueError, asyncssh.KeyImportError) as exc:  # a bad key harms no one else
-                    self.log("error", f"cannot certify {entry['name']}: {exc}")
-                    self._certified.add(entry["host_key"])
-                    continue
-                self.links[link].send(HostCertificate(entry["name"], certificate))
-        self._run(d.HeartbeatReceived(link))
-
     def node_key_lines(self) -> tuple[str, ...]:
         """The enrolled node keys, as chain links are told them."""
         return tuple(sorted(e.public_key for e in self.registry.entries() if e.role is Role.NODE))
@@ -317,105 +226,41 @@ class FrontEnd:
         if lines == self._node_keys_sent:
             return
         self._node_keys_sent = lines
-        for node_id, link in self.links.items():
-            if self.nodes[node_id].is_link:
-                link.send(NodeKeys(lines[:MAX_NODE_KEYS]))
+        for node_id, record in self.hub.nodes.items():
+            if record.is_link and node_id in self.sessions:
+                self.sessions[node_id].send(NodeKeys(lines[:MAX_NODE_KEYS]))
 
-    def node_alive(self, node_id: str) -> None:
-        self._run(d.HeartbeatReceived(node_id))
+    # -- the shell's questions, answered by the front-end -----------------------------------
 
-    def node_credit(self, node_id: str, window: int, slots: int | None = None) -> None:
-        if slots is not None and node_id in self.nodes:
-            self.nodes[node_id].slots = slots
-        self._run(d.CreditChanged(node_id, window, slots))
+    def face_welcome(self, node_id: str, hello: Hello) -> tuple[str, str]:
+        if not hello.host_key:
+            return self.instance, ""
+        try:
+            return self.instance, self.certify_host(hello.host_key, node_id)
+        except (ValueError, asyncssh.KeyImportError) as exc:
+            raise RemoteProtocolError(f"hello.host_key is not a public key: {exc}") from None
 
-    def node_failed(self, node_id: str, task_id: str, chunk: int, attempt: int, reason: str) -> None:
-        self._run(d.ChunkFailed(node_id, task_id, chunk, attempt, reason))
+    def face_node_keys(self) -> tuple[str, ...]:
+        return self.node_key_lines()
 
-    async def node_result(self, node_id: str, result: Result) -> None:
-        """Check a result off the event loop; store it only once the Dispatcher accepts it."""
-        if not self.dispatcher.wants_result(result.task_id, result.chunk, result.attempt):
-            self._run(d.HeartbeatReceived(node_id))
-            return
-        record = self.tasks[result.task_id]
-        start, stop = self.dispatcher.chunk_range(result.task_id, result.chunk)
-        assert record.task is not None
-        problem = await asyncio.to_thread(check_result, record.task, start, stop, result, sample=self.verify_sample)
-        if problem:
-            self.log("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
-                     task_id=result.task_id, node_id=node_id)
-        items_ok = int(np.count_nonzero(result.ok)) if not problem else 0
-        event = d.ResultReceived(node_id, result.task_id, result.chunk, result.attempt,
-                                 items_ok, result.elapsed_s, valid=not problem)
-        for action in self.dispatcher.handle(event, self.now()):
-            if isinstance(action, d.ChunkCompleted) and action.task_id == result.task_id \
-                    and action.chunk == result.chunk and record.store is not None:
-                # Only the copy the Dispatcher accepted is written: a copy that lost the
-                # race (another node first, a cancelled task, a node never given it) leaves
-                # no trace on disk.
-                values = result.result if result.result is not None else result.norms
-                record.store.write(start, stop, result.ok, values)
-            self._carry_out(action)
+    def face_subtree(self, link_id: str, nodes: tuple[dict, ...]) -> None:
+        """Certify the new links among the nodes behind a link."""
+        for entry in nodes:
+            if entry["host_key"] and entry["host_key"] not in self._certified:
+                try:
+                    certificate = self.certify_host(entry["host_key"], entry["name"])
+                except (ValueError, asyncssh.KeyImportError) as exc:  # a bad key harms no one else
+                    self.log("error", f"cannot certify {entry['name']}: {exc}")
+                    self._certified.add(entry["host_key"])
+                    continue
+                self.sessions[link_id].send(HostCertificate(entry["name"], certificate))
 
-    def _unique_node_id(self, name: str) -> str:
-        if name not in self.links:
-            return name
-        self._node_seq += 1
-        while f"{name}-{self._node_seq}" in self.links:
-            self._node_seq += 1
-        return f"{name}-{self._node_seq}"
+    def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
+        task_id, number, _ = chunk
+        start, stop = self.hub.dispatcher.chunk_range(task_id, number)
+        return self.tasks[task_id].task, start, stop
 
-    def _forget_old_nodes(self) -> None:
-        lost = [n for n in self.nodes.values() if n.lost_at is not None]
-        for info in sorted(lost, key=lambda n: n.lost_at or 0)[:-LOST_NODES_KEPT]:
-            del self.nodes[info.node_id]
-
-    # -- carrying out the Dispatcher's actions ----------------------------------------
-
-    def _run(self, event: object) -> None:
-        for action in self.dispatcher.handle(event, self.now()):
-            self._carry_out(action)
-
-    def _carry_out(self, action: object) -> None:
-        match action:
-            case d.AssignChunk():
-                self._send_assign(action)
-            case d.CancelChunk(node_id=node_id, task_id=task_id, chunk=chunk, attempt=attempt):
-                if node_id in self.links:
-                    self.links[node_id].send(Cancel(task_id, chunk, attempt))
-            case d.CloseNode(node_id=node_id, reason=reason):
-                self.log("close", f"{node_id}: {reason}", node_id=node_id)
-                link = self.links.get(node_id)
-                if link is not None:
-                    # A kicked node is told to leave; a silent one may come back when it wakes.
-                    link.close(reason, farewell=node_id in self._kicked)
-                    self._kicked.discard(node_id)
-                    self.detach_node(node_id, clean=False, reason=reason)
-            case d.NodeDrained(node_id=node_id):
-                link = self.links.get(node_id)
-                if link is not None:
-                    link.close("drained")
-                    self.detach_node(node_id, clean=True, reason="drained")
-            case d.ChunkCompleted():
-                self._chunk_completed(action)
-            case d.ChunkRequeued(task_id=task_id, chunk=chunk, node_id=node_id, reason=reason):
-                self.log("requeue", f"chunk {task_id}/{chunk} from {node_id}: {reason}",
-                          task_id=task_id, node_id=node_id)
-            case d.ChunkAbandoned(task_id=task_id, chunk=chunk, start=start, stop=stop, reason=reason):
-                record = self.tasks[task_id]
-                if record.store is not None:
-                    record.store.fail(start, stop)
-                self.journal.chunk_stored(task_id, start, stop, "", 0)
-                self.log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
-            case d.NodeQuarantined(node_id=node_id, reason=reason):
-                self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
-                info = self.nodes.get(node_id)
-                if info is not None and info.fingerprint:
-                    self.quarantined[info.fingerprint] = node_id
-            case d.TaskFinished():
-                self._task_finished(action)
-
-    def _send_assign(self, action: d.AssignChunk) -> None:
+    def face_assign(self, action: d.AssignChunk) -> Assign:
         record = self.tasks[action.task_id]
         task = record.task
         assert task is not None
@@ -429,34 +274,66 @@ class FrontEnd:
         if record.state == "queued":
             record.state = "running"
             self.journal.set_state(action.task_id, "running")
-        self.links[action.node_id].send(Assign(
-            action.task_id, action.chunk, action.attempt, task.operation,
-            action.start, action.stop, task.return_mode, generated, arrays,
-        ))
+        return Assign(action.task_id, action.chunk, action.attempt, task.operation,
+                      action.start, action.stop, task.return_mode, generated, arrays)
 
-    def _chunk_completed(self, action: d.ChunkCompleted) -> None:
-        record = self.tasks[action.task_id]
+    def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
+        """Only the copy that completed its chunk is written: a copy that lost the race leaves no trace."""
+        record = self.tasks[accepted.task_id]
         assert record.store is not None
-        items_ok = int(np.count_nonzero(record.store.ok[action.start:action.stop]))
-        self.journal.chunk_stored(action.task_id, action.start, action.stop, action.node_id, items_ok)
+        values = result.result if result.result is not None else result.norms
+        record.store.write(accepted.start, accepted.stop, result.ok, values)
+        self.journal.chunk_stored(accepted.task_id, accepted.start, accepted.stop, accepted.node_id,
+                                  accepted.items_ok)
+
+    def face_store_failed(self, accepted: h.ResultAccepted, error: Exception) -> None:
+        """A result that cannot be stored fails its task at once; other tasks go on."""
+        reason = f"cannot store results: {error}"
+        self.log("error", f"task {accepted.task_id}: {reason}", task_id=accepted.task_id)
+        self._broken[accepted.task_id] = reason
+        self.run(d.TaskCancelled(accepted.task_id))
+
+    def face_output(self, output: object) -> None:
+        match output:
+            case h.Note(kind=kind, text=text, node_id=node_id, task_id=task_id):
+                self.log(kind, text, node_id=node_id, task_id=task_id)
+            case d.ChunkRequeued(task_id=task_id, chunk=chunk, node_id=node_id, reason=reason):
+                self.log("requeue", f"chunk {task_id}/{chunk} from {node_id}: {reason}",
+                         task_id=task_id, node_id=node_id)
+            case d.ChunkAbandoned(task_id=task_id, chunk=chunk, start=start, stop=stop, reason=reason):
+                self.log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
+                record = self.tasks[task_id]
+                if record.store is not None:
+                    record.store.fail(start, stop)
+                self.journal.chunk_stored(task_id, start, stop, "", 0)
+            case d.NodeQuarantined(node_id=node_id, reason=reason):
+                self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
+            case d.TaskFinished():
+                self._task_finished(output)
 
     def _task_finished(self, action: d.TaskFinished) -> None:
         record = self.tasks[action.task_id]
-        state = action.state.value
-        job = asyncio.get_running_loop().create_task(self._seal(record, state, action))
+        job = asyncio.get_running_loop().create_task(self._seal(record, action))
         self._finishing.add(job)
         job.add_done_callback(self._finishing.discard)
 
-    async def _seal(self, record: TaskRecord, state: str, action: d.TaskFinished) -> None:
+    async def _seal(self, record: TaskRecord, action: d.TaskFinished) -> None:
         """Make the results durable, then — only then — report the task finished."""
-        if record.store is not None:
-            await asyncio.to_thread(record.store.close)
+        state = action.state.value
+        error = self._broken.pop(record.task_id, "")
+        try:
+            if record.store is not None:
+                await asyncio.to_thread(record.store.close)
+        except OSError as exc:
+            error = error or f"cannot store results: {exc}"
+        if error:
+            state = "failed"
+        self.hub.dispatcher.forget(record.task_id)
         record.finished_at = time.time()
         wall = record.finished_at - record.submitted_at
-        by_node = {}
-        for chunk in self.journal.chunks(record.task_id):
-            if chunk.node:
-                by_node[chunk.node] = by_node.get(chunk.node, 0) + (chunk.stop - chunk.start)
+        by_node = dict(record.items_by_node)
+        for node, items in action.items_by_node.items():
+            by_node[node] = by_node.get(node, 0) + items
         record.summary = {
             "task_id": record.task_id,
             "name": record.name,
@@ -470,48 +347,30 @@ class FrontEnd:
             "items_per_node": by_node,
             "return": record.return_mode,
         }
-        write_summary(self.state.task_dir(record.task_id), record.summary)
-        self.journal.set_state(record.task_id, state, record.summary)
-        record.state = state
-        record.task = None
-        record.store = None
-        record.finished.set()
+        if error:
+            record.summary["error"] = error
+        try:
+            write_summary(self.state.task_dir(record.task_id), record.summary)
+            self.journal.set_state(record.task_id, state, record.summary)
+        except (OSError, sqlite3.Error) as exc:
+            self.log("error", f"task {record.task_id}: cannot record that it finished: {exc}",
+                     task_id=record.task_id)
+        finally:
+            record.state = state
+            record.task = None
+            record.store = None
+            record.finished.set()
         self.log("finished", f"{record.name} {state}: {action.items_ok}/{record.items} ok in {wall:.2f}s",
-                  task_id=record.task_id)
+                 task_id=record.task_id)
 
     # -- views -----------------------------------------------------------------------
 
     def node_rows(self) -> list[NodeRow]:
-        """Connected nodes, then recently lost ones."""
-        now = self.now()
-        snapshot = self.dispatcher.snapshot(now)
-        rows = []
-        seen = set()
-        for view in snapshot.nodes:
-            info = self.nodes.get(view.node_id)
-            if info is None:
-                continue
-            seen.add(view.node_id)
-            elapsed = max(time.time() - info.connected_at, 1e-9)
-            rows.append(NodeRow(view.node_id, info.name, view.state.value, view.slots, view.in_flight,
-                                view.items_done, view.errors, info.via, info.address,
-                                round(now - view.last_seen, 3), view.items_done / elapsed))
-        for link, nodes in self.subtrees.items():
-            for entry in nodes:
-                seen.add(entry["name"])
-                rows.append(NodeRow(entry["name"], entry["name"], entry["state"], entry["slots"],
-                                    entry["in_flight"], entry["items_done"], entry["errors"],
-                                    (link, *entry["via"]), f"via {link}", None, 0.0))
-        for info in self.nodes.values():
-            if info.node_id in seen:
-                continue
-            state = "lost" if info.lost_at is not None else "connecting"
-            rows.append(NodeRow(info.node_id, info.name, state, info.slots, 0, 0, 0, info.via,
-                                info.address, None, 0.0))
-        return rows
+        """Connected nodes, the nodes behind chain links, then recently departed ones."""
+        return self.hub.rows(self.now())
 
     def task_rows(self) -> list[TaskRow]:
-        views = {v.task_id: v for v in self.dispatcher.snapshot(self.now()).tasks}
+        views = {v.task_id: v for v in self.hub.dispatcher.snapshot(self.now()).tasks}
         rows = []
         for record in self.tasks.values():
             view = views.get(record.task_id)
@@ -544,7 +403,7 @@ class FrontEnd:
     def chunk_map(self, task_id: str) -> list[d.ChunkView] | None:
         """Every item range of a task in item order, with its state; None once it is not held."""
         try:
-            return self.dispatcher.chunk_map(task_id)
+            return self.hub.dispatcher.chunk_map(task_id)
         except KeyError:
             return None
 
@@ -553,7 +412,7 @@ class FrontEnd:
         record = self.task(task_id)
         if record.summary is not None:
             return dict(record.summary.get("items_per_node", {}))
-        view = next((v for v in self.dispatcher.snapshot(self.now()).tasks if v.task_id == task_id), None)
+        view = next((v for v in self.hub.dispatcher.snapshot(self.now()).tasks if v.task_id == task_id), None)
         return dict(view.items_by_node) if view is not None else {}
 
     def pending_keys(self) -> list:

@@ -7,11 +7,13 @@ these, and nothing here imports Textual.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 
 from console.engine.results import ResultStore
+from protocol.hub import NodeRow
 from protocol.taskfile import Task
+
+__all__ = ["Event", "NodeRow", "TaskRecord", "TaskRow"]
 
 
 @dataclass(frozen=True)
@@ -23,21 +25,6 @@ class Event:
     message: str
     task_id: str = ""
     node_id: str = ""
-
-
-@dataclass
-class NodeInfo:
-    """What the front-end knows of a node beyond the Dispatcher's view."""
-
-    node_id: str
-    name: str
-    address: str
-    slots: int
-    via: tuple[str, ...] = ()
-    is_link: bool = False
-    fingerprint: str = ""
-    connected_at: float = field(default_factory=time.time)
-    lost_at: float | None = None
 
 
 @dataclass
@@ -56,24 +43,9 @@ class TaskRecord:
     state: str = "queued"
     finished_at: float | None = None
     summary: dict | None = None
+    items_by_node: dict[str, int] = field(default_factory=dict)
+    """Items each node computed before this front-end started (from the journal)."""
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(frozen=True)
-class NodeRow:
-    """One node as ``nodes --json`` and the console show it."""
-
-    node_id: str
-    name: str
-    state: str
-    slots: int
-    in_flight: int
-    items_done: int
-    errors: int
-    via: tuple[str, ...]
-    address: str
-    heartbeat_age_s: float | None
-    items_per_s: float
 
 
 @dataclass(frozen=True)

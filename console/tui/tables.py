@@ -32,6 +32,9 @@ NODE_STATE_STYLE = {
     "busy": "green",
     "draining": "yellow",
     "quarantined": "bold red",
+    "left": "dim",
+    "drained": "dim yellow",
+    "kicked": "red",
     "lost": "red",
 }
 TASK_STATE_STYLE = {

@@ -294,7 +294,7 @@ async def measure(app: ConsoleApp, pilot: Pilot, nodes: int, chunks: int, rounds
     row = app.snapshot.tasks_by_id[task_id]
     stop_lag.set()
     await lag_task
-    print(f"task of {chunks:,} chunks ({len(frontend.dispatcher.chunk_map(task_id)):,} in its chunk map): "
+    print(f"task of {chunks:,} chunks ({len(frontend.hub.dispatcher.chunk_map(task_id)):,} in its chunk map): "
           f"{done_before:,} → {row.items_done:,} of {row.items:,} items done while measuring ({row.state})")
     print()
     for timings in (down, filtered, detail, back, help_, drained):

@@ -1,0 +1,231 @@
+"""The asyncio shell around a Hub, shared by the front-end and every chain link.
+
+Node sessions (``nodes.node_session``) report what their nodes say; the shell turns it
+into hub calls, checks results off the event loop, and carries out the outputs: it sends
+assignments, cancels and notices, closes sessions, and hands what only a face can do —
+build an assignment, store an accepted result, seal a finished task — to the methods a
+face overrides. The front-end (``console.engine.frontend``) and the chain link
+(``nodes.relay``) are the two faces; everything else about serving nodes is here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Protocol
+
+from protocol import dispatcher as d
+from protocol import hub as h
+from protocol.errors import RemoteProtocolError
+from protocol.messages import (
+    MAX_NODE_KEYS, PROTOCOL_VERSION, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Result,
+    Subtree, Welcome,
+)
+from protocol.verify import DEFAULT_SAMPLE, check_result
+
+DEFAULT_TICK_S = 0.5
+
+
+class NodeLink(Protocol):
+    """What the shell needs from a connected node's session."""
+
+    def send(self, message: object) -> None: ...
+
+    def close(self, reason: str, *, farewell: bool = True) -> None:
+        """End the session; with ``farewell`` the node is told to leave rather than come back."""
+
+
+ChunkId = tuple[str, int, int]
+"""(task id, chunk, attempt) as this hub's Dispatcher knows the chunk."""
+
+
+class HubShell:
+    """Node sessions in, hub outputs carried out; faces override the ``face_*`` methods."""
+
+    def __init__(self, *, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 5.0,
+                 tick_s: float = DEFAULT_TICK_S, verify_sample: int = DEFAULT_SAMPLE) -> None:
+        self.hub = h.Hub(d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s))
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.tick_s = tick_s
+        self.verify_sample = verify_sample
+        self.sessions: dict[str, NodeLink] = {}
+        self._ticker: asyncio.Task | None = None
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start_ticking(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def stop_ticking(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+
+    def close_sessions(self, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            session.close(reason, farewell=False)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self.face_tick()
+            self.run(d.Tick())
+
+    # -- what node sessions report -----------------------------------------------------------
+
+    def admit(self, session: NodeLink, hello: Hello, name: str, fingerprint: str, address: str) -> str:
+        """Take in a node that said hello: welcome it and let it have work; ``h.Refused`` if not."""
+        node_id = self.hub.admit(name, fingerprint, address=address, slots=hello.slots, now=self.now(),
+                                 host_key=hello.host_key)
+        self.sessions[node_id] = session
+        try:
+            instance, certificate = self.face_welcome(node_id, hello)
+        except Exception:
+            self.sessions.pop(node_id, None)
+            self.hub.withdraw(node_id)
+            raise
+        session.send(Welcome(PROTOCOL_VERSION, node_id, self.heartbeat_interval_s, self.heartbeat_timeout_s,
+                             instance=instance, host_certificate=certificate))
+        if hello.host_key:  # a chain link: it must know whom to let in
+            session.send(NodeKeys(self.face_node_keys()[:MAX_NODE_KEYS]))
+        self.carry_out(self.hub.join(node_id, hello.slots, hello.window, self.now()))
+        return node_id
+
+    async def received(self, node_id: str, message: object) -> None:
+        """One message from a connected node; ``RemoteProtocolError`` for one a node may not send."""
+        now = self.now()
+        match message:
+            case Result():
+                await self.result(node_id, message)
+            case Heartbeat():
+                self.run(d.HeartbeatReceived(node_id))
+            case Credit(window=window, slots=slots):
+                self.carry_out(self.hub.credit(node_id, window, slots, now))
+            case Failed(reason=reason):
+                chunk = self.face_chunk(node_id, message)
+                if chunk is not None:
+                    self.run(d.ChunkFailed(node_id, *chunk, reason))
+            case Subtree(nodes=nodes):
+                self.carry_out(self.hub.report_subtree(node_id, nodes, now))
+                self.face_subtree(node_id, nodes)
+            case _:
+                raise RemoteProtocolError(f"a node may not send {type(message).__name__}")
+
+    def departed(self, node_id: str, *, clean: bool, reason: str) -> None:
+        """A node's session ended (the shell may have ended it already)."""
+        if self.sessions.pop(node_id, None) is not None:
+            self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
+
+    async def result(self, node_id: str, result: Result) -> None:
+        """Check a result off the event loop, then settle it."""
+        chunk = self.face_chunk(node_id, result)
+        if chunk is None or not self.hub.wants(*chunk):
+            self.run(d.HeartbeatReceived(node_id))
+            return
+        target, start, stop = self.face_check_target(chunk)
+        problem = await asyncio.to_thread(check_result, target, start, stop, result, sample=self.verify_sample)
+        self.settle(node_id, chunk, result, problem)
+
+    def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: str = "") -> None:
+        """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk."""
+        if problem:
+            self.carry_out([h.Note("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
+                                   node_id=node_id, task_id=result.task_id)])
+        items_ok = 0 if problem else int(result.ok.sum())
+        outputs = self.hub.result(node_id, *chunk, items_ok=items_ok, elapsed_s=result.elapsed_s,
+                                  valid=not problem, now=self.now())
+        self.carry_out(outputs, result)
+
+    # -- carrying out ------------------------------------------------------------------------
+
+    def run(self, event: d.Event) -> None:
+        self.carry_out(self.hub.handle(event, self.now()))
+
+    def carry_out(self, outputs: list[h.Output], result: Result | None = None) -> None:
+        """Carry out every output in order; one that fails is logged and never drops the others."""
+        unstored: ChunkId | None = None
+        for output in outputs:
+            if isinstance(output, d.ChunkCompleted) and (output.task_id, output.chunk, output.attempt) == unstored:
+                continue  # never record as stored what did not reach its store
+            try:
+                self._carry_out(output, result)
+            except Exception as exc:  # a full disk, a bug in a face: the rest must still happen
+                if isinstance(output, h.ResultAccepted):
+                    unstored = (output.task_id, output.chunk, output.attempt)
+                    self.face_store_failed(output, exc)
+                    continue
+                task_id = getattr(output, "task_id", "")
+                self.face_output(h.Note("error", f"carrying out {type(output).__name__} failed: {exc!r}",
+                                        task_id=task_id))
+
+    def _carry_out(self, output: h.Output, result: Result | None) -> None:
+        match output:
+            case d.AssignChunk(node_id=node_id):
+                message = self.face_assign(output)
+                if message is not None and node_id in self.sessions:
+                    self.sessions[node_id].send(message)
+            case d.CancelChunk(node_id=node_id):
+                message = self.face_cancel(output)
+                if message is not None and node_id in self.sessions:
+                    self.sessions[node_id].send(message)
+            case h.SendMessage(node_id=node_id, message=message):
+                if node_id in self.sessions:
+                    self.sessions[node_id].send(message)
+            case h.CloseSession(node_id=node_id, reason=reason, farewell=farewell):
+                session = self.sessions.pop(node_id, None)
+                if session is not None:
+                    session.close(reason, farewell=farewell)
+            case h.ResultAccepted():
+                assert result is not None
+                self.face_store(output, result)
+            case _:
+                self.face_output(output)
+
+    # -- what a face decides -----------------------------------------------------------------
+
+    def face_welcome(self, node_id: str, hello: Hello) -> tuple[str, str]:
+        """(instance, host certificate) for a node's welcome."""
+        return "", ""
+
+    def face_node_keys(self) -> tuple[str, ...]:
+        """The node keys a chain link behind this hub may let in."""
+        return ()
+
+    def face_chunk(self, node_id: str, message: Result | Failed) -> ChunkId | None:
+        """Which chunk of this hub's Dispatcher a node's answer is about; None if none."""
+        return (message.task_id, message.chunk, message.attempt)
+
+    def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
+        """What a result for the chunk is checked against: (task or assignment, start, stop)."""
+        raise NotImplementedError
+
+    def face_assign(self, action: d.AssignChunk) -> Assign | None:
+        raise NotImplementedError
+
+    def face_cancel(self, action: d.CancelChunk) -> Cancel | None:
+        return Cancel(action.task_id, action.chunk, action.attempt)
+
+    def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
+        """Keep the accepted result (on disk, or sent upstream)."""
+        raise NotImplementedError
+
+    def face_store_failed(self, accepted: h.ResultAccepted, error: Exception) -> None:
+        """Storing an accepted result failed (say, the disk is full)."""
+        self.face_output(h.Note("error", f"cannot store chunk {accepted.task_id}/{accepted.chunk}: {error}",
+                                task_id=accepted.task_id))
+
+    def face_subtree(self, link_id: str, nodes: tuple[dict, ...]) -> None:
+        """A chain link reported its subtree (the front-end certifies new links in it)."""
+
+    def face_tick(self) -> None:
+        """Called before every tick of the Dispatcher."""
+
+    def face_output(self, output: h.Output) -> None:
+        """Everything else: completed and abandoned chunks, finished tasks, quarantines, notes."""

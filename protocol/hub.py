@@ -1,0 +1,342 @@
+"""The hub: one Dispatcher and the nodes around it, as the front-end and every chain link run it.
+
+The Dispatcher decides which node computes which chunk; the hub knows who the nodes are.
+It hands out node ids, keeps quarantine by key, holds the table of nodes behind chain
+links, routes operator actions to the node or to the link in front of it, and decides
+which copy of a result is stored. Like the Dispatcher it is pure: calls in, outputs out,
+the clock passed in; the shell around it (``nodes.hub_shell``) carries the outputs out.
+
+Rules of this module:
+
+- A node id belongs to one key. A key that reconnects gets its id back, so results it
+  kept across the reconnect still match their attempts, and its standing (errors,
+  quarantine) stays with it; a name held by another key, or by a live session of the
+  same key, gets a suffix (``gpu``, ``gpu-2``, ``gpu-3``).
+- Quarantine follows the key: a quarantined key is refused until an operator releases
+  the node, however often it reconnects.
+- Outputs are the Dispatcher's actions, except that the session-level ones become
+  ``CloseSession`` (and the departure that follows it), plus ``SendMessage`` for what the
+  hub itself tells a node, ``ResultAccepted`` just before the ``ChunkCompleted`` of the
+  result being handled, and ``Note`` for the events log.
+- What a chain link reports about its subtree is bounded and shown as reported; it is
+  never trusted for anything but display and routing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from protocol import dispatcher as d
+from protocol.errors import ChainconsoleError
+from protocol.messages import Control, Drain
+
+MAX_SUBTREE_NODES = 1000
+"""Entries kept of one link's subtree report."""
+DEPARTED_KEPT = 200
+"""Departed nodes still listed (as left, lost …) before the oldest is forgotten."""
+IDS_KEPT = 10_000
+"""Node ids remembered with their key after the node left."""
+
+
+class HubError(ChainconsoleError):
+    """An operator action names no node this hub knows."""
+
+
+class Refused(ChainconsoleError):
+    """A node may not join (its key is quarantined)."""
+
+
+# --- outputs beyond the Dispatcher's actions ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Send a protocol message to a connected node (drain notice, control for a link)."""
+
+    node_id: str
+    message: object
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    """End a node's session; with ``farewell`` it is told to leave rather than come back."""
+
+    node_id: str
+    reason: str
+    farewell: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAccepted:
+    """Store the result being handled: it is the copy that completes its chunk."""
+
+    node_id: str
+    task_id: str
+    chunk: int
+    attempt: int
+    start: int
+    stop: int
+    items_ok: int
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A line for the events log."""
+
+    kind: str
+    text: str
+    node_id: str = ""
+    task_id: str = ""
+
+
+Output: TypeAlias = d.Action | SendMessage | CloseSession | ResultAccepted | Note
+
+
+# --- what the hub knows of nodes ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node of the tree as ``nodes --json``, the console and a link's report show it."""
+
+    node_id: str
+    name: str
+    state: str
+    slots: int
+    in_flight: int
+    items_done: int
+    errors: int
+    via: tuple[str, ...]
+    address: str
+    heartbeat_age_s: float | None
+    items_per_s: float
+
+
+@dataclass
+class NodeRecord:
+    """A node that joined this hub: who it is, and how it ended once it has."""
+
+    node_id: str
+    name: str
+    fingerprint: str
+    address: str
+    slots: int
+    window: int = 0
+    host_key: str = ""
+    """A chain link's public host key; "" for a plain node."""
+    joined_at: float = 0.0
+    departed: str = ""
+    """How the node left ("left", "drained", "kicked", "lost"); "" while connected."""
+    items_done: int = 0
+    """At departure: what it computed (the Dispatcher's count while connected)."""
+    subtree: tuple[dict, ...] = field(default=())
+    """A chain link's last report of the nodes behind it."""
+
+    @property
+    def is_link(self) -> bool:
+        return bool(self.host_key)
+
+
+class Hub:
+    """Node ids, quarantine by key, the subtree table, control routing and result gating."""
+
+    def __init__(self, dispatcher: d.Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.nodes: dict[str, NodeRecord] = {}
+        """Connected nodes by id (and a link's own pool)."""
+        self.departed: OrderedDict[str, NodeRecord] = OrderedDict()
+        self.quarantined: dict[str, str] = {}
+        """Quarantined keys: fingerprint → node id."""
+        self._key_of: OrderedDict[str, str] = OrderedDict()  # node id → fingerprint
+        self._ending: dict[str, str] = {}  # node id → how its session is being ended
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def admit(self, name: str, fingerprint: str, *, address: str, slots: int, now: float,
+              host_key: str = "") -> str:
+        """Register a node that said hello and return its id; ``Refused`` for a quarantined key."""
+        if fingerprint in self.quarantined:
+            raise Refused(f"this node's key is quarantined (as {self.quarantined[fingerprint]}) "
+                          "until an operator releases it")
+        node_id = self._id_for(name, fingerprint)
+        self.nodes[node_id] = NodeRecord(node_id, name, fingerprint, address, slots, 0, host_key, now)
+        self.departed.pop(node_id, None)
+        return node_id
+
+    def withdraw(self, node_id: str) -> None:
+        """Undo ``admit`` for a node that was never welcomed."""
+        self.nodes.pop(node_id, None)
+
+    def join(self, node_id: str, slots: int, window: int, now: float) -> list[Output]:
+        """Let the Dispatcher give work to an admitted node (once it has been welcomed)."""
+        self.nodes[node_id].slots, self.nodes[node_id].window = slots, window
+        out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
+                                          f"with {slots} slots", node_id=node_id)]
+        return out + self.handle(d.NodeJoined(node_id, slots, window), now)
+
+    def depart(self, node_id: str, *, clean: bool, reason: str, now: float) -> list[Output]:
+        """A node's session ended: its chunks go back in line."""
+        record = self.nodes.pop(node_id, None)
+        if record is None:
+            return []
+        ending = self._ending.pop(node_id, "left" if clean else "lost")
+        view = next((v for v in self.dispatcher.snapshot(now).nodes if v.node_id == node_id), None)
+        record.departed, record.subtree = ending, ()
+        record.items_done = view.items_done if view is not None else 0
+        record.joined_at = now  # from now on: when it left
+        self.departed[node_id] = record
+        while len(self.departed) > DEPARTED_KEPT:
+            self.departed.popitem(last=False)
+        event = d.NodeLeft(node_id) if clean else d.NodeLost(node_id, reason)
+        return [Note("leave" if clean else "lost", f"{node_id}: {reason}", node_id=node_id), *self.handle(event, now)]
+
+    def credit(self, node_id: str, window: int, slots: int | None, now: float) -> list[Output]:
+        record = self.nodes.get(node_id)
+        if record is not None:
+            record.window = window
+            record.slots = record.slots if slots is None else slots
+        return self.handle(d.CreditChanged(node_id, window, slots), now)
+
+    def report_subtree(self, link_id: str, entries: tuple[dict, ...], now: float) -> list[Output]:
+        """A chain link reported the nodes behind it."""
+        record = self.nodes.get(link_id)
+        if record is not None:
+            record.subtree = entries[:MAX_SUBTREE_NODES]
+        return self.handle(d.HeartbeatReceived(link_id), now)
+
+    def link_of(self, node_id: str) -> str | None:
+        """The link of this hub behind which ``node_id`` is, or None."""
+        for record in self.nodes.values():
+            if any(entry["name"] == node_id for entry in record.subtree):
+                return record.node_id
+        return None
+
+    # -- operator actions, routed --------------------------------------------------------------
+
+    def drain(self, node_id: str, now: float) -> list[Output]:
+        """No new chunks for the node; it finishes what it holds, then leaves."""
+        if (routed := self._route("drain", node_id)) is not None:
+            return routed
+        self._ending[node_id] = "drained"
+        return [Note("drain", f"{node_id} draining", node_id=node_id), SendMessage(node_id, Drain("operator")),
+                *self.handle(d.DrainRequested(node_id), now)]
+
+    def kick(self, node_id: str, now: float) -> list[Output]:
+        """Disconnect the node now; its chunks go to other nodes at once."""
+        if (routed := self._route("kick", node_id)) is not None:
+            return routed
+        self._ending[node_id] = "kicked"
+        return [Note("kick", f"{node_id} kicked", node_id=node_id), *self.handle(d.KickRequested(node_id), now)]
+
+    def release(self, node_id: str, now: float) -> list[Output]:
+        """Let a quarantined node have work again, or back in if it is disconnected."""
+        keys = [fp for fp, held in self.quarantined.items() if held == node_id]
+        for fingerprint in keys:
+            del self.quarantined[fingerprint]
+        if keys and node_id not in self.nodes:
+            return [Note("release", f"{node_id} may connect again", node_id=node_id)]
+        if (routed := self._route("release", node_id)) is not None:
+            return routed
+        return [Note("release", f"{node_id} released from quarantine", node_id=node_id),
+                *self.handle(d.QuarantineReleased(node_id), now)]
+
+    def _route(self, action: str, node_id: str) -> list[Output] | None:
+        """Pass an action for a node behind a link to that link; None if the node is this hub's."""
+        if node_id in self.nodes:
+            return None
+        link = self.link_of(node_id)
+        if link is None:
+            raise HubError(f"no connected node {node_id!r}")
+        return [Note(action, f"{node_id} ({action} sent through {link})", node_id=node_id),
+                SendMessage(link, Control(action, node_id))]
+
+    # -- results -------------------------------------------------------------------------------
+
+    def wants(self, task_id: str, chunk: int, attempt: int) -> bool:
+        """Worth checking: that attempt is open at a live task."""
+        return self.dispatcher.wants_result(task_id, chunk, attempt)
+
+    def result(self, node_id: str, task_id: str, chunk: int, attempt: int, *, items_ok: int,
+               elapsed_s: float, valid: bool, now: float) -> list[Output]:
+        """A checked result: ``ResultAccepted`` precedes its chunk's completion if this copy wins."""
+        event = d.ResultReceived(node_id, task_id, chunk, attempt, items_ok, elapsed_s, valid=valid)
+        out: list[Output] = []
+        for output in self.handle(event, now):
+            if isinstance(output, d.ChunkCompleted) and (output.task_id, output.chunk, output.attempt) \
+                    == (task_id, chunk, attempt):
+                out.append(ResultAccepted(node_id, task_id, chunk, attempt, output.start, output.stop, items_ok))
+            out.append(output)
+        return out
+
+    # -- the Dispatcher, with session actions turned into closes --------------------------------
+
+    def handle(self, event: d.Event, now: float) -> list[Output]:
+        """Run a Dispatcher event; a node to close is closed and departs within the same outputs."""
+        out: list[Output] = []
+        for action in self.dispatcher.handle(event, now):
+            match action:
+                case d.CloseNode(node_id=node_id, reason=reason):
+                    if node_id in self.nodes:
+                        # A kicked node is told to leave; a silent one may come back when it wakes.
+                        out.append(Note("close", f"{node_id}: {reason}", node_id=node_id))
+                        out.append(CloseSession(node_id, reason, farewell=self._ending.get(node_id) == "kicked"))
+                        out.extend(self.depart(node_id, clean=False, reason=reason, now=now))
+                case d.NodeDrained(node_id=node_id):
+                    if node_id in self.nodes:
+                        out.append(CloseSession(node_id, "drained", farewell=True))
+                        out.extend(self.depart(node_id, clean=True, reason="drained", now=now))
+                case d.NodeQuarantined(node_id=node_id):
+                    record = self.nodes.get(node_id)
+                    if record is not None and record.fingerprint:
+                        self.quarantined[record.fingerprint] = node_id
+                    out.append(action)
+                case _:
+                    out.append(action)
+        return out
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def tree(self, now: float) -> list[tuple[NodeRow, str]]:
+        """Connected nodes and the nodes behind each link (with their path), each with its host key."""
+        views = {v.node_id: v for v in self.dispatcher.snapshot(now).nodes}
+        tree: list[tuple[NodeRow, str]] = []
+        for record in self.nodes.values():
+            view = views.get(record.node_id)
+            if view is None:
+                row = NodeRow(record.node_id, record.name, "connecting", record.slots, 0, 0, 0, (),
+                              record.address, None, 0.0)
+            else:
+                rate = view.items_done / max(now - view.joined_at, 1e-9)
+                row = NodeRow(record.node_id, record.name, view.state.value, view.slots, view.in_flight,
+                              view.items_done, view.errors, (), record.address, round(now - view.last_seen, 3), rate)
+            tree.append((row, record.host_key))
+            for entry in record.subtree:
+                tree.append((NodeRow(entry["name"], entry["name"], entry["state"], entry["slots"],
+                                     entry["in_flight"], entry["items_done"], entry["errors"],
+                                     (record.node_id, *entry["via"]), f"via {record.node_id}", None, 0.0),
+                             entry["host_key"]))
+        return tree
+
+    def rows(self, now: float) -> list[NodeRow]:
+        """The tree, then departed nodes, most recent first."""
+        rows = [row for row, _ in self.tree(now)]
+        for record in reversed(self.departed.values()):
+            rows.append(NodeRow(record.node_id, record.name, record.departed, record.slots, 0, record.items_done,
+                                0, (), record.address, None, 0.0))
+        return rows
+
+    # -- ids -----------------------------------------------------------------------------------
+
+    def _id_for(self, name: str, fingerprint: str) -> str:
+        """The first of ``name``, ``name-2`` … that is not live and belongs to no other key."""
+        candidate, n = name, 1
+        while candidate in self.nodes or self._key_of.get(candidate, fingerprint) != fingerprint:
+            n += 1
+            candidate = f"{name}-{n}"
+        self._key_of[candidate] = fingerprint
+        self._key_of.move_to_end(candidate)
+        while len(self._key_of) > IDS_KEPT:
+            self._key_of.popitem(last=False)
+        return candidate
