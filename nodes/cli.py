@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -17,32 +18,28 @@ from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
 from nodes.lifeline import watch_parent
 from nodes.relay import Relay, RelaySettings
 from nodes.work import LocalWork
+from protocol.addresses import AddressError, parse_address
+from protocol.errors import ExitStatus
 
 APP_NAME = "chainconsole"
 ORPHAN_GRACE_S = 10.0
 """How long a node whose parent died may take to stop cleanly before it exits anyway."""
 
 
-def _address(text: str, lowest_port: int = 0) -> tuple[str, int]:
-    """HOST:PORT to listen on; port 0 lets the OS choose (the link prints the one it got)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
-    if not lowest_port <= number < 65536:
-        raise argparse.ArgumentTypeError(f"port {number} out of range")
-    return host.strip("[]") or "127.0.0.1", number
+def address_argument(*, listening: bool = False) -> Callable[[str], tuple[str, int]]:
+    """An argparse ``type`` for ``HOST:PORT`` options, with the one rule of ``parse_address``."""
 
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_address(text, listening=listening)
+        except AddressError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-def _upstream(text: str) -> tuple[str, int]:
-    return _address(text, lowest_port=1)
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", type=_upstream, action="append", required=True, metavar="HOST:PORT",
+    parser.add_argument("--connect", type=address_argument(), action="append", required=True, metavar="HOST:PORT",
                         help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
     parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="chunks computed at once, one worker process each (default: one per core)")
@@ -54,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the front-end's public host key to pin (default: the one recorded on first connection)")
     parser.add_argument("--blas-threads", type=int, default=1, metavar="N", help="BLAS threads per worker (default 1)")
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
-    parser.add_argument("--listen", type=_address, metavar="HOST:PORT",
+    parser.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
     parser.add_argument("--exit-with", type=int, metavar="PID",
                         help="stop when the parent process PID exits (front-ends start their local nodes so)")
@@ -64,12 +61,12 @@ def run(args: argparse.Namespace) -> int:
     """Run a node until SIGINT/SIGTERM; return the exit status."""
     if args.slots < 1 or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     state = args.state_dir or Path(platformdirs.user_data_dir(APP_NAME))
     key_path = args.key or state / "node_key"
     if args.host_key is not None and not args.host_key.exists():
         print(f"chainconsole node: no host key file {args.host_key}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     if not key_path.exists():
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-node-{args.name}")
@@ -81,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         fingerprint = asyncssh.read_private_key(key_path).get_fingerprint("sha256")
     except (OSError, asyncssh.KeyImportError) as exc:
         print(f"chainconsole node: cannot read key {key_path}: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     print(f"node {args.name}: key {fingerprint}", file=sys.stderr, flush=True)
     settings = NodeSettings(
         upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=args.slots,
@@ -120,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(parser.parse_args(argv))
     except KeyboardInterrupt:  # Ctrl-C while starting up: nothing to clean yet
-        return 130
+        return ExitStatus.INTERRUPTED

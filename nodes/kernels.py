@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.operations import OPERATIONS, RETURN_MODES
+from protocol.operations import OPERATIONS, RETURN_MODES, result_dtype
 
 Inputs = Mapping[str, np.ndarray]
 
@@ -79,8 +79,7 @@ def compute(operation: str, inputs: Inputs, return_mode: str) -> ChunkOutput:
         raise ValueError(f"inputs of one chunk must hold the same number of items, got {counts}")
     count = counts.pop()
     item_shape = spec.result_item_shape({name: array.shape[1:] for name, array in inputs.items()})
-    # float32 in, float32 out; float64 (or anything else numeric) in, float64 out.
-    dtype = np.result_type(*inputs.values(), np.float32)
+    dtype = result_dtype(array.dtype for array in inputs.values())
 
     with np.errstate(all="ignore"):  # NaN and inf are judged per item below, not warned about
         try:

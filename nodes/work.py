@@ -70,8 +70,6 @@ class LocalWork:
         self.slots = slots
         self.prefetch = prefetch
         self.pool = WorkerPool(slots, blas_threads=blas_threads)
-        self.chunks_done = 0
-        self.items_done = 0
         self._held: dict[ChunkKey, _Held] = {}
         self._emit: Emit = lambda message: None
         self._warming: asyncio.Task | None = None
@@ -141,8 +139,6 @@ class LocalWork:
             return
         if self._held.pop(key, None) is None:
             return  # cancelled while computing
-        self.chunks_done += 1
-        self.items_done += a.stop - a.start
         self._emit(Result(a.task_id, a.chunk, a.attempt, done.ok, done.result, done.norms, done.elapsed_s))
 
 

@@ -29,12 +29,17 @@ from collections.abc import Callable, Iterable, Iterator
 from enum import Enum, IntEnum
 from heapq import merge
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from protocol.dispatch_events import ChunkState, ChunkView
 
-if TYPE_CHECKING:
-    from protocol.dispatcher import Lease
+
+class Attempt(Protocol):
+    """What a chunk knows of one attempt at it (the Dispatcher's ``Lease``)."""
+
+    node_id: str
+    ended: bool
+
 
 FIRST_CHUNKS_PER_SLOT = 64
 """First automatic chunks hold about items / (this × slots) items ..."""
@@ -82,7 +87,7 @@ class Chunk:
         self.start = start
         self.stop = stop
         self.failures = 0
-        self.leases: list[Lease] = []  # every attempt issued, attempt i + 1 at index i
+        self.leases: list[Attempt] = []  # every attempt issued, attempt i + 1 at index i
         self.live = 0  # how many of them are still running
         self.queue = Queue.NONE
         self.avoid: str | None = None  # the node it last went back in line from
@@ -97,11 +102,11 @@ class Chunk:
         """Attempts issued so far."""
         return len(self.leases)
 
-    def lease(self, attempt: int) -> Lease | None:
+    def lease(self, attempt: int) -> Attempt | None:
         """The lease of that attempt, if it was issued."""
         return self.leases[attempt - 1] if 1 <= attempt <= len(self.leases) else None
 
-    def live_leases(self) -> list[Lease]:
+    def live_leases(self) -> list[Attempt]:
         """The attempts still running."""
         return [lease for lease in self.leases if not lease.ended] if self.live else []
 

@@ -3,7 +3,7 @@
 It does no I/O and reads no clock; the shell (the front-end's SSH server, or a chain relay)
 turns what it sees into events, calls `handle(event, now)` and carries out the actions.
 
-Rules of this module (DESIGN.md decisions 2, 4 and 5):
+Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
 
 - Credit: a node holds at most min(window, slots × (1 + prefetch)) attempts, and none if
   it has no slots (a chain link speaks for many nodes, each wanting its own prefetch).
@@ -42,7 +42,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from protocol.chunking import Chunk, ChunkSizer, Outcome, TaskChunks, merge_ranges
+from protocol.chunking import Chunk, Outcome
 from protocol.dispatch_events import (
     Action,
     AssignChunk,
@@ -64,16 +64,16 @@ from protocol.dispatch_events import (
     NodeLeft,
     NodeLost,
     NodeQuarantined,
-    NodeState,
-    NodeView,
     QuarantineReleased,
     ResultReceived,
     TaskCancelled,
     TaskFinished,
     TaskState,
     TaskSubmitted,
-    TaskView,
     Tick,
+)
+from protocol.dispatch_state import (
+    COMPACT_SLACK, NodesWithRoom, Lease, TrackedNode, TrackedTask, node_view, task_view,
 )
 
 DEFAULT_PREFETCH = 1
@@ -90,101 +90,6 @@ DEFAULT_MAX_NODE_ERRORS = 3
 """Invalid results after which a node is quarantined."""
 
 _FROM_NODES = frozenset({NodeJoined, CreditChanged, HeartbeatReceived, ResultReceived, ChunkFailed, NodeLeft})
-_HUNGRY, _TOPPING = 1, 2  # room tiers: an idle slot, or only prefetch room
-_COMPACT_SLACK = 1024
-
-
-class _Node:
-    """A connected node, as the Dispatcher tracks it."""
-
-    __slots__ = (
-        "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
-        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping",
-    )
-
-    def __init__(self, node_id: str, now: float) -> None:
-        self.node_id = node_id
-        self.slots = 0
-        self.window = 0
-        self.capacity = 0
-        self.leases: dict[Lease, None] = {}  # a set that iterates in the order leases were given
-        self.last_seen = now
-        self.joined_at = now
-        self.items_done = 0
-        self.chunks_done = 0
-        self.errors = 0
-        self.draining = False
-        self.quarantined = False
-        self.gone = False
-        # whether the node has an entry in each room deque (entries may be stale)
-        self.in_hungry = False
-        self.in_topping = False
-
-    @property
-    def assignable(self) -> bool:
-        """Whether the node may get new work at all."""
-        return not (self.gone or self.draining or self.quarantined)
-
-    def room_tier(self) -> int:
-        """_HUNGRY if a slot is idle, _TOPPING if only prefetch room is left, else 0."""
-        held = len(self.leases)
-        if held >= self.capacity or self.gone or self.draining or self.quarantined:
-            return 0
-        return _HUNGRY if held < self.slots else _TOPPING
-
-
-class Lease:
-    """One attempt at a chunk, held by one node until it ends."""
-
-    __slots__ = ("task", "chunk", "attempt", "node", "node_id", "assigned_at", "overdue", "ended")
-
-    def __init__(self, task: _Task, chunk: Chunk, attempt: int, node: _Node, assigned_at: float) -> None:
-        self.task = task
-        self.chunk = chunk
-        self.attempt = attempt
-        self.node = node
-        self.node_id = node.node_id
-        self.assigned_at = assigned_at
-        self.overdue = False
-        self.ended = False
-
-
-class _Task:
-    """A submitted task and its running tallies."""
-
-    __slots__ = (
-        "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
-        "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
-        "items_by_node", "running_chunks", "runnable", "live",
-    )
-
-    def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
-        items = max(0, event.items)
-        done = merge_ranges(items, event.completed)
-        done_items = sum(stop - start for start, stop in done)
-        self.task_id = event.task_id
-        self.owner = event.owner
-        self.items = items
-        self.max_attempts = max(1, event.max_attempts)
-        self.sizer = ChunkSizer(items, event.chunk_size, event.max_chunk_size, target_chunk_s)
-        self.chunks = TaskChunks(event.task_id, items, done, self.sizer)
-        self.state = TaskState.QUEUED
-        self.submitted_at = now
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.items_resolved = done_items  # items with an accepted result, ok or not
-        self.items_bad = min(max(0, event.completed_failed), done_items)  # per-item failures
-        self.items_abandoned = 0
-        self.items_computed = 0  # items resolved by results in this run, for the rate
-        self.items_by_node: dict[str, int] = {}
-        self.running_chunks = 0
-        self.runnable = False
-        self.live = True  # still wants results (not done, failed or cancelled)
-
-    @property
-    def items_failed(self) -> int:
-        """Per-item failures plus the items of abandoned chunks."""
-        return self.items_bad + self.items_abandoned
 
 
 class Dispatcher:
@@ -206,18 +111,17 @@ class Dispatcher:
         self._straggler_factor = straggler_factor
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
-        self._nodes: dict[str, _Node] = {}
-        self._tasks: dict[str, _Task] = {}  # in submission order
-        self._runnable: deque[_Task] = deque()
-        self._hungry: deque[_Node] = deque()
-        self._topping: deque[_Node] = deque()
+        self._nodes: dict[str, TrackedNode] = {}
+        self._tasks: dict[str, TrackedTask] = {}  # in submission order
+        self._runnable: deque[TrackedTask] = deque()
+        self._room = NodesWithRoom()
         # Live leases not checked yet, in the order given: none is overdue before min_lease_s
         # and `now` only grows, so their first checks come in this order (no heap on the hot
         # path), and an ending lease leaves at once (nothing dead is kept alive).
         self._unchecked: dict[Lease, None] = {}
         self._lease_deadlines: list[tuple[float, int, Lease]] = []  # leases checked once, due later
         self._live_leases = 0
-        self._silence_deadlines: list[tuple[float, int, _Node]] = []
+        self._silence_deadlines: list[tuple[float, int, TrackedNode]] = []
         self._seq = itertools.count()  # tie-breaker for heap entries
         self._total_slots = 0  # of assignable nodes, for chunk sizing
         self._open_nodes = 0  # assignable nodes with any capacity
@@ -250,7 +154,7 @@ class Dispatcher:
                 node.last_seen = now
         out: list[Action] = []
         handler(event, now, out)
-        if self._runnable and (self._hungry or self._topping):
+        if self._runnable and self._room:
             self._fill(now, out)
         return out
 
@@ -277,8 +181,8 @@ class Dispatcher:
     def snapshot(self, now: float) -> DispatcherSnapshot:
         """Every connected node and every task, as immutable views."""
         return DispatcherSnapshot(
-            nodes=tuple(self._node_view(node) for node in self._nodes.values()),
-            tasks=tuple(self._task_view(task, now) for task in self._tasks.values()),
+            nodes=tuple(node_view(node) for node in self._nodes.values()),
+            tasks=tuple(task_view(task, now) for task in self._tasks.values()),
         )
 
     def chunk_map(self, task_id: str) -> list[ChunkView]:
@@ -290,7 +194,7 @@ class Dispatcher:
     def _node_joined(self, event: NodeJoined, now: float, out: list[Action]) -> None:
         node = self._nodes.get(event.node_id)
         if node is None:
-            node = self._nodes[event.node_id] = _Node(event.node_id, now)
+            node = self._nodes[event.node_id] = TrackedNode(event.node_id, now)
             self._watch_silence(node, now)
         else:
             # The same node opened a new session: what the old session held went with it.
@@ -301,7 +205,7 @@ class Dispatcher:
         node.window = max(0, event.window)
         node.capacity = self._capacity(node)
         self._account(node, +1)
-        self._offer(node)
+        self._room.offer(node, len(self._nodes))
         if node.draining and not node.leases:
             out.append(NodeDrained(node.node_id))
 
@@ -315,7 +219,7 @@ class Dispatcher:
             node.slots = max(0, event.slots)
         node.capacity = self._capacity(node)
         self._account(node, +1)
-        self._offer(node)
+        self._room.offer(node, len(self._nodes))
 
     def _heartbeat_received(self, event: HeartbeatReceived, now: float, out: list[Action]) -> None:
         pass  # handle() notes every node's sign of life
@@ -350,7 +254,7 @@ class Dispatcher:
             out.append(CloseNode(event.node_id, "kicked by the operator"))
             self._node_gone(event.node_id, "node kicked", False, now, out)
 
-    def _quarantine(self, node: _Node, now: float, out: list[Action]) -> None:
+    def _quarantine(self, node: TrackedNode, now: float, out: list[Action]) -> None:
         self._account(node, -1)
         node.quarantined = True
         out.append(NodeQuarantined(node.node_id, f"{node.errors} invalid results"))
@@ -365,19 +269,19 @@ class Dispatcher:
         node.quarantined = False
         node.errors = 0  # a fresh start, or the next slip would quarantine it again
         self._account(node, +1)
-        self._offer(node)
+        self._room.offer(node, len(self._nodes))
 
-    def _capacity(self, node: _Node) -> int:
+    def _capacity(self, node: TrackedNode) -> int:
         return min(node.window, node.slots * (1 + self._prefetch))
 
-    def _account(self, node: _Node, sign: int) -> None:
+    def _account(self, node: TrackedNode, sign: int) -> None:
         """Add (+1) or remove (-1) an assignable node's share of the fleet totals."""
         if node.assignable:
             self._total_slots += sign * node.slots
             if node.capacity:
                 self._open_nodes += sign
 
-    def _watch_silence(self, node: _Node, since: float) -> None:
+    def _watch_silence(self, node: TrackedNode, since: float) -> None:
         heapq.heappush(self._silence_deadlines, (since + self._heartbeat_timeout_s, next(self._seq), node))
 
     # --- tasks and results --------------------------------------------------------------------
@@ -385,7 +289,7 @@ class Dispatcher:
     def _task_submitted(self, event: TaskSubmitted, now: float, out: list[Action]) -> None:
         if event.task_id in self._tasks:
             return
-        task = self._tasks[event.task_id] = _Task(event, self._target_chunk_s, now)
+        task = self._tasks[event.task_id] = TrackedTask(event, self._target_chunk_s, now)
         if not self._finish_if_resolved(task, now, out):
             self._wake(task)
 
@@ -420,7 +324,7 @@ class Dispatcher:
                 self._quarantine(node, now, out)
 
     def _complete(
-        self, task: _Task, chunk: Chunk, node: _Node | None, event: ResultReceived, now: float, out: list[Action],
+        self, task: TrackedTask, chunk: Chunk, node: TrackedNode | None, event: ResultReceived, now: float, out: list[Action],
     ) -> None:
         size = chunk.size
         items_ok = min(max(0, event.items_ok), size)  # a count from the network
@@ -450,13 +354,13 @@ class Dispatcher:
         self._end(lease, out)
         self._settle(task, chunk, event.node_id, f"failed: {event.reason}", now, out)
 
-    def _finish_if_resolved(self, task: _Task, now: float, out: list[Action]) -> bool:
+    def _finish_if_resolved(self, task: TrackedTask, now: float, out: list[Action]) -> bool:
         if task.items_resolved + task.items_abandoned < task.items:
             return False
         self._finish(task, TaskState.FAILED if task.items_failed else TaskState.DONE, now, out)
         return True
 
-    def _finish(self, task: _Task, state: TaskState, now: float, out: list[Action]) -> None:
+    def _finish(self, task: TrackedTask, state: TaskState, now: float, out: list[Action]) -> None:
         task.state = state
         task.live = False
         task.finished_at = now
@@ -466,7 +370,7 @@ class Dispatcher:
 
     # --- leases -------------------------------------------------------------------------------
 
-    def _issue(self, task: _Task, chunk: Chunk, node: _Node, now: float, out: list[Action]) -> None:
+    def _issue(self, task: TrackedTask, chunk: Chunk, node: TrackedNode, now: float, out: list[Action]) -> None:
         attempt = len(chunk.leases) + 1
         lease = Lease(task, chunk, attempt, node, now)
         chunk.leases.append(lease)
@@ -490,7 +394,7 @@ class Dispatcher:
             lease.task.running_chunks -= 1
         self._live_leases -= 1
         self._unchecked.pop(lease, None)
-        if len(self._lease_deadlines) > 2 * self._live_leases + _COMPACT_SLACK:
+        if len(self._lease_deadlines) > 2 * self._live_leases + COMPACT_SLACK:
             self._lease_deadlines = [entry for entry in self._lease_deadlines if not entry[2].ended]
             heapq.heapify(self._lease_deadlines)
         node = lease.node
@@ -499,9 +403,9 @@ class Dispatcher:
         del node.leases[lease]
         if node.draining and not node.leases:
             out.append(NodeDrained(node.node_id))
-        self._offer(node)
+        self._room.offer(node, len(self._nodes))
 
-    def _release_leases(self, node: _Node, reason: str, counts: bool, now: float, out: list[Action]) -> None:
+    def _release_leases(self, node: TrackedNode, reason: str, counts: bool, now: float, out: list[Action]) -> None:
         """End every copy a node holds and put the chunks back in line."""
         for lease in list(node.leases):
             if counts:
@@ -510,7 +414,7 @@ class Dispatcher:
             self._settle(lease.task, lease.chunk, node.node_id, reason, now, out)
         node.leases.clear()
 
-    def _settle(self, task: _Task, chunk: Chunk, node_id: str, reason: str, now: float, out: list[Action]) -> None:
+    def _settle(self, task: TrackedTask, chunk: Chunk, node_id: str, reason: str, now: float, out: list[Action]) -> None:
         """After a copy ended without a result: requeue, back up, wait or abandon the chunk."""
         if chunk.live:
             # Another copy still runs; if it is overdue it may have a backup again.
@@ -581,68 +485,26 @@ class Dispatcher:
 
     # --- assigning ----------------------------------------------------------------------------
 
-    def _wake(self, task: _Task) -> None:
+    def _wake(self, task: TrackedTask) -> None:
         if not task.runnable and task.live:
             task.runnable = True
             self._runnable.append(task)
 
-    def _offer(self, node: _Node) -> None:
-        """Make sure a node with room has an entry in the deque of its room tier."""
-        tier = node.room_tier()
-        if tier == _HUNGRY and not node.in_hungry:
-            node.in_hungry = True
-            self._hungry.append(node)
-            if len(self._hungry) > 2 * len(self._nodes) + _COMPACT_SLACK:
-                self._hungry = self._compacted(self._hungry, _HUNGRY)
-        elif tier == _TOPPING and not node.in_topping:
-            node.in_topping = True
-            self._topping.append(node)
-            if len(self._topping) > 2 * len(self._nodes) + _COMPACT_SLACK:
-                self._topping = self._compacted(self._topping, _TOPPING)
-
-    @staticmethod
-    def _compacted(queue: deque[_Node], tier: int) -> deque[_Node]:
-        kept: deque[_Node] = deque()
-        for node in queue:
-            if node.room_tier() == tier:
-                kept.append(node)
-            elif tier == _HUNGRY:
-                node.in_hungry = False
-            else:
-                node.in_topping = False
-        return kept
-
-    def _next_with_room(self) -> _Node | None:
-        """Pop the next node with room: idle slots first, then prefetch room."""
-        while self._hungry:
-            node = self._hungry.popleft()
-            node.in_hungry = False
-            if node.room_tier() == _HUNGRY:
-                return node
-            self._offer(node)  # its room changed since it queued
-        while self._topping:
-            node = self._topping.popleft()
-            node.in_topping = False
-            if node.room_tier() == _TOPPING:
-                return node
-            self._offer(node)
-        return None
-
     def _fill(self, now: float, out: list[Action]) -> None:
         """Give work to every node with room while some task has work for it."""
-        passed_over: list[_Node] = []
+        passed_over: list[TrackedNode] = []
         while self._runnable:
-            node = self._next_with_room()
+            node = self._room.pop(len(self._nodes))
             if node is None:
                 break
             if self._assign_one(node, now, out):
-                self._offer(node)  # to the back of the line: nodes take turns
+                self._room.offer(node, len(self._nodes))  # to the back of the line: nodes take turns
             else:
                 passed_over.append(node)  # nothing suits it now; offer it again next time
         for node in passed_over:
-            self._offer(node)
+            self._room.offer(node, len(self._nodes))
 
-    def _assign_one(self, node: _Node, now: float, out: list[Action]) -> bool:
+    def _assign_one(self, node: TrackedNode, now: float, out: list[Action]) -> bool:
         runnable = self._runnable
         lone_node = self._open_nodes <= 1
         for _ in range(len(runnable)):
@@ -657,36 +519,3 @@ class Dispatcher:
                 self._issue(task, chunk, node, now, out)
                 return True
         return False
-
-    # --- views --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _node_view(node: _Node) -> NodeView:
-        if node.quarantined:
-            state = NodeState.QUARANTINED
-        elif node.draining:
-            state = NodeState.DRAINING
-        else:
-            state = NodeState.BUSY if node.leases else NodeState.IDLE
-        return NodeView(
-            node.node_id, state, node.slots, node.capacity, len(node.leases), node.items_done,
-            node.chunks_done, node.errors, node.last_seen, node.joined_at,
-        )
-
-    @staticmethod
-    def _task_view(task: _Task, now: float) -> TaskView:
-        end = task.finished_at if task.finished_at is not None else now
-        elapsed = end - task.started_at if task.started_at is not None else 0.0
-        return TaskView(
-            task_id=task.task_id,
-            owner=task.owner,
-            state=task.state,
-            items=task.items,
-            items_done=task.items_resolved,
-            items_failed=task.items_failed,
-            chunks_in_flight=task.running_chunks,
-            submitted_at=task.submitted_at,
-            finished_at=task.finished_at,
-            items_per_s=task.items_computed / elapsed if elapsed > 0 else 0.0,
-            items_by_node=MappingProxyType(dict(task.items_by_node)),
-        )

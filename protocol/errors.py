@@ -34,14 +34,17 @@ class LocalProtocolError(ProtocolError):
 
 
 class ExitStatus(IntEnum):
-    """The exit status of every command, over SSH and on the command line alike."""
+    """The exit status of every chainconsole command, local or over SSH: one table for all."""
 
     OK = 0
+    """Success, or a task that ended ``done``."""
     FAILED = 1
-    """The task ended with failed items, or was cancelled."""
+    """A task ended with failed items or was cancelled (or its result is not ready yet)."""
     USAGE = 2
-    """Bad usage or an invalid task file."""
+    """Bad usage, an invalid task file, or a request the front-end refused."""
     CONNECT = 3
-    """Cannot connect, or authentication refused."""
+    """Cannot connect, authentication refused, or the state folder is in use."""
     INTERNAL = 70
-    """A bug on our side (EX_SOFTWARE)."""
+    """A bug on our side (``EX_SOFTWARE`` of sysexits.h); the log says more."""
+    INTERRUPTED = 130
+    """Stopped by SIGINT (128 + 2, as shells report it)."""

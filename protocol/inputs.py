@@ -3,7 +3,7 @@
 A generated item ``i`` is drawn from ``numpy.random.default_rng([seed, i])``. Seeding every
 item on its own makes an item depend only on ``(seed, i)``: the same item comes out whatever
 the chunking, the node or the attempt, so any result can be re-derived and checked. The
-draws below are part of the user-facing contract (INTERFACE.md, "Task files"); changing one
+draws below are part of the user-facing contract (docs/task-files.md); changing one
 changes every generated task.
 
 Array inputs (``file`` and ``inline``) become read-only float arrays whose first axis is the
@@ -33,8 +33,8 @@ MAX_SEED = 2**64 - 1
 """Seeds are bounded so that every seed survives a round trip through any JSON reader."""
 
 
-# Each draw writes one float64 item into ``out``: INTERFACE.md's formulas, in place (a test checks
-# them bit for bit against the formulas as written there).
+# Each draw writes one float64 item into ``out``: the documented formulas, in place (a test checks
+# them bit for bit against the formulas as docs/task-files.md writes them).
 def _normal(rng: np.random.Generator, out: np.ndarray) -> None:
     rng.standard_normal(out=out)
 

@@ -5,9 +5,9 @@ Rules of this module:
 - A message's wire name is its `TYPE`; its header is `{"type": TYPE, <fields>}`. Fields
   that are arrays travel in the frame payload instead, described by the header's
   `"arrays"` metadata (see `protocol.frames.pack_arrays`).
-- Each field declares the check that validates and normalises it, so a message that exists
-  is a valid message: constructors raise `TypeError`/`ValueError` on bad values, and
-  `decode_message` turns those into `RemoteProtocolError`.
+- Each field declares the check that validates and normalises it (`protocol.fields`), so
+  a message that exists is a valid message: constructors raise `TypeError`/`ValueError`
+  on bad values, and `decode_message` turns those into `RemoteProtocolError`.
 - Decoding is strict: unknown types, missing or extra fields, a bool where an int belongs,
   a float where an int belongs, non-finite numbers — all refused.
 - `Hello`, `Welcome`, `Reject` and `Error` keep these fields in every protocol version, so
@@ -18,287 +18,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
+from protocol import fields as check
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.fields import (  # noqa: F401  (re-exported: the limits are part of the messages' contract)
+    FORBIDDEN_IN_TEXT,
+    MAX_CHAIN,
+    MAX_COUNT,
+    MAX_INDEX,
+    MAX_KEY_TEXT,
+    MAX_NAME,
+    MAX_NODE_KEYS,
+    MAX_SPEC_DEPTH,
+    MAX_SUBTREE,
+    MAX_TEXT,
+    MAX_VERSION,
+    Check,
+)
 from protocol.frames import (
     DEFAULT_MAX_HEADER,
     DEFAULT_MAX_PAYLOAD,
-    MAX_ARRAY_RANK,
     Buffer,
     Frame,
     FrameDecoder,
-    canonical_dtype,
     encode_frame,
     pack_arrays,
     short_repr,
     unpack_arrays,
 )
+from protocol.operations import RETURN_MODES
 
 PROTOCOL_VERSION = 1
-RETURN_MODES = ("full", "norms")
-MAX_NAME = 128
-MAX_TEXT = 4096
-MAX_VERSION = 65535
-# slots, window and in_flight: a relay speaks for a whole subtree, so allow plenty.
-MAX_COUNT = 2**20
-# chunk numbers, attempts and item indexes stay exact in every JSON implementation.
-MAX_INDEX = 2**53 - 1
-MAX_CHAIN = 32
-MAX_SUBTREE = 10_000
-MAX_KEY_TEXT = 8192
-# Enrolled node keys travel in one header (~100 bytes each): bounded well inside it.
-MAX_NODE_KEYS = 500
 MAX_HEARTBEAT_S = 3600.0
-MAX_SPEC_DEPTH = 8
 # Decode errors stay short enough to send back in an Error message.
 MAX_ERROR_TEXT = 1000
-
-# Task ids, operations, input names and error codes: safe in file names and log lines.
-_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# Free text may span lines, but nothing that could drive a terminal or break UTF-8.
-_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
-Check: TypeAlias = Callable[[str, Any], Any]
-
-
-def _integer(low: int, high: int) -> Check:
-    def check(label: str, value: Any) -> int:
-        # bool is an int subclass, and JSON true must never pass for 1.
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{label} must be an int, got {type(value).__name__}")
-        if not low <= value <= high:
-            raise ValueError(f"{label} must be between {low} and {high}, got {short_repr(value)}")
-        return int(value)
-
-    return check
-
-
-def _real(low: float, high: float, *, low_open: bool = False) -> Check:
-    def check(label: str, value: Any) -> float:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(f"{label} must be a number, got {type(value).__name__}")
-        try:
-            number = float(value)
-        except OverflowError:  # an int too large for any float
-            number = math.inf
-        above_low = number > low if low_open else number >= low
-        if not (math.isfinite(number) and above_low and number <= high):
-            interval = f"{'(' if low_open else '['}{low}, {high}]"
-            raise ValueError(f"{label} must be a finite number in {interval}, got {short_repr(value)}")
-        return number
-
-    return check
-
-
-def _string(label: str, value: Any, low: int, high: int) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{label} must be a string, got {type(value).__name__}")
-    if not low <= len(value) <= high:
-        raise ValueError(f"{label} must be {low} to {high} characters, got {len(value)}")
-    return str(value)
-
-
-def _identifier() -> Check:
-    def check(label: str, value: Any) -> str:
-        text = _string(label, value, 1, MAX_NAME)
-        if not _IDENTIFIER.fullmatch(text):
-            raise ValueError(f"{label} {short_repr(text)} must be letters, digits, '.', '_', '-'")
-        return text
-
-    return check
-
-
-def _name(*, low: int = 1) -> Check:
-    def check(label: str, value: Any) -> str:
-        text = _string(label, value, low, MAX_NAME)
-        if not text.isprintable():
-            raise ValueError(f"{label} {short_repr(text)} must be printable")
-        return text
-
-    return check
-
-
-def _text() -> Check:
-    def check(label: str, value: Any) -> str:
-        text = _string(label, value, 0, MAX_TEXT)
-        if _FORBIDDEN_IN_TEXT.search(text):
-            raise ValueError(f"{label} holds control characters or lone surrogates")
-        return text
-
-    return check
-
-
-def _flag() -> Check:
-    def check(label: str, value: Any) -> bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{label} must be a bool, got {type(value).__name__}")
-        return bool(value)
-
-    return check
-
-
-def _choice(*options: str) -> Check:
-    def check(label: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in options:
-            raise ValueError(f"{label} must be one of {', '.join(options)}, got {short_repr(value)}")
-        return value
-
-    return check
-
-
-def _names() -> Check:
-    each = _name()
-
-    def check(label: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{label} must be a list of names, got {type(value).__name__}")
-        if len(value) > MAX_CHAIN:
-            raise ValueError(f"{label} has {len(value)} entries, at most {MAX_CHAIN}")
-        return tuple(each(f"{label}[{index}]", item) for index, item in enumerate(value))
-
-    return check
-
-
-def _plain_json(label: str, value: Any, depth: int = 0) -> Any:
-    """Return value as plain JSON data (dicts, lists, finite numbers), or raise."""
-    if depth > MAX_SPEC_DEPTH:
-        raise ValueError(f"{label} is nested more than {MAX_SPEC_DEPTH} deep")
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _real(-math.inf, math.inf)(label, value)
-    if isinstance(value, (list, tuple)):
-        return [_plain_json(f"{label}[{i}]", item, depth + 1) for i, item in enumerate(value)]
-    if isinstance(value, Mapping):
-        if not all(isinstance(key, str) for key in value):
-            raise TypeError(f"{label} keys must be strings")
-        return {key: _plain_json(f"{label}.{key}", item, depth + 1) for key, item in value.items()}
-    raise TypeError(f"{label} must be plain JSON data, got {type(value).__name__}")
-
-
-def _generator_specs() -> Check:
-    key = _identifier()
-
-    def check(label: str, value: Any) -> dict[str, dict[str, object]]:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{label} must map input names to generator specs")
-        specs = {}
-        for name, spec in value.items():
-            key(f"{label} key", name)
-            if not isinstance(spec, Mapping):
-                raise TypeError(f"{label}.{name} must be an object, got {type(spec).__name__}")
-            specs[name] = _plain_json(f"{label}.{name}", spec)
-        return specs
-
-    return check
-
-
-def _array(*, dtypes: frozenset[str] | None = None, ndim: int | None = None, min_ndim: int = 0) -> Check:
-    def check(label: str, value: Any) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{label} must be an ndarray, got {type(value).__name__}")
-        dtype = canonical_dtype(value.dtype)
-        if dtype is None or (dtypes is not None and dtype.str not in dtypes):
-            raise ValueError(f"{label} has dtype {value.dtype}, not allowed here")
-        if (ndim is not None and value.ndim != ndim) or not min_ndim <= value.ndim <= MAX_ARRAY_RANK:
-            expected = ndim if ndim is not None else f"{min_ndim} to {MAX_ARRAY_RANK}"
-            raise ValueError(f"{label} has {value.ndim} dimensions, expected {expected}")
-        return value
-
-    return check
-
-
-def _optional(inner: Check) -> Check:
-    def check(label: str, value: Any) -> Any:
-        return None if value is None else inner(label, value)
-
-    return check
-
-
-def _input_arrays() -> Check:
-    key = _identifier()
-    item = _array(min_ndim=1)
-
-    def check(label: str, value: Any) -> dict[str, np.ndarray]:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{label} must map input names to arrays")
-        return {key(f"{label} key", name): item(f"{label}.{name}", a) for name, a in value.items()}
-
-    return check
-
-
-def _key_text() -> Check:
-    """An OpenSSH public key or certificate line: short, printable, one line."""
-
-    def check(label: str, value: Any) -> str:
-        text = _string(label, value, 0, MAX_KEY_TEXT)
-        if not all(c.isprintable() for c in text):
-            raise ValueError(f"{label} must be one printable line")
-        return text
-
-    return check
-
-
-_REPORT_FIELDS = {"name": str, "state": str, "slots": int, "in_flight": int, "items_done": int, "errors": int}
-_REPORT_KEYS = {*_REPORT_FIELDS, "via", "host_key"}
-
-
-def _node_reports() -> Check:
-    name = _name()
-    names = _names()
-    count = _integer(0, MAX_INDEX)
-    key_line = _key_text()
-
-    def check(label: str, value: Any) -> tuple[dict[str, object], ...]:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{label} must be a list")
-        if len(value) > MAX_SUBTREE:
-            raise ValueError(f"{label} lists {len(value)} nodes, at most {MAX_SUBTREE}")
-        reports = []
-        for index, item in enumerate(value):
-            where = f"{label}[{index}]"
-            if not isinstance(item, Mapping) or set(item) != _REPORT_KEYS:
-                raise ValueError(f"{where} must have exactly {', '.join(sorted(_REPORT_KEYS))}")
-            report: dict[str, object] = {}
-            for field_name, kind in _REPORT_FIELDS.items():
-                check_field = name if kind is str else count
-                report[field_name] = check_field(f"{where}.{field_name}", item[field_name])
-            report["via"] = list(names(f"{where}.via", item["via"]))
-            report["host_key"] = key_line(f"{where}.host_key", item["host_key"])
-            reports.append(report)
-        return tuple(reports)
-
-    return check
-
-
-def _key_lines() -> Check:
-    line = _key_text()
-
-    def check(label: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{label} must be a list of public key lines")
-        if len(value) > MAX_NODE_KEYS:
-            raise ValueError(f"{label} has {len(value)} entries, at most {MAX_NODE_KEYS}")
-        return tuple(line(f"{label}[{i}]", key) for i, key in enumerate(value))
-
-    return check
 
 
 def _field(check: Check, **kwargs: Any) -> Any:
     """Declare a message field together with the check that validates and normalises it."""
     return field(metadata={"check": check}, **kwargs)
+
 
 
 class _Message:
@@ -385,13 +149,13 @@ class Hello(_Message):
     """Node to front-end, first: who the node is and how many chunks it wants held."""
 
     TYPE: ClassVar[str] = "hello"
-    protocol_version: int = _field(_integer(1, MAX_VERSION))
-    name: str = _field(_name())
-    slots: int = _field(_integer(0, MAX_COUNT))
-    window: int = _field(_integer(0, MAX_COUNT))
-    software: str = _field(_name(low=0), default="")
-    via: tuple[str, ...] = _field(_names(), default=())
-    host_key: str = _field(_key_text(), default="")
+    protocol_version: int = _field(check.integer(1, MAX_VERSION))
+    name: str = _field(check.name())
+    slots: int = _field(check.integer(0, MAX_COUNT))
+    window: int = _field(check.integer(0, MAX_COUNT))
+    software: str = _field(check.name(low=0), default="")
+    via: tuple[str, ...] = _field(check.names(), default=())
+    host_key: str = _field(check.key_text(), default="")
     """A chain link's public SSH host key (OpenSSH line), for the console to certify; "" if none."""
 
 
@@ -400,14 +164,14 @@ class Welcome(_Message):
     """Front-end to node: the node is in; its id and the heartbeat timing to keep."""
 
     TYPE: ClassVar[str] = "welcome"
-    protocol_version: int = _field(_integer(1, MAX_VERSION))
-    node_id: str = _field(_name())
-    heartbeat_interval_s: float = _field(_real(0.0, MAX_HEARTBEAT_S, low_open=True))
-    heartbeat_timeout_s: float = _field(_real(0.0, MAX_HEARTBEAT_S, low_open=True))
-    instance: str = _field(_name(low=0), default="")
+    protocol_version: int = _field(check.integer(1, MAX_VERSION))
+    node_id: str = _field(check.name())
+    heartbeat_interval_s: float = _field(check.real(0.0, MAX_HEARTBEAT_S, low_open=True))
+    heartbeat_timeout_s: float = _field(check.real(0.0, MAX_HEARTBEAT_S, low_open=True))
+    instance: str = _field(check.name(low=0), default="")
     """Which run of the console issued this session's assignments: results kept across a
     reconnect are offered again only to the same instance."""
-    host_certificate: str = _field(_key_text(), default="")
+    host_certificate: str = _field(check.key_text(), default="")
     """A chain link's host key certified by the console, so nodes behind it can trust it."""
 
     def _check_together(self) -> None:
@@ -420,8 +184,8 @@ class Reject(_Message):
     """Front-end to node: the node is refused (say, a protocol version it cannot speak)."""
 
     TYPE: ClassVar[str] = "reject"
-    reason: str = _field(_text())
-    protocol_version: int = _field(_integer(1, MAX_VERSION))
+    reason: str = _field(check.text())
+    protocol_version: int = _field(check.integer(1, MAX_VERSION))
 
 
 @dataclass(frozen=True)
@@ -429,8 +193,8 @@ class Credit(_Message):
     """Node to front-end: how many chunks the node now wants held at once (0: no more)."""
 
     TYPE: ClassVar[str] = "credit"
-    window: int = _field(_integer(0, MAX_COUNT))
-    slots: int | None = _field(_optional(_integer(0, MAX_COUNT)), default=None)
+    window: int = _field(check.integer(0, MAX_COUNT))
+    slots: int | None = _field(check.optional(check.integer(0, MAX_COUNT)), default=None)
     """A chain link's slots now, counting the nodes behind it; None: unchanged."""
 
 
@@ -440,15 +204,15 @@ class Assign(_ArrayMessage):
 
     TYPE: ClassVar[str] = "assign"
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("arrays",)
-    task_id: str = _field(_identifier())
-    chunk: int = _field(_integer(0, MAX_INDEX))
-    attempt: int = _field(_integer(0, MAX_INDEX))
-    operation: str = _field(_identifier())
-    start: int = _field(_integer(0, MAX_INDEX))
-    stop: int = _field(_integer(0, MAX_INDEX))
-    return_mode: str = _field(_choice(*RETURN_MODES))
-    generated: Mapping[str, Mapping[str, object]] = _field(_generator_specs())
-    arrays: Mapping[str, np.ndarray] = _field(_input_arrays())
+    task_id: str = _field(check.identifier())
+    chunk: int = _field(check.integer(0, MAX_INDEX))
+    attempt: int = _field(check.integer(0, MAX_INDEX))
+    operation: str = _field(check.identifier())
+    start: int = _field(check.integer(0, MAX_INDEX))
+    stop: int = _field(check.integer(0, MAX_INDEX))
+    return_mode: str = _field(check.choice(*RETURN_MODES))
+    generated: Mapping[str, Mapping[str, object]] = _field(check.generator_specs())
+    arrays: Mapping[str, np.ndarray] = _field(check.input_arrays())
 
     def _check_together(self) -> None:
         if self.start > self.stop:
@@ -477,13 +241,13 @@ class Result(_ArrayMessage):
 
     TYPE: ClassVar[str] = "result"
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("ok", "result", "norms")
-    task_id: str = _field(_identifier())
-    chunk: int = _field(_integer(0, MAX_INDEX))
-    attempt: int = _field(_integer(0, MAX_INDEX))
-    ok: np.ndarray = _field(_array(dtypes=frozenset({"|b1"}), ndim=1))
-    result: np.ndarray | None = _field(_optional(_array(min_ndim=1)))
-    norms: np.ndarray | None = _field(_optional(_array(dtypes=frozenset({"<f8"}), ndim=1)))
-    elapsed_s: float = _field(_real(0.0, math.inf))
+    task_id: str = _field(check.identifier())
+    chunk: int = _field(check.integer(0, MAX_INDEX))
+    attempt: int = _field(check.integer(0, MAX_INDEX))
+    ok: np.ndarray = _field(check.array(dtypes=frozenset({"|b1"}), ndim=1))
+    result: np.ndarray | None = _field(check.optional(check.array(min_ndim=1)))
+    norms: np.ndarray | None = _field(check.optional(check.array(dtypes=frozenset({"<f8"}), ndim=1)))
+    elapsed_s: float = _field(check.real(0.0, math.inf))
 
     def _check_together(self) -> None:
         values = self._values()
@@ -516,11 +280,11 @@ class Failed(_Message):
     """Node to front-end: one attempt at a chunk produced no result, and why."""
 
     TYPE: ClassVar[str] = "failed"
-    task_id: str = _field(_identifier())
-    chunk: int = _field(_integer(0, MAX_INDEX))
-    attempt: int = _field(_integer(0, MAX_INDEX))
-    reason: str = _field(_text())
-    retryable: bool = _field(_flag(), default=True)
+    task_id: str = _field(check.identifier())
+    chunk: int = _field(check.integer(0, MAX_INDEX))
+    attempt: int = _field(check.integer(0, MAX_INDEX))
+    reason: str = _field(check.text())
+    retryable: bool = _field(check.flag(), default=True)
 
 
 @dataclass(frozen=True)
@@ -528,8 +292,8 @@ class Heartbeat(_Message):
     """Node to front-end, every heartbeat interval: still alive, and how many chunks it holds."""
 
     TYPE: ClassVar[str] = "heartbeat"
-    sent_at: float = _field(_real(-math.inf, math.inf))
-    in_flight: int = _field(_integer(0, MAX_COUNT))
+    sent_at: float = _field(check.real(-math.inf, math.inf))
+    in_flight: int = _field(check.integer(0, MAX_COUNT))
 
 
 @dataclass(frozen=True)
@@ -537,9 +301,9 @@ class Cancel(_Message):
     """Front-end to node: drop one attempt at a chunk; no answer to it is wanted any more."""
 
     TYPE: ClassVar[str] = "cancel"
-    task_id: str = _field(_identifier())
-    chunk: int = _field(_integer(0, MAX_INDEX))
-    attempt: int = _field(_integer(0, MAX_INDEX))
+    task_id: str = _field(check.identifier())
+    chunk: int = _field(check.integer(0, MAX_INDEX))
+    attempt: int = _field(check.integer(0, MAX_INDEX))
 
 
 @dataclass(frozen=True)
@@ -547,7 +311,7 @@ class Drain(_Message):
     """Front-end to node: no new chunks will come; finish the ones held, then the session ends."""
 
     TYPE: ClassVar[str] = "drain"
-    reason: str = _field(_text(), default="")
+    reason: str = _field(check.text(), default="")
 
 
 @dataclass(frozen=True)
@@ -555,7 +319,7 @@ class Bye(_Message):
     """Either way: the sender closes the session cleanly and sends nothing more."""
 
     TYPE: ClassVar[str] = "bye"
-    reason: str = _field(_text(), default="")
+    reason: str = _field(check.text(), default="")
 
 
 @dataclass(frozen=True)
@@ -563,8 +327,8 @@ class Error(_Message):
     """Either way: the receiver broke the protocol; the sender closes the session next."""
 
     TYPE: ClassVar[str] = "error"
-    code: str = _field(_identifier())
-    message: str = _field(_text())
+    code: str = _field(check.identifier())
+    message: str = _field(check.text())
 
 
 @dataclass(frozen=True)
@@ -572,7 +336,7 @@ class Subtree(_Message):
     """Chain link to its upstream: the nodes connected behind it, for the console to show."""
 
     TYPE: ClassVar[str] = "subtree"
-    nodes: tuple[dict[str, object], ...] = _field(_node_reports())
+    nodes: tuple[dict[str, object], ...] = _field(check.node_reports())
 
 
 @dataclass(frozen=True)
@@ -580,8 +344,8 @@ class Control(_Message):
     """Upstream to a chain link: drain, kick or release a node behind it."""
 
     TYPE: ClassVar[str] = "control"
-    action: str = _field(_choice("drain", "kick", "release"))
-    node: str = _field(_name())
+    action: str = _field(check.choice("drain", "kick", "release"))
+    node: str = _field(check.name())
 
 
 @dataclass(frozen=True)
@@ -589,8 +353,8 @@ class HostCertificate(_Message):
     """Console down the chain: a link's host key, certified, routed to it by name like ``control``."""
 
     TYPE: ClassVar[str] = "host_certificate"
-    node: str = _field(_name())
-    certificate: str = _field(_key_text())
+    node: str = _field(check.name())
+    certificate: str = _field(check.key_text())
 
 
 @dataclass(frozen=True)
@@ -602,18 +366,53 @@ class NodeKeys(_Message):
     """
 
     TYPE: ClassVar[str] = "node_keys"
-    keys: tuple[str, ...] = _field(_key_lines())
+    keys: tuple[str, ...] = _field(check.key_lines())
+
+
+@dataclass(frozen=True, eq=False)
+class Submit(_ArrayMessage):
+    """User to front-end, on the stdin of the ``submit`` command: a task with array inputs.
+
+    A task of generated inputs alone travels as its JSON task file instead. The fields are
+    a task file's, with ``generate`` inputs in ``generated`` and every other input as an
+    array in the payload (first axis the items); the front-end validates the task as it
+    validates a task file (``protocol.upload``).
+    """
+
+    TYPE: ClassVar[str] = "submit"
+    PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("arrays",)
+    name: str = _field(check.name())
+    operation: str = _field(check.identifier())
+    generated: Mapping[str, Mapping[str, object]] = _field(check.generator_specs())
+    arrays: Mapping[str, np.ndarray] = _field(check.input_arrays())
+    return_mode: str = _field(check.choice(*RETURN_MODES))
+    max_attempts: int = _field(check.integer(1, MAX_INDEX))
+    chunk_size: int | None = _field(check.optional(check.integer(1, MAX_INDEX)), default=None)
+    """Items per chunk; None: sized from measured speed ("auto")."""
+
+    def _check_together(self) -> None:
+        if both := self.generated.keys() & self.arrays.keys():
+            raise ValueError(f"inputs {', '.join(sorted(both))} are both generated and arrays")
+        if not self.generated and not self.arrays:
+            raise ValueError("a task needs at least one input")
+
+    def _payload_arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.arrays)
+
+    @classmethod
+    def _fields_from_arrays(cls, arrays: dict[str, np.ndarray]) -> dict[str, object]:
+        return {"arrays": arrays}
 
 
 Message: TypeAlias = (
     Hello | Welcome | Reject | Credit | Assign | Result | Failed | Heartbeat | Cancel | Drain | Bye | Error
-    | Subtree | Control | HostCertificate | NodeKeys
+    | Subtree | Control | HostCertificate | NodeKeys | Submit
 )
 
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Welcome, Reject, Credit, Assign, Result, Failed, Heartbeat, Cancel, Drain, Bye, Error,
-                Subtree, Control, HostCertificate, NodeKeys)
+                Subtree, Control, HostCertificate, NodeKeys, Submit)
 }
 
 
@@ -641,7 +440,7 @@ def decode_message(frame: Frame) -> Message:
         return cls._from_wire(fields, frame.payload)  # type: ignore[return-value]
     except (TypeError, ValueError, RemoteProtocolError) as exc:
         # Labels can quote keys the peer chose; keep the reason fit to send in an Error.
-        reason = _FORBIDDEN_IN_TEXT.sub("?", f"bad {kind} message: {exc}")
+        reason = FORBIDDEN_IN_TEXT.sub("?", f"bad {kind} message: {exc}")
         raise RemoteProtocolError(reason[:MAX_ERROR_TEXT]) from None
 
 

@@ -1,6 +1,6 @@
 """The whitelist of operations a task may ask for, as data: inputs and shape rules.
 
-Only the operations listed in OPERATIONS ever run (DESIGN.md, decision 10). Each entry
+Only the operations listed in OPERATIONS ever run (docs/security.md). Each entry
 says which inputs it takes, which item shapes it accepts and the shape of one result item.
 The numpy kernels that compute them live in ``nodes/kernels.py``; a test keeps the two
 lists equal.
@@ -12,14 +12,24 @@ caller knows where the shape came from and adds the field path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 Shape = tuple[int, ...]
 ItemShapes = Mapping[str, Shape]
 
 RETURN_MODES: tuple[str, ...] = ("full", "norms")
 """How a task hands results back: ``full`` result items, or only the ``norms`` of each item."""
+
+
+def result_dtype(input_dtypes: Iterable[np.dtype | type | str]) -> np.dtype:
+    """The element type of every operation's results: float32 when every input is float32, else float64.
+
+    ``norms`` are always float64, whatever this says; it is the type of ``full`` results.
+    """
+    return np.dtype(np.float32 if all(np.dtype(t).type is np.float32 for t in input_dtypes) else np.float64)
 
 
 @dataclass(frozen=True)

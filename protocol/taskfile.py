@@ -32,7 +32,7 @@ from protocol.inputs import (
     inline_array,
     load_array_file,
 )
-from protocol.operations import OPERATIONS
+from protocol.operations import OPERATIONS, result_dtype
 from protocol.task_schema import MAX_NAME_LENGTH, InputModel, task_json_schema, validate_structure
 
 __all__ = [
@@ -252,8 +252,7 @@ class Task:
     @property
     def result_dtype(self) -> np.dtype:
         """float32 when every input is float32, else float64."""
-        all_float32 = all(self.input_dtype(name) == np.float32 for name in self.inputs)
-        return np.dtype(np.float32 if all_float32 else np.float64)
+        return result_dtype(self.input_dtype(name) for name in self.inputs)
 
     @property
     def item_nbytes(self) -> int:

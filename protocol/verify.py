@@ -18,7 +18,7 @@ import numpy as np
 
 from protocol.inputs import GeneratedInput
 from protocol.messages import Assign, Result
-from protocol.operations import OPERATIONS
+from protocol.operations import OPERATIONS, result_dtype
 
 
 class ChunkSource(Protocol):
@@ -62,8 +62,8 @@ class AssignedChunk:
 
     @property
     def result_dtype(self) -> np.dtype:
-        dtypes = [np.dtype(s.dtype) for s in self._generated.values()] + [a.dtype for a in self.assign.arrays.values()]
-        return np.dtype(np.float32 if all(t == np.float32 for t in dtypes) else np.float64)
+        return result_dtype([*(s.dtype for s in self._generated.values()),
+                             *(a.dtype for a in self.assign.arrays.values())])
 
     def _item_shape(self, name: str) -> tuple[int, ...]:
         if name in self._generated:

@@ -1,6 +1,6 @@
 """Expected results, computed here from scratch with plain numpy, item by item.
 
-Generated inputs are re-derived from ``default_rng([seed, i])`` exactly as INTERFACE.md
+Generated inputs are re-derived from ``default_rng([seed, i])`` exactly as docs/task-files.md
 specifies, independently of ``protocol.inputs``, so a bug there is caught too.
 """
 

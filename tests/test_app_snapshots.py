@@ -77,7 +77,6 @@ class ScriptedFrontEnd:
     def __init__(self) -> None:
         self.started_at = T0
         self.events = collections.deque(EVENTS)
-        self.hub = SimpleNamespace(dispatcher=SimpleNamespace(chunk_map=self._chunk_map))
         self.released: list[str] = []
 
     def node_rows(self) -> list[NodeRow]:
@@ -92,16 +91,16 @@ class ScriptedFrontEnd:
     def release(self, node_id: str) -> None:
         self.released.append(node_id)
 
-    def task(self, task_id: str) -> SimpleNamespace:
+    def items_by_node(self, task_id: str) -> dict[str, int]:
         if task_id != "t2":
             raise FrontEndError(task_id)
-        return SimpleNamespace(summary={"items_per_node": {"gpu-01": 2_530, "gpu-02": 2_410, "edge-07": 770,
-                                                           "edge-08": 530}})
+        return {"gpu-01": 2_530, "gpu-02": 2_410, "edge-07": 770, "edge-08": 530}
 
-    def _chunk_map(self, task_id: str) -> list[ChunkView]:
-        if task_id != "t2":
-            raise KeyError(task_id)
-        return chunk_map()
+    def chunk_map(self, task_id: str) -> list[ChunkView] | None:
+        return chunk_map() if task_id == "t2" else None
+
+    def pending_keys(self) -> list[str]:
+        return ["one key"]
 
 
 class ScriptedHost:
@@ -115,8 +114,7 @@ class ScriptedHost:
 
     async def start(self) -> tuple[str, int]:
         self.frontend = ScriptedFrontEnd()
-        self.server = SimpleNamespace(registry=SimpleNamespace(pending=lambda: ["one key"]),
-                                      address=("127.0.0.1", 8022))
+        self.server = SimpleNamespace(address=("127.0.0.1", 8022))
         return ("127.0.0.1", 8022)
 
     async def stop(self) -> None:

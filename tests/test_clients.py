@@ -164,3 +164,23 @@ async def test_eight_parallel_result_downloads_get_identical_whole_files(host: H
     check_npz(outputs[0], document, rtol=1e-8)
     assert not list(host.state.task_dir(task_id).glob("*.part")), "a temporary download file was left behind"
     assert not [e for e in host.frontend.events if e.kind == "error"]
+
+
+async def test_an_upload_of_array_inputs_runs_and_a_broken_one_is_refused(host: Host, nodes, tmp_path) -> None:
+    """The CLI's frame upload, then the same bytes cut short and garbled, sent by stock ssh."""
+    from protocol.taskfile import load_task_file
+    from protocol.upload import encode_upload
+
+    nodes("n1")
+    task = load_task_file(REPO / "sample_tasks" / "solve-file.json")
+    upload = b"".join(bytes(piece) for piece in encode_upload(task))
+    status, out, err = await _ssh(host, tmp_path, "submit", upload)
+    assert status == 0, err
+    assert json.loads(out.splitlines()[-1])["ok_items"] == task.count
+
+    for broken in (upload[: len(upload) // 2], b"CC\x01\x00" + bytes(8), upload[:12] + b"{not json" + upload[21:]):
+        status, out, err = await _ssh(host, tmp_path, "submit", broken)
+        assert status == 2, err
+        assert b"Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert err.startswith(b"chainconsole: upload: ")
+        assert json.loads(out)["event"] == "rejected"

@@ -4,8 +4,8 @@ Every fenced block and link in README.md and docs/*.md is read and checked:
 
 - a ```json block that is a task file (has "operation") is validated by the task-file
   parser; one that is a node-protocol message (has "type") is decoded by the message codec,
-  with a zero-filled payload of the size its "arrays" describe; a "submit" upload header is
-  decoded the way the front-end decodes an upload;
+  with a zero-filled payload of the size its "arrays" describe; a "submit" message is
+  decoded the way the front-end decodes an upload, into a valid task;
 - every `chainconsole …` command line in a fenced block parses with the CLI's own parser,
   and every `ssh … COMMAND` line names a user command the front-end knows;
 - every relative link points at a file that exists, and at a heading that exists.
@@ -29,11 +29,12 @@ import pytest
 
 from console.cli.main import build_parser
 from console.ssh.server import NODE_SUBSYSTEM
-from console.ssh.user_commands import USAGE, Session, _parse_upload
+from console.ssh.user_commands import USAGE, Session
 from protocol.errors import ChainconsoleError
 from protocol.frames import ARRAY_DTYPES, Frame, encode_frame
 from protocol.messages import MESSAGE_TYPES, decode_message
 from protocol.taskfile import DEFAULT_LIMITS, parse_task
+from protocol.upload import decode_upload
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -122,7 +123,7 @@ def _check_json(value: object) -> str:
     if value.get("type") == "submit":
         header = {**value, "arrays": value.get("arrays", [])}
         upload = b"".join(bytes(p) for p in encode_frame(header, [_payload_for(header["arrays"])]))
-        _parse_upload(upload, DEFAULT_LIMITS)
+        decode_upload(upload, DEFAULT_LIMITS)
         return "upload"
     if "type" in value:
         decode_message(Frame(value, _payload_for(value.get("arrays"))))

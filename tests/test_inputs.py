@@ -1,4 +1,4 @@
-"""Generated items follow INTERFACE.md to the bit; array inputs load safely or say why not."""
+"""Generated items follow docs/task-files.md to the bit; array inputs load safely or say why not."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from protocol.inputs import (
 
 
 def interface_item(seed: int, i: int, shape: tuple[int, ...], distribution: str, dtype: str) -> np.ndarray:
-    """Item ``i`` exactly as INTERFACE.md words it, written independently of protocol.inputs."""
+    """Item ``i`` exactly as docs/task-files.md words it, written independently of protocol.inputs."""
     rng = np.random.default_rng([seed, i])
     if distribution == "normal":
         item = rng.standard_normal(shape)

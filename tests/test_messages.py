@@ -37,6 +37,7 @@ from protocol.messages import (
     Result,
     HostCertificate,
     NodeKeys,
+    Submit,
     Subtree,
     Welcome,
     decode_message,
@@ -86,6 +87,8 @@ SAMPLES: list[Message] = [
     Credit(7, slots=5),
     Hello(PROTOCOL_VERSION, "link", 2, 3, host_key="ssh-ed25519 AAAAC3Nza link"),
     Welcome(PROTOCOL_VERSION, "link", 1.0, 5.0, instance="f3a9", host_certificate="ssh-ed25519-cert-v01@openssh.com AAAA"),
+    Submit("solve-file", "solve", GENERATED, {"b": rng.standard_normal((1000, 4))}, "full", 3),
+    Submit("inline", "invert", {}, {"a": np.eye(2)[None].astype(np.float32)}, "norms", 1, chunk_size=10),
 ]
 
 
@@ -120,6 +123,7 @@ def test_every_message_type_is_sampled() -> None:
     assert set(MESSAGE_TYPES) == {
         "hello", "welcome", "reject", "credit", "assign", "result",
         "failed", "heartbeat", "cancel", "drain", "bye", "error", "subtree", "control", "host_certificate", "node_keys",
+        "submit",
     }
 
 
@@ -493,8 +497,7 @@ PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 def test_every_documented_header_example_decodes() -> None:
     blocks = re.findall(r"```json\n(\{\"type\".*?)\n```", PROTOCOL_DOC.read_text(), re.S)
-    # The `submit` upload is a user command's frame, not a node message (tests/test_docs.py checks it).
-    examples = [header for header in map(json.loads, blocks) if header["type"] != "submit"]
+    examples = list(map(json.loads, blocks))
     for header in examples:
         sizes = [np.dtype(a["dtype"]).itemsize * math.prod(a["shape"]) for a in header.get("arrays", [])]
         decode_message(frame(header, bytes(sum(sizes))))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from protocol.operations import OPERATIONS, ShapeProblem
+from protocol.operations import OPERATIONS, ShapeProblem, result_dtype
 
 FITTING = [
     ("invert", {"a": (3, 3)}, (3, 3)),
@@ -83,3 +84,37 @@ def test_every_operation_names_its_inputs_and_only_eigvalsh_needs_symmetry() -> 
 def test_a_missing_input_is_a_caller_bug() -> None:
     with pytest.raises(KeyError):
         OPERATIONS["solve"].check_shapes({"a": (2, 2)})
+
+
+RESULT_DTYPES = [
+    (["float32"], np.float32),
+    (["float32", "float32"], np.float32),
+    (["float32", "float64"], np.float64),
+    (["float64"], np.float64),
+    ([np.dtype("<f4"), np.dtype(">f4")], np.float32),
+    (["int64"], np.float64),
+    (["uint8", "float32"], np.float64),
+]
+
+
+@pytest.mark.parametrize("inputs,expected", RESULT_DTYPES)
+def test_the_result_dtype_is_float32_only_when_every_input_is(inputs: list, expected: type) -> None:
+    assert result_dtype(inputs) == np.dtype(expected)
+
+
+def test_task_chunk_and_kernel_agree_on_the_result_dtype() -> None:
+    """The task, a link's view of an assigned chunk and the kernel all follow the one rule."""
+    from nodes.kernels import compute
+    from protocol.messages import Assign
+    from protocol.taskfile import parse_task
+    from protocol.verify import AssignedChunk
+
+    for a_dtype, b_dtype in (("float32", "float32"), ("float32", "float64"), ("float64", "float64")):
+        task = parse_task({"operation": "matmul", "inputs": {
+            "a": {"generate": {"count": 2, "shape": [3, 3], "seed": 1, "dtype": a_dtype}},
+            "b": {"generate": {"count": 2, "shape": [3, 1], "seed": 2, "dtype": b_dtype}}}})
+        a, b = (task.inputs[name].items(0, 2) for name in "ab")
+        assign = Assign("t1", 0, 1, "matmul", 0, 2, "full", {"a": task.inputs["a"].to_spec()}, {"b": b})
+        out = compute("matmul", {"a": a, "b": b}, "full")
+        expected = np.float32 if b_dtype == a_dtype == "float32" else np.float64
+        assert task.result_dtype == AssignedChunk(assign).result_dtype == out.result.dtype == expected

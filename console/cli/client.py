@@ -10,7 +10,8 @@ import asyncssh
 
 from console.engine.statedir import StateDir
 from nodes.ssh.client import open_connection
-from protocol.errors import ChainconsoleError
+from protocol.addresses import parse_address
+from protocol.errors import ChainconsoleError, ExitStatus
 
 DEFAULT_PORT = 8022
 
@@ -18,7 +19,7 @@ DEFAULT_PORT = 8022
 class ConnectError(ChainconsoleError):
     """Cannot reach the front-end, or it refused us."""
 
-    status = 3
+    status = ExitStatus.CONNECT
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,6 @@ class Endpoint:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-
-def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``HOST:PORT`` (or ``PORT``, or ``[v6]:PORT``) → (host, port); ValueError if not."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    host = host.strip("[]") or default_host
-    number = int(port)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"port {number} out of range")
-    return host, number
 
 
 def resolve_endpoint(state: StateDir, connect: str | None, key: str | None, host_key: str | None) -> Endpoint:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from console.engine.keys import KeyError_, KeyRegistry, Role, ensure_keypair, fingerprint, initialize
 from console.engine.statedir import StateDir
+from protocol.errors import ExitStatus
 
 
 def _pubkey_text(value: str) -> str:
@@ -45,13 +46,13 @@ def run_keys(state: StateDir, args: argparse.Namespace) -> int:
                     print(f"{name:14} {info['fingerprints'][name]}  {info[name]}")
                 for entry in info["authorized"]:
                     print(f"{entry['role']:14} {entry['fingerprint']}  {entry['name']}")
-            return 0
+            return ExitStatus.OK
         case "add-node" | "add-user":
             role = Role.NODE if args.keys_command == "add-node" else (
                 Role.OPERATOR if args.operator else Role.USER)
             entry = registry.add(role, _pubkey_text(args.pubkey), args.name)
             print(f"authorized {entry.name} as {role.value}: {entry.fingerprint}")
-            return 0
+            return ExitStatus.OK
         case "pending":
             pending = registry.pending()
             if args.json:
@@ -60,14 +61,14 @@ def run_keys(state: StateDir, args: argparse.Namespace) -> int:
                 print("no pending node keys")
             for p in pending if not args.json else ():
                 print(f"{p.fingerprint}  from {p.address}  {p.attempts} attempts")
-            return 0
+            return ExitStatus.OK
         case "approve":
             entry = registry.approve(args.fingerprint, args.name)
             print(f"approved {entry.name} as node: {entry.fingerprint}")
-            return 0
+            return ExitStatus.OK
         case "remove":
             if not registry.remove(args.fingerprint):
                 raise KeyError_(f"no key with fingerprint {args.fingerprint}")
             print(f"removed {args.fingerprint}")
-            return 0
+            return ExitStatus.OK
     raise AssertionError(args.keys_command)

@@ -1,7 +1,8 @@
 """``chainconsole``: the command line. Errors are one line on stderr, never a traceback.
 
-Exit status: 0 success; 1 a task ended with failed items or was cancelled; 2 bad usage
-or an invalid task file; 3 cannot connect, or authentication refused.
+Exit status (``protocol.errors.ExitStatus``): 0 success; 1 a task ended with failed items
+or was cancelled; 2 bad usage or an invalid task file; 3 cannot connect, or authentication
+refused.
 """
 
 from __future__ import annotations
@@ -9,34 +10,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from console.cli.client import parse_address
+from console.cli.report import Progress, report
 from console.engine.statedir import StateDir, default_state_dir
-from protocol.errors import ChainconsoleError, TaskFileError
+from nodes.cli import add_arguments as node_arguments, address_argument
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 
 
 class CliError(ChainconsoleError):
     """A mistake a user made on the command line; ``status`` is the exit status."""
 
-    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+    def __init__(self, message: str, status: int = ExitStatus.USAGE) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _listen(text: str) -> tuple[str, int]:
-    try:
-        return parse_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
 
 
 def _count(text: str) -> int:
@@ -69,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
     _limit_options(p)
 
-    from nodes.cli import add_arguments as node_arguments
     p = sub.add_parser("node", help="run a compute node")
     node_arguments(p)
 
@@ -126,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _hosting_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
                    help="state folder (default: the platform's user data folder)")
-    p.add_argument("--listen", type=_listen, metavar="HOST:PORT", default=argparse.SUPPRESS,
+    p.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help="address to listen on (default 127.0.0.1:8022)")
     p.add_argument("--local-nodes", type=_count, metavar="N", default=argparse.SUPPRESS,
                    help="node processes to start on this machine (default 0)")
@@ -186,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             address = await hosting.start()
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT) from None
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.CONNECT) from None
         from console.engine.keys import fingerprint
         import asyncssh
 
@@ -202,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await hosting.stop()
 
     asyncio.run(serve())
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -228,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 assert hosting.frontend is not None
                 task_id = hosting.frontend.submit(task, "operator")
-                progress = _Progress(task.name, task.count) if sys.stderr.isatty() else None
+                progress = Progress(task.name, task.count) if sys.stderr.isatty() else None
                 waiter = asyncio.ensure_future(hosting.frontend.wait(task_id))
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=0.25)
@@ -251,34 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not stopped_by:
             raise
         raise CliError(f"stopped by {stopped_by[0].name} before the task finished", 128 + stopped_by[0]) from None
-    return _report(summary, args.json)
-
-
-def _report(summary: dict, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"{summary['task_id']} {summary['state']}: {summary['ok_items']}/{summary['items']} items ok, "
-              f"{summary['failed_items']} failed, {summary['wall_s']:.2f} s")
-    return EXIT_OK if summary["state"] == "done" else EXIT_TASK_FAILED
-
-
-class _Progress:
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.began = name, max(total, 1), time.monotonic()
-
-    def show(self, done: int) -> None:
-        width = 30
-        filled = int(width * done / self.total)
-        rate = done / max(time.monotonic() - self.began, 1e-9)
-        sys.stderr.write(f"\r{self.name} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                         f"{rate:,.0f} items/s ")
-        sys.stderr.flush()
-
-    def end(self) -> None:
-        sys.stderr.write("\n")
+    return report(summary, args.json)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -302,7 +266,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_client(args: argparse.Namespace) -> int:
     from console.cli.remote import run_remote
 
-    return asyncio.run(run_remote(state_dir(args), args))
+    return asyncio.run(run_remote(state_dir(args), args, limits_from(args)))
 
 
 COMMANDS = {
@@ -324,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     except TaskFileError as exc:
         for problem in exc.problems:
             print(f"chainconsole: {problem}", file=sys.stderr)
-        status = EXIT_USAGE
+        status = ExitStatus.USAGE
     except ChainconsoleError as exc:
         print(f"chainconsole: {exc}", file=sys.stderr)
-        status = getattr(exc, "status", EXIT_USAGE)
+        status = getattr(exc, "status", ExitStatus.USAGE)
     except KeyboardInterrupt:
-        status = 130
+        status = ExitStatus.INTERRUPTED
     except BrokenPipeError:
-        status = EXIT_OK
+        status = ExitStatus.OK
     sys.exit(status)

@@ -12,38 +12,19 @@ from pathlib import Path
 import asyncssh
 
 from console.cli.client import connect, resolve_endpoint
+from console.cli.report import Progress, report
 from console.engine.statedir import StateDir
-from protocol.errors import ChainconsoleError
-from protocol.frames import encode_frame, pack_arrays
-from protocol.inputs import GeneratedInput
-from protocol.taskfile import Task, load_task_file
-
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+from protocol.errors import ChainconsoleError, ExitStatus
+from protocol.taskfile import Task, TaskLimits, load_task_file
+from protocol.upload import encode_upload
 
 
-def upload_bytes(task: Task) -> list:
-    """What ``submit`` sends on stdin: plain JSON, or one frame when there are array inputs."""
-    generated = {n: s.to_spec() for n, s in task.inputs.items() if isinstance(s, GeneratedInput)}
-    arrays = {n: s for n, s in task.inputs.items() if not isinstance(s, GeneratedInput)}
-    common = {"name": task.name, "operation": task.operation,
-              "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
-              "return": task.return_mode, "max_attempts": task.max_attempts}
-    if not arrays:
-        document = {**common, "inputs": {n: {"generate": spec} for n, spec in generated.items()}}
-        return [json.dumps(document).encode()]
-    meta, parts = pack_arrays(arrays)
-    chunk = common["chunk_size"]
-    header = {"type": "submit", "arrays": meta,
-              "task": {**common, "chunk_size": None if chunk == "auto" else chunk, "generated": generated}}
-    return encode_frame(header, parts)
 
-
-async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
+async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimits) -> int:
+    """Run one client command (``submit``, ``tasks`` …) against the front-end; return the exit status."""
     endpoint = resolve_endpoint(state, args.connect, args.key, args.host_key)
     if args.command == "submit":
-        from console.cli.main import limits_from
-
-        task = load_task_file(args.task, limits=limits_from(args))  # refuse a bad file before connecting
+        task = load_task_file(args.task, limits=limits)  # refuse a bad file before connecting
     async with await connect(endpoint) as conn:
         match args.command:
             case "submit":
@@ -52,13 +33,13 @@ async def run_remote(state: StateDir, args: argparse.Namespace) -> int:
                 result = await _call(conn, args.command)
                 rows = json.loads(result.stdout)
                 print(json.dumps(rows, indent=2) if args.json else _table(args.command, rows))
-                return EXIT_OK
+                return ExitStatus.OK
             case "result":
                 return await _download(conn, args.task_id, Path(args.output))
             case "cancel" | "drain" | "kick" | "release":
                 result = await _call(conn, f"{args.command} {shlex.quote(args.target)}")
                 print(result.stdout.decode().strip())
-                return EXIT_OK
+                return ExitStatus.OK
     raise AssertionError(args.command)
 
 
@@ -66,7 +47,7 @@ async def _call(conn: asyncssh.SSHClientConnection, command: str, stdin: bytes |
     result = await conn.run(command, input=stdin, encoding=None, check=False)
     if result.exit_status != 0:
         message = (result.stderr or b"").decode(errors="replace").strip() or f"{command} failed"
-        raise _Remote(message.removeprefix("chainconsole: "), result.exit_status or EXIT_USAGE)
+        raise _Remote(message.removeprefix("chainconsole: "), result.exit_status or ExitStatus.USAGE)
     return result
 
 
@@ -80,15 +61,14 @@ class _Remote(ChainconsoleError):
 
 async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse.Namespace) -> int:
     wait = args.wait or bool(args.output)
-    data = b"".join(bytes(p) for p in upload_bytes(task))
+    data = b"".join(bytes(p) for p in encode_upload(task))
     process = await conn.create_process("submit" if wait else "submit --detach", encoding=None)
     process.stdin.write(data)
     process.stdin.write_eof()
     summary = None
     progress = None
     if wait and sys.stderr.isatty():
-        from console.cli.main import _Progress
-        progress = _Progress(task.name, task.count)
+        progress = Progress(task.name, task.count)
     task_id = None
     while line := await process.stdout.readline():
         try:
@@ -109,20 +89,19 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
     if progress:
         progress.end()
     status = process.exit_status
-    if status == EXIT_USAGE:
+    if status == ExitStatus.USAGE:
         for line in (await process.stderr.read()).decode().splitlines():
             print(line, file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     if not wait:
         print(json.dumps({"task_id": task_id}) if args.json else task_id)
-        return EXIT_OK
+        return ExitStatus.OK
     if summary is None:
         print("chainconsole: the front-end closed the session before the task ended", file=sys.stderr)
-        return EXIT_CONNECT
+        return ExitStatus.CONNECT
     if args.output:
         await _download(conn, summary["task_id"], Path(args.output))
-    from console.cli.main import _report
-    return _report(summary, args.json)
+    return report(summary, args.json)
 
 
 async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Path) -> int:
@@ -136,9 +115,9 @@ async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Pa
         tmp.unlink(missing_ok=True)
         message = (await process.stderr.read()).decode().strip().removeprefix("chainconsole: ")
         print(f"chainconsole: {message}", file=sys.stderr)
-        return process.exit_status or EXIT_USAGE
+        return process.exit_status or ExitStatus.USAGE
     os.replace(tmp, output)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def _table(kind: str, rows: list[dict]) -> str:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from protocol.errors import TaskFileError
+from protocol.errors import ExitStatus, TaskFileError
 from protocol.inputs import GeneratedInput, format_bytes
 from protocol.taskfile import DEFAULT_LIMITS, Task, TaskLimits, load_task_file
-
-EXIT_OK = 0
-EXIT_INVALID = 2
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -38,6 +35,6 @@ def run_validate(path: str, *, limits: TaskLimits = DEFAULT_LIMITS) -> int:
     except TaskFileError as error:
         for problem in error.problems:
             print(f"{path}: {problem}", file=sys.stderr)
-        return EXIT_INVALID
+        return ExitStatus.USAGE
     print(summary_line(task))
-    return EXIT_OK
+    return ExitStatus.OK

@@ -427,6 +427,33 @@ class FrontEnd(HubShell):
         for listener in self._listeners:
             listener(event)
 
+    # -- for the faces ---
+    # What the TUI and the CLI need beyond the rows and actions above. They call these and
+    # never reach the Dispatcher or the key registry behind them.
+
+    def chunk_map(self, task_id: str) -> list[d.ChunkView] | None:
+        """Every item range of a task in item order, with its state; None once it is not held."""
+        try:
+            return self.hub.dispatcher.chunk_map(task_id)
+        except KeyError:
+            return None
+
+    def items_by_node(self, task_id: str) -> dict[str, int]:
+        """Items of a task computed per node: its summary's once it ended, else the live count."""
+        record = self.task(task_id)
+        if record.summary is not None:
+            return dict(record.summary.get("items_per_node", {}))
+        view = next((v for v in self.hub.dispatcher.snapshot(self.now()).tasks if v.task_id == task_id), None)
+        return dict(view.items_by_node) if view is not None else {}
+
+    def pending_keys(self) -> list:
+        """The node keys refused so far and waiting for an operator (``PendingKey`` records)."""
+        return self.registry.pending()
+
+    def approve_key(self, fingerprint: str, name: str = ""):
+        """Authorize a pending node key as a node (its ``KeyEntry``); it gets in on its next try."""
+        return self.registry.approve(fingerprint, name)
+
 
 def _failed_summary(row: JournaledTask, reason: str) -> dict:
     """The summary of a task that could not be resumed: every item failed, and why."""

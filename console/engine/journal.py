@@ -17,19 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from console.engine.statedir import fsync_dir, make_private_dir
-from protocol.errors import ChainconsoleError
+from protocol.errors import ChainconsoleError, ExitStatus
 from protocol.inputs import GeneratedInput
 from protocol.taskfile import NO_LIMITS, Task, task_from_parts
 
 SUBMITTING = "submitting"
 """A task's state while its inputs are written: it is a task only once they are on disk."""
-EXIT_DAMAGED = 2
 
 
 class JournalDamaged(ChainconsoleError):
     """The journal file is not a readable database; the front-end refuses to start on it."""
 
-    status = EXIT_DAMAGED
+    status = ExitStatus.USAGE
 
 
 class DamagedTask(ChainconsoleError):

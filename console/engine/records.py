@@ -41,7 +41,6 @@ class TaskRecord:
     task: Task | None = None
     store: ResultStore | None = None
     state: str = "queued"
-    started_at: float | None = None
     finished_at: float | None = None
     summary: dict | None = None
     items_by_node: dict[str, int] = field(default_factory=dict)

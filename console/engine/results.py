@@ -41,7 +41,6 @@ class ResultStore:
         return_mode: str,
     ) -> None:
         self.folder = make_private_dir(folder)
-        self.return_mode = return_mode
         values_file = RESULT_FILE if return_mode == "full" else NORMS_FILE
         if return_mode == "full":
             shape, values_dtype = (count, *item_shape), np.dtype(dtype)

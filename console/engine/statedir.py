@@ -11,16 +11,15 @@ from pathlib import Path
 
 import platformdirs
 
-from protocol.errors import ChainconsoleError
+from protocol.errors import ChainconsoleError, ExitStatus
 
 APP_NAME = "chainconsole"
-EXIT_IN_USE = 3
 
 
 class StateDirInUse(ChainconsoleError):
     """Another front-end holds this state folder; ``status`` is the exit status."""
 
-    status = EXIT_IN_USE
+    status = ExitStatus.CONNECT
 
 
 def default_state_dir() -> Path:

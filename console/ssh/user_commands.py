@@ -1,8 +1,9 @@
 """The user commands: what a user or operator may run over SSH (``ssh … submit``).
 
 Every command answers in JSON (one object, or JSON lines while a task runs) so the
-stock OpenSSH client is a complete client. Exit status follows the CLI's contract:
-0 success, 1 a task ended with failed items or was cancelled, 2 a bad request.
+stock OpenSSH client is a complete client. Exit status follows the CLI's contract
+(``protocol.errors.ExitStatus``): 0 success, 1 a task ended with failed items or was
+cancelled, 2 a bad request.
 """
 
 from __future__ import annotations
@@ -13,25 +14,18 @@ import json
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import asyncssh
 
 from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
-from protocol.errors import ChainconsoleError, RemoteProtocolError, TaskFileError
-from protocol.frames import FrameDecoder, unpack_arrays
-from protocol.taskfile import Task, TaskLimits, parse_task_text, task_from_parts
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
+from protocol.upload import MAX_UPLOAD, decode_upload
 
-if TYPE_CHECKING:
-    from console.ssh.server import FrontEndServer
-
-MAX_TASK_TEXT = 64 * 1024 * 1024
-MAX_UPLOAD = 1024 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
-FRAME_MAGIC = b"CC"
 
 USAGE = """commands:
   submit [--detach]     read a task (JSON) on stdin and run it
@@ -56,9 +50,8 @@ class _Parser(argparse.ArgumentParser):
 class Session:
     """One user command on one SSH channel."""
 
-    def __init__(self, server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
-        self.server = server
-        self.frontend: FrontEnd = server.frontend
+    def __init__(self, frontend: FrontEnd, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
+        self.frontend = frontend
         self.process = process
         self.key = key
         self.operator = key.role is Role.OPERATOR
@@ -66,7 +59,7 @@ class Session:
     def out(self, obj: object) -> None:
         self.process.stdout.write((json.dumps(obj) + "\n").encode())
 
-    def fail(self, message: str, status: int = 2) -> int:
+    def fail(self, message: str, status: int = ExitStatus.USAGE) -> int:
         self.process.stderr.write(f"chainconsole: {message}\n".encode())
         return status
 
@@ -77,7 +70,7 @@ class Session:
             return self.fail(f"cannot parse command: {exc}")
         if not words or words[0] in ("help", "--help", "-h"):
             self.process.stdout.write(USAGE.encode())
-            return 0 if words else 2
+            return ExitStatus.OK if words else ExitStatus.USAGE
         handler = getattr(self, f"cmd_{words[0]}", None)
         if handler is None:
             return self.fail(f"unknown command {words[0]!r}; try 'help'")
@@ -86,7 +79,8 @@ class Session:
         except UsageError as exc:
             return self.fail(f"{words[0]}: {exc}")
         except FrontEndError as exc:
-            return self.fail(str(exc), 1 if "not finished" in str(exc) else 2)
+            status = ExitStatus.FAILED if "not finished" in str(exc) else ExitStatus.USAGE
+            return self.fail(str(exc), status)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -125,16 +119,16 @@ class Session:
         opts = parser.parse_args(args)
         data = await self._read_stdin(MAX_UPLOAD)
         try:
-            task = _parse_upload(data, self.frontend.limits)
+            task = decode_upload(data, self.frontend.limits)
         except TaskFileError as exc:
             for problem in exc.problems:
                 self.process.stderr.write(f"chainconsole: {problem}\n".encode())
             self.out({"event": "rejected", "problems": exc.problems})
-            return 2
+            return ExitStatus.USAGE
         task_id = self.frontend.submit(task, self.key.name)
         if opts.detach:
             self.out({"task_id": task_id})
-            return 0
+            return ExitStatus.OK
         self.out({"event": "accepted", "task_id": task_id, "name": task.name, "items": task.count})
         return await self._follow(task_id)
 
@@ -159,23 +153,23 @@ class Session:
                 pass
         summary = record.summary or {}
         self.out({"event": "done", **summary})
-        return 0 if summary.get("state") == "done" else 1
+        return ExitStatus.OK if summary.get("state") == "done" else ExitStatus.FAILED
 
     async def cmd_tasks(self, args: list[str]) -> int:
         rows = [asdict(r) for r in self.frontend.task_rows()
                 if self.operator or r.owner == self.key.name]
         self.out(rows)
-        return 0
+        return ExitStatus.OK
 
     async def cmd_status(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
         row = next(r for r in self.frontend.task_rows() if r.task_id == record.task_id)
         self.out({**asdict(row), "summary": record.summary})
-        return 0
+        return ExitStatus.OK
 
     async def cmd_nodes(self, args: list[str]) -> int:
         self.out([asdict(r) for r in self.frontend.node_rows()])
-        return 0
+        return ExitStatus.OK
 
     async def cmd_result(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
@@ -184,14 +178,14 @@ class Session:
             while chunk := await asyncio.to_thread(source.read, SEND_CHUNK):
                 self.process.stdout.write(chunk)
                 await self.process.stdout.drain()
-        return 0
+        return ExitStatus.OK
 
     async def cmd_cancel(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
         self.frontend.cancel(record.task_id)
         await record.finished.wait()
         self.out({"task_id": record.task_id, "state": record.state})
-        return 0
+        return ExitStatus.OK
 
     async def cmd_drain(self, args: list[str]) -> int:
         return self._node_action(args, self.frontend.drain, "draining")
@@ -208,34 +202,17 @@ class Session:
         node = self._one_arg(args, "node name")
         action(node)
         self.out({"node": node, "state": state})
-        return 0
+        return ExitStatus.OK
 
 
-def _parse_upload(data: bytes, limits: TaskLimits) -> Task:
-    """A task from ``submit``'s stdin: JSON text, or one frame with array inputs."""
-    if not data.startswith(FRAME_MAGIC):
-        if len(data) > MAX_TASK_TEXT:
-            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
-        return parse_task_text(data, allow_files=False, limits=limits)
-    decoder = FrameDecoder(max_payload=MAX_UPLOAD)
-    try:
-        decoder.feed(data)
-        frame = decoder.next_frame()
-        decoder.close()
-        if frame is None or frame.header.get("type") != "submit":
-            raise RemoteProtocolError("expected one submit frame")
-        spec = frame.header.get("task")
-        if not isinstance(spec, dict):
-            raise RemoteProtocolError("submit frame has no task object")
-        arrays = unpack_arrays(frame.header.get("arrays", []), memoryview(frame.payload))
-        return task_from_parts(
-            spec.get("name", "task"), spec.get("operation", ""), spec.get("generated", {}), arrays,
-            spec.get("chunk_size"), spec.get("return", "full"), spec.get("max_attempts", 3), limits=limits,
-        )
-    except RemoteProtocolError as exc:
-        raise TaskFileError([f"upload: {exc}"]) from None
+class ServesAFrontEnd(Protocol):
+    """What a user command needs of the SSH server that runs it: the front-end it serves."""
+
+    @property
+    def frontend(self) -> FrontEnd: ...
 
 
-async def run_user_command(server: FrontEndServer, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
-    status = await Session(server, process, key).run()
+async def run_user_command(server: ServesAFrontEnd, process: asyncssh.SSHServerProcess, key: KeyEntry) -> None:
+    """Run the command ``process`` asks for, as ``key``, and exit with its status."""
+    status = await Session(server.frontend, process, key).run()
     process.exit(status)

@@ -41,15 +41,14 @@ from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
 from console.tui.snapshot import EMPTY, take_detail, take_snapshot
 from console.tui.status import HostIdentity, ThroughputMeter
 from console.tui.tables import CONNECTED_NODE_STATES, FINISHED_TASK_STATES, LIVE_TASK_STATES
-from protocol.errors import ChainconsoleError, TaskFileError
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 from protocol.taskfile import DEFAULT_LIMITS, TaskLimits, load_task_file
 
 DEFAULT_LISTEN = ("127.0.0.1", 8022)
 DEFAULT_REFRESH_S = 0.4
-"""How often the screens re-read the front-end (STYLE.md: every 250-500 ms)."""
+"""How often the screens re-read the front-end: every 250-500 ms is live enough and cheap."""
 OWNER = "operator"
 """Who the console's submissions belong to: the operator, like the operator key's tasks."""
-EXIT_OK, EXIT_CONNECT = 0, 3
 MASK = "•••"
 DRAINABLE_NODE_STATES = frozenset({"idle", "busy"})
 
@@ -135,11 +134,11 @@ class ConsoleApp(App[None]):
             address = await self.host.start()
         except ChainconsoleError as exc:  # the state folder is in use or damaged
             await self._stop_host()
-            self.exit(return_code=getattr(exc, "status", EXIT_CONNECT), message=f"chainconsole: {exc}")
+            self.exit(return_code=getattr(exc, "status", ExitStatus.CONNECT), message=f"chainconsole: {exc}")
             return
         except OSError as exc:
             await self._stop_host()
-            self.exit(return_code=EXIT_CONNECT,
+            self.exit(return_code=ExitStatus.CONNECT,
                       message=f"chainconsole: cannot listen on {settings.host}:{settings.port}: "
                               f"{exc.strerror or exc}")
             return
@@ -416,13 +415,13 @@ class ConsoleApp(App[None]):
 
     @work(group="dialogs")
     async def _approve(self) -> None:
-        server = self.host.server
-        if server is None:
+        frontend = self.host.frontend
+        if frontend is None:
             return
-        chosen = await self.push_screen_wait(PendingKeysModal(server.registry.pending(), time.time()))
+        chosen = await self.push_screen_wait(PendingKeysModal(frontend.pending_keys(), time.time()))
         if chosen is None:
             return
-        if self._call("approve", partial(server.registry.approve, chosen)):
+        if self._call("approve", partial(frontend.approve_key, chosen)):
             self.notify(f"Node key {chosen} approved: the node gets in on its next try")
 
     def action_filter(self) -> None:
@@ -453,7 +452,7 @@ class ConsoleApp(App[None]):
                 return
         self.notify("Stopping the front-end…", timeout=30)
         await self._stop_host()
-        self.exit(return_code=EXIT_OK)
+        self.exit(return_code=ExitStatus.OK)
 
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,
@@ -463,4 +462,4 @@ def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: in
     app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits}),
                      handle_signals=True)
     app.run()
-    return app.return_code or EXIT_OK
+    return app.return_code or ExitStatus.OK

@@ -43,11 +43,11 @@ EMPTY = ConsoleSnapshot()
 
 
 def take_snapshot(host: Host) -> ConsoleSnapshot:
-    """Read the front-end's nodes and tasks and the registry's pending keys."""
-    frontend, server = host.frontend, host.server
-    if frontend is None or server is None:
+    """Read the front-end's nodes, tasks and pending keys."""
+    frontend = host.frontend
+    if frontend is None or host.server is None:
         return EMPTY
-    return ConsoleSnapshot.of(frontend.node_rows(), frontend.task_rows(), len(server.registry.pending()))
+    return ConsoleSnapshot.of(frontend.node_rows(), frontend.task_rows(), len(frontend.pending_keys()))
 
 
 @dataclass(frozen=True)
@@ -67,18 +67,9 @@ def take_detail(host: Host, task_id: str) -> TaskDetail:
     frontend = host.frontend
     if frontend is None:
         return TaskDetail(None, {})
+    chunk_map = frontend.chunk_map(task_id)
+    chunks = tuple(chunk_map) if chunk_map is not None else None
     try:
-        chunks: tuple[ChunkView, ...] | None = tuple(frontend.hub.dispatcher.chunk_map(task_id))
-    except KeyError:
-        chunks = None
-    try:
-        record = frontend.task(task_id)
+        return TaskDetail(chunks, frontend.items_by_node(task_id))
     except FrontEndError:
         return TaskDetail(chunks, {})
-    if record.summary is not None:
-        return TaskDetail(chunks, dict(record.summary.get("items_per_node", {})))
-    # The FrontEnd's rows carry no per-node split; the Dispatcher's task view does.
-    for view in frontend.hub.dispatcher.snapshot(frontend.now()).tasks:
-        if view.task_id == task_id:
-            return TaskDetail(chunks, dict(view.items_by_node))
-    return TaskDetail(chunks, {})

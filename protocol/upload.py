@@ -1,0 +1,72 @@
+"""What the ``submit`` user command reads on stdin, both ways: a task as bytes, and back.
+
+A task whose inputs are all ``generate`` specs travels as its JSON task file, so a plain
+``ssh … submit < task.json`` is a complete client. A task with array inputs travels as one
+frame holding a ``Submit`` message (JSON header, arrays in the payload), read by the same
+``MessageReader`` as every other message. The first two bytes tell them apart: a frame
+starts with the magic ``CC``, a JSON document never does.
+"""
+
+from __future__ import annotations
+
+import json
+
+from protocol.errors import RemoteProtocolError, TaskFileError
+from protocol.frames import DEFAULT_MAX_HEADER, MAGIC, Buffer
+from protocol.inputs import GeneratedInput
+from protocol.messages import MessageReader, Submit, encode_message
+from protocol.taskfile import DEFAULT_LIMITS, Task, TaskLimits, parse_task_text, task_from_parts
+
+MAX_TASK_TEXT = 64 * 1024 * 1024
+"""The largest JSON task a front-end reads on stdin."""
+MAX_UPLOAD = 1024 * 1024 * 1024
+"""The largest payload of a ``submit`` frame (its array inputs)."""
+
+
+def submit_message(task: Task) -> Submit:
+    """The ``Submit`` message of a task: generated inputs as specs, the others as arrays."""
+    generated = {n: s.to_spec() for n, s in task.inputs.items() if isinstance(s, GeneratedInput)}
+    arrays = {n: s for n, s in task.inputs.items() if not isinstance(s, GeneratedInput)}
+    return Submit(task.name, task.operation, generated, arrays, task.return_mode, task.max_attempts,
+                  task.chunk_size)
+
+
+def encode_upload(task: Task) -> list[Buffer]:
+    """The bytes to send ``submit``: the JSON task file when every input is generated, else one frame."""
+    message = submit_message(task)
+    if message.arrays:
+        return encode_message(message, max_payload=MAX_UPLOAD)
+    document = {
+        "name": message.name, "operation": message.operation,
+        "inputs": {name: {"generate": spec} for name, spec in message.generated.items()},
+        "chunk_size": "auto" if message.chunk_size is None else message.chunk_size,
+        "return": message.return_mode, "max_attempts": message.max_attempts,
+    }
+    return [json.dumps(document).encode()]
+
+
+def task_from_message(message: Submit, limits: TaskLimits = DEFAULT_LIMITS) -> Task:
+    """The task a ``Submit`` message holds, validated like a task file (TaskFileError if not)."""
+    return task_from_parts(message.name, message.operation, message.generated, message.arrays,
+                           message.chunk_size, message.return_mode, message.max_attempts, limits=limits)
+
+
+def decode_upload(data: Buffer, limits: TaskLimits = DEFAULT_LIMITS) -> Task:
+    """The task ``submit`` read on stdin: JSON text, or one ``submit`` frame; TaskFileError if neither."""
+    view = memoryview(data).cast("B")
+    if view[: len(MAGIC)] != MAGIC:
+        if view.nbytes > MAX_TASK_TEXT:
+            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
+        return parse_task_text(bytes(view), allow_files=False, limits=limits)
+    reader = MessageReader(max_header=DEFAULT_MAX_HEADER, max_payload=MAX_UPLOAD)
+    try:
+        reader.feed(view)
+        message = reader.next_message()
+        reader.close()  # raises if the upload stopped in the middle of a frame
+        if message is None or reader.next_message() is not None:
+            raise RemoteProtocolError("expected exactly one submit frame")
+        if not isinstance(message, Submit):
+            raise RemoteProtocolError(f"expected a submit message, got {message.TYPE}")
+    except RemoteProtocolError as exc:
+        raise TaskFileError([f"upload: {exc}"]) from None
+    return task_from_message(message, limits)
