@@ -203,12 +203,13 @@ def _read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def load_array_file(
-    file: str, key: str | None, *, base_dir: Path | None, where: str, max_bytes: int
+    file: str, key: str | None, *, base_dir: Path | None, where: str, max_bytes: int, mapped: bool = False
 ) -> np.ndarray:
     """Load a ``file`` input (``.npy``, or ``.npz`` with ``key``) as float_array does.
 
     The header is read first, so a file that is not numbers or holds more than ``max_bytes``
     (counted as float64) is refused without loading it; pickled objects never load.
+    ``mapped`` maps a ``.npy`` file of float32 or float64 into memory instead of reading it.
     """
     path = Path(file) if base_dir is None else base_dir / file
     suffix = path.suffix.lower()
@@ -247,7 +248,9 @@ def load_array_file(
         )
     try:
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
+            if mapped and array.nbytes != math.prod(shape) * dtype.itemsize:
+                raise ValueError("the file is shorter than its header says")
         else:
             with np.load(path, allow_pickle=False) as arrays:
                 array = arrays[key]

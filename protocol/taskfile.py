@@ -270,6 +270,20 @@ class Task:
         data = self.inputs[name]
         return data.items(start, stop) if isinstance(data, GeneratedInput) else data[start:stop]
 
+    def document(self, files: Mapping[str, str]) -> dict[str, Any]:
+        """The task as a task file, each array input named by the ``.npy`` file in ``files`` that holds it."""
+        inputs: dict[str, dict[str, Any]] = {}
+        for name, data in self.inputs.items():
+            inputs[name] = {"generate": data.to_spec()} if isinstance(data, GeneratedInput) else {"file": files[name]}
+        return {
+            "name": self.name,
+            "operation": self.operation,
+            "inputs": inputs,
+            "chunk_size": self.chunk_size if self.chunk_size is not None else "auto",
+            "return": self.return_mode,
+            "max_attempts": self.max_attempts,
+        }
+
     def describe_inputs(self) -> dict[str, dict[str, Any]]:
         """Each input as ``{"generate": spec}`` or ``{"array": {"dtype": ..., "shape": [...]}}``."""
         described: dict[str, dict[str, Any]] = {}
@@ -288,7 +302,8 @@ def _name_from_stem(stem: str) -> str:
 
 
 def _resolve(
-    where: str, given: InputModel, *, base_dir: Path | None, allow_files: bool, max_bytes: int
+    where: str, given: InputModel, *, base_dir: Path | None, allow_files: bool, max_bytes: int,
+    map_files: bool = False,
 ) -> _Source:
     """Turn one input of a task file into generated items or an array; TaskFileError if it cannot."""
     if given.generate is not None:
@@ -308,7 +323,8 @@ def _resolve(
                     "or chainconsole submit"
                 ]
             )
-        array = load_array_file(given.file, given.key, base_dir=base_dir, where=where, max_bytes=max_bytes)
+        array = load_array_file(given.file, given.key, base_dir=base_dir, where=where, max_bytes=max_bytes,
+                                mapped=map_files)
         return _Source(array, f"{where}.file")
     return _Source(inline_array(given.inline or [], f"{where}.inline"), f"{where}.inline")
 
@@ -321,6 +337,7 @@ def _build(
     limits: TaskLimits,
     allow_files: bool,
     default_name: str,
+    map_files: bool = False,
 ) -> Task:
     """Both passes over a document plus arrays given directly (task_from_parts); the Task or every problem."""
     model = validate_structure(document)
@@ -334,6 +351,7 @@ def _build(
                 base_dir=base_dir,
                 allow_files=allow_files,
                 max_bytes=limits.max_task_bytes,
+                map_files=map_files,
             )
         except TaskFileError as error:
             problems += error.problems
@@ -372,14 +390,18 @@ def parse_task(
     limits: TaskLimits = DEFAULT_LIMITS,
     allow_files: bool = True,
     default_name: str = "task",
+    map_files: bool = False,
 ) -> Task:
     """Validate a task document (parsed JSON) and return the Task; TaskFileError lists the problems.
 
     ``base_dir`` is where relative ``file`` paths start (default: the working directory);
-    ``allow_files=False`` refuses ``file`` inputs (tasks that arrive over SSH).
+    ``allow_files=False`` refuses ``file`` inputs (tasks that arrive over SSH);
+    ``map_files`` maps ``.npy`` inputs into memory rather than reading them (the
+    front-end's own copies of a task's inputs, which nobody changes underneath it).
     """
     return _build(
-        document, {}, base_dir=base_dir, limits=limits, allow_files=allow_files, default_name=default_name
+        document, {}, base_dir=base_dir, limits=limits, allow_files=allow_files, default_name=default_name,
+        map_files=map_files,
     )
 
 

@@ -491,3 +491,25 @@ def test_task_files_are_strict_json(text: str, problem: str) -> None:
     with pytest.raises(TaskFileError) as refused:
         parse_task_text(text)
     assert problem in str(refused.value)
+
+
+def test_a_task_is_its_own_task_file_with_its_arrays_in_files(tmp_path) -> None:
+    task = load_task_file(SAMPLES / "solve-file.json")
+    arrays = [name for name in task.inputs if "array" in task.describe_inputs()[name]]
+    for name in arrays:
+        np.save(tmp_path / f"{name}.npy", task.inputs[name])
+    document = task.document({name: f"{name}.npy" for name in arrays})
+    rebuilt = parse_task(json.loads(json.dumps(document)), base_dir=tmp_path, map_files=True)
+    assert rebuilt.describe_inputs() == task.describe_inputs()
+    for name in arrays:
+        assert isinstance(rebuilt.inputs[name].base, np.memmap)  # read from disk as needed, not held in memory
+    for name in task.inputs:
+        np.testing.assert_array_equal(rebuilt.input_items(name, 5, 9), task.input_items(name, 5, 9))
+
+
+def test_a_mapped_npy_file_shorter_than_its_header_is_refused(tmp_path) -> None:
+    np.save(tmp_path / "a.npy", np.ones((4, 3, 3)))
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "a.npy").write_bytes(data[:-20])
+    document = {"operation": "invert", "inputs": {"a": {"file": "a.npy"}}}
+    assert problems_of(document, base_dir=tmp_path, map_files=True)

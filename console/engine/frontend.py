@@ -115,6 +115,9 @@ class FrontEnd(HubShell):
         make_private_dir(folder)
         save_array_inputs(folder, task)
         self.journal.set_state(task_id, "queued")
+        # From here on the task reads its inputs from its folder, as a resumed one does:
+        # the uploaded arrays need not stay in memory while it waits.
+        task = task_from_document(document, folder)
         record = self._make_record(task_id, task, owner, time.time())
         self.tasks[task_id] = record
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)

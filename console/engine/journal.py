@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from console.engine.statedir import fsync_dir, make_private_dir
-from protocol.errors import ChainconsoleError, ExitStatus
+from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 from protocol.inputs import GeneratedInput
-from protocol.taskfile import NO_LIMITS, Task, task_from_parts
+from protocol.taskfile import NO_LIMITS, Task, parse_task
 
 SUBMITTING = "submitting"
 """A task's state while its inputs are written: it is a task only once they are on disk."""
@@ -148,16 +148,18 @@ class Journal:
         return [StoredChunk(*r) for r in rows]
 
 
+INPUTS_FOLDER = "inputs"
+
+
+def _input_files(task: Task) -> dict[str, str]:
+    """Where in its task folder each array input of a task is kept."""
+    return {name: f"{INPUTS_FOLDER}/{name}.npy" for name, source in task.inputs.items()
+            if not isinstance(source, GeneratedInput)}
+
+
 def task_document(task: Task) -> dict:
-    """The journal's description of a task: enough to rebuild it after a restart."""
-    return {
-        "name": task.name,
-        "operation": task.operation,
-        "inputs": task.describe_inputs(),
-        "chunk_size": task.chunk_size if task.chunk_size is not None else "auto",
-        "return": task.return_mode,
-        "max_attempts": task.max_attempts,
-    }
+    """The journal's copy of a task: the task file itself, its arrays in the task folder."""
+    return task.document(_input_files(task))
 
 
 def _json_object(text: object) -> dict | None:
@@ -170,37 +172,22 @@ def _json_object(text: object) -> dict | None:
 
 
 def task_from_document(document: dict | None, folder: Path) -> Task:
-    """Rebuild a journaled task, reading its array inputs back from the task folder.
+    """Rebuild a journaled task, its array inputs mapped from the task folder.
 
     Raises ``DamagedTask`` naming what is wrong when the document or a file is missing,
     truncated or not what the document describes.
     """
     if document is None:
         raise DamagedTask("the journal's copy of the task document is damaged")
+    inputs = document.get("inputs")
+    if isinstance(inputs, dict):  # journals written before the copy was a task file
+        document = {**document, "inputs": {
+            name: {"file": f"{INPUTS_FOLDER}/{name}.npy"} if isinstance(given, dict) and "array" in given else given
+            for name, given in inputs.items()}}
     try:
-        generated, arrays = {}, {}
-        for name, described in document["inputs"].items():
-            if "generate" in described:
-                generated[name] = described["generate"]
-            else:
-                path = folder / "inputs" / f"{name}.npy"
-                try:
-                    arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-                except FileNotFoundError:
-                    raise DamagedTask(f"input file {path} is missing") from None
-                except (OSError, ValueError, EOFError) as exc:
-                    raise DamagedTask(f"input file {path} is damaged: {exc}") from None
-        chunk_size = document["chunk_size"]
-        return task_from_parts(document["name"], document["operation"], generated, arrays,
-                               None if chunk_size == "auto" else chunk_size,
-                               document["return"], document["max_attempts"], limits=NO_LIMITS)
-    except DamagedTask:
-        raise
-    except ChainconsoleError as exc:
-        raise DamagedTask(f"the task no longer validates: {exc}") from None
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise DamagedTask(f"the journal's copy of the task document is damaged ({type(exc).__name__}: {exc})") \
-            from None
+        return parse_task(document, base_dir=folder, limits=NO_LIMITS, map_files=True)
+    except TaskFileError as exc:
+        raise DamagedTask(f"the task no longer validates: {'; '.join(exc.problems)}") from None
 
 
 def save_array_inputs(folder: Path, task: Task) -> None:
@@ -211,9 +198,10 @@ def save_array_inputs(folder: Path, task: Task) -> None:
     arrays = [(name, source) for name, source in task.inputs.items() if not isinstance(source, GeneratedInput)]
     if not arrays:
         return
-    inputs = make_private_dir(folder / "inputs")
+    inputs = make_private_dir(folder / INPUTS_FOLDER)
+    files = _input_files(task)
     for name, source in arrays:
-        path = inputs / f"{name}.npy"
+        path = folder / files[name]
         tmp = inputs / f".{name}.npy.tmp"
         _write_array(tmp, source)
         os.replace(tmp, path)
