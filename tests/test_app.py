@@ -224,6 +224,9 @@ async def test_drain_tells_the_selected_node_to_finish_and_leave(tmp_path: Path)
         await shown(pilot, lambda: app.main.query_one(NodesTable).get_cell("local1", "state").plain == "drained",
                     "the node to be gone")
         assert enabled(app)["drain"] is False
+    # The console keeps the same events in its log file, the operator's action among them.
+    log = (tmp_path / "state" / "logs" / "frontend.log").read_text()
+    assert " join " in log and "drain local1 by the console" in log
 
 
 async def test_kick_asks_naming_the_node_declined_keeps_it_confirmed_drops_it(tmp_path: Path) -> None:

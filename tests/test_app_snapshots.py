@@ -88,7 +88,7 @@ class ScriptedFrontEnd:
     def on_event(self, listener: object) -> None:
         pass
 
-    def release(self, node_id: str) -> None:
+    def release(self, node_id: str, *, by: str = "") -> None:
         self.released.append(node_id)
 
     def items_by_node(self, task_id: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.metadata
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from console.cli.report import Progress, report
+from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
 from nodes.cli import add_arguments as node_arguments, address_argument
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
@@ -41,18 +43,30 @@ def _count(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("chainconsole")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainconsole",
         description="Operator console and front-end for chains of SSH-connected compute nodes.",
     )
+    parser.add_argument("--version", action="version", version=f"chainconsole {_version()}")
     _hosting_options(parser)
     _limit_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="the front-end without the console; stops on SIGINT/SIGTERM")
+    p = sub.add_parser("serve", help="the front-end without the console; stops on SIGINT/SIGTERM",
+                       description="Run the front-end without the console, logging one line per event to "
+                                   "stderr, until SIGINT, SIGTERM or SIGHUP.")
     _hosting_options(p)
     _limit_options(p)
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="plain",
+                   help="one line per event on stderr: plain text (default) or JSON objects")
 
     p = sub.add_parser("run", help="one shot: a private front-end and local nodes run one task")
     p.add_argument("task", metavar="TASK.json")
@@ -186,6 +200,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"host key {fp}; state in {hosting.state.root}", file=sys.stderr, flush=True)
         for warning in hosting.warnings:
             print(f"chainconsole: warning: {warning}", file=sys.stderr, flush=True)
+        assert hosting.frontend is not None
+        log = EventLog(sys.stderr, args.log_format)
+        for event in list(hosting.frontend.events):  # what happened while starting (resumed tasks …)
+            log(event)
+        hosting.frontend.on_event(log)
         try:
             await stop.wait()
         finally:

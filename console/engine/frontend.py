@@ -188,11 +188,12 @@ class FrontEnd(HubShell):
             self.log("resumed", f"{row.name}: {len(chunks)} stored chunks kept", task_id=row.task_id)
             self.run(_submitted(row.task_id, task, row.owner, completed, failed))
 
-    def cancel(self, task_id: str) -> None:
+    def cancel(self, task_id: str, *, by: str = "") -> None:
+        """Stop a task; what is stored stays, the rest of its items fail."""
         record = self.task(task_id)
         if record.finished.is_set():
             return
-        self.log("cancel", f"{record.name} cancelled", task_id=task_id)
+        self.log("cancel", f"{record.name} cancelled{_by(by)}", task_id=task_id)
         self.run(d.TaskCancelled(task_id))
 
     def task(self, task_id: str) -> TaskRecord:
@@ -220,23 +221,25 @@ class FrontEnd(HubShell):
 
     # -- nodes, as operators act on them ------------------------------------------------
 
-    def drain(self, node_id: str) -> None:
+    def drain(self, node_id: str, *, by: str = "") -> None:
         """No new chunks for the node; it finishes what it holds, then leaves."""
-        self._act(self.hub.drain, node_id)
+        self._act("drain", self.hub.drain, node_id, by)
 
-    def kick(self, node_id: str) -> None:
+    def kick(self, node_id: str, *, by: str = "") -> None:
         """Disconnect the node now; its chunks go to other nodes at once."""
-        self._act(self.hub.kick, node_id)
+        self._act("kick", self.hub.kick, node_id, by)
 
-    def release(self, node_id: str) -> None:
+    def release(self, node_id: str, *, by: str = "") -> None:
         """Let a quarantined node have work again (or back in, if it is disconnected)."""
-        self._act(self.hub.release, node_id)
+        self._act("release", self.hub.release, node_id, by)
 
-    def _act(self, action: Callable[[str, float], list], node_id: str) -> None:
+    def _act(self, verb: str, action: Callable[[str, float], list], node_id: str, by: str) -> None:
         try:
             outputs = action(node_id, self.now())
         except HubError as exc:
             raise FrontEndError(str(exc)) from None
+        if by:
+            self.log("operator", f"{verb} {node_id}{_by(by)}", node_id=node_id)
         self.carry_out(outputs)
 
     # -- chains ----------------------------------------------------------------------
@@ -455,7 +458,13 @@ class FrontEnd(HubShell):
 
     def approve_key(self, fingerprint: str, name: str = ""):
         """Authorize a pending node key as a node (its ``KeyEntry``); it gets in on its next try."""
-        return self.registry.approve(fingerprint, name)
+        entry = self.registry.approve(fingerprint, name)
+        self.log("keys", f"approved node key {entry.fingerprint} as {entry.name}", node_id=entry.name)
+        return entry
+
+
+def _by(who: str) -> str:
+    return f" by {who}" if who else ""
 
 
 def _failed_summary(row: JournaledTask, reason: str) -> dict:

@@ -182,7 +182,7 @@ class Session:
 
     async def cmd_cancel(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
-        self.frontend.cancel(record.task_id)
+        self.frontend.cancel(record.task_id, by=self.key.name)
         await record.finished.wait()
         self.out({"task_id": record.task_id, "state": record.state})
         return ExitStatus.OK
@@ -196,11 +196,11 @@ class Session:
     async def cmd_release(self, args: list[str]) -> int:
         return self._node_action(args, self.frontend.release, "released")
 
-    def _node_action(self, args: list[str], action: Callable[[str], None], state: str) -> int:
+    def _node_action(self, args: list[str], action: Callable[..., None], state: str) -> int:
         """An operator's action on one node, by name."""
         self._require_operator()
         node = self._one_arg(args, "node name")
-        action(node)
+        action(node, by=self.key.name)
         self.out({"node": node, "state": state})
         return ExitStatus.OK
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 import asyncssh
 from textual import work
@@ -28,6 +29,7 @@ from textual.widgets import DataTable
 from textual_fspicker import FileOpen, FileSave, Filters
 
 from console.tui import formatting as fmt
+from console.engine.eventlog import EventLog, open_event_log
 from console.engine.frontend import FrontEndError
 from console.engine.records import Event, NodeRow, TaskRow
 from console.engine.host import Host, on_stop_signals
@@ -119,6 +121,7 @@ class ConsoleApp(App[None]):
         self._new_events: collections.deque[Event] = collections.deque(maxlen=1000)
         self._host_running = False
         self._stopped = False
+        self._log_file: IO[str] | None = None
         self._binding_state: tuple = ()
 
     def get_default_screen(self) -> Screen:
@@ -150,6 +153,12 @@ class ConsoleApp(App[None]):
         # Events are only buffered here; the log is written on the next refresh, so a
         # burst of events costs one redraw, not one per event.
         frontend.on_event(self._new_events.append)
+        if self.live:
+            self._log_file = open_event_log(self.host.state)
+            log = EventLog(self._log_file)
+            for event in list(frontend.events):
+                log(event)
+            frontend.on_event(log)
         self.refresh_views()
         if self.live:
             self.set_interval(self.refresh_s, self.refresh_views, name="refresh")
@@ -167,6 +176,8 @@ class ConsoleApp(App[None]):
         self._stopped = True
         self._host_running = False
         await self.host.stop()
+        if self._log_file is not None:
+            self._log_file.close()
 
     async def on_unmount(self) -> None:
         await self._stop_host()
@@ -343,7 +354,7 @@ class ConsoleApp(App[None]):
         frontend = self.host.frontend
         if node is None or frontend is None:
             return
-        if self._call("drain", partial(frontend.drain, node.node_id)):
+        if self._call("drain", partial(frontend.drain, node.node_id, by="the console")):
             self.notify(f"{node.node_id} is draining: it finishes what it holds, then leaves")
 
     def action_release(self) -> None:
@@ -351,7 +362,7 @@ class ConsoleApp(App[None]):
         frontend = self.host.frontend
         if node is None or frontend is None:
             return
-        if self._call("release", partial(frontend.release, node.node_id)):
+        if self._call("release", partial(frontend.release, node.node_id, by="the console")):
             self.notify(f"{node.node_id} released from quarantine: it gets work again")
 
     def action_kick(self) -> None:
@@ -367,7 +378,7 @@ class ConsoleApp(App[None]):
         if not await self.push_screen_wait(ConfirmModal(f"Kick {node.node_id}", question, "Kick")):
             return
         frontend = self.host.frontend
-        if frontend is not None and self._call("kick", partial(frontend.kick, node.node_id)):
+        if frontend is not None and self._call("kick", partial(frontend.kick, node.node_id, by="the console")):
             self.notify(f"{node.node_id} kicked")
 
     def action_cancel_task(self) -> None:
@@ -382,7 +393,7 @@ class ConsoleApp(App[None]):
         if not await self.push_screen_wait(ConfirmModal(f"Cancel {task.task_id}", question, "Cancel task")):
             return
         frontend = self.host.frontend
-        if frontend is not None and self._call("cancel", partial(frontend.cancel, task.task_id)):
+        if frontend is not None and self._call("cancel", partial(frontend.cancel, task.task_id, by="the console")):
             self.notify(f"{task.task_id} ({task.name}) cancelled")
 
     def action_save_results(self) -> None:
