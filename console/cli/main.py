@@ -135,6 +135,8 @@ def _hosting_options(p: argparse.ArgumentParser) -> None:
                    help="address to listen on (default 127.0.0.1:8022)")
     p.add_argument("--local-nodes", type=_count, metavar="N", default=argparse.SUPPRESS,
                    help="node processes to start on this machine (default 0)")
+    p.add_argument("--metrics", type=address_argument(listening=True), metavar="HOST:PORT", default=argparse.SUPPRESS,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -174,7 +176,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from console.tui.app import run_console
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
-                       limits=limits_from(args))
+                       limits=limits_from(args), metrics=getattr(args, "metrics", None))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -183,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
-                   {"limits": limits_from(args)})
+                   {"limits": limits_from(args)}, metrics=getattr(args, "metrics", None))
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -198,6 +200,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         fp = fingerprint(asyncssh.read_private_key(hosting.state.host_key))
         print(f"chainconsole front-end listening on {address[0]}:{address[1]}", file=sys.stderr)
         print(f"host key {fp}; state in {hosting.state.root}", file=sys.stderr, flush=True)
+        if hosting.metrics_server is not None:
+            metrics_host, metrics_port = hosting.metrics_server.address
+            print(f"metrics at http://{metrics_host}:{metrics_port}/metrics", file=sys.stderr, flush=True)
         for warning in hosting.warnings:
             print(f"chainconsole: warning: {warning}", file=sys.stderr, flush=True)
         assert hosting.frontend is not None

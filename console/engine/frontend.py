@@ -78,6 +78,8 @@ class FrontEnd(HubShell):
         self._broken: dict[str, str] = {}  # task id → why its results cannot be stored
         self._finishing: set[asyncio.Task] = set()
         self._listeners: list[Callable[[Event], None]] = []
+        self._assign_listeners: list[Callable[[ChunkId], None]] = []
+        self._accept_listeners: list[Callable[[ChunkId], None]] = []
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -311,6 +313,8 @@ class FrontEnd(HubShell):
         if record.state == "queued":
             record.state = "running"
             self.journal.set_state(action.task_id, "running")
+        for listener in self._assign_listeners:
+            listener((action.task_id, action.chunk, action.attempt))
         return Assign(action.task_id, action.chunk, action.attempt, task.operation,
                       action.start, action.stop, task.return_mode, generated, arrays)
 
@@ -322,6 +326,8 @@ class FrontEnd(HubShell):
         record.store.write(accepted.start, accepted.stop, result.ok, values)
         self.journal.chunk_stored(accepted.task_id, accepted.start, accepted.stop, accepted.node_id,
                                   accepted.items_ok)
+        for listener in self._accept_listeners:
+            listener((accepted.task_id, accepted.chunk, accepted.attempt))
 
     def face_store_failed(self, accepted: h.ResultAccepted, error: Exception) -> None:
         """A result that cannot be stored fails its task at once; other tasks go on."""
@@ -425,7 +431,16 @@ class FrontEnd(HubShell):
         return rows
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with every event from now on."""
         self._listeners.append(listener)
+
+    def on_assign(self, listener: Callable[[ChunkId], None]) -> None:
+        """Call ``listener`` with (task, chunk, attempt) of every assignment sent."""
+        self._assign_listeners.append(listener)
+
+    def on_accept(self, listener: Callable[[ChunkId], None]) -> None:
+        """Call ``listener`` with (task, chunk, attempt) of every result stored."""
+        self._accept_listeners.append(listener)
 
     def log(self, kind: str, message: str, *, task_id: str = "", node_id: str = "") -> None:
         event = Event(time.time(), kind, message, task_id, node_id)

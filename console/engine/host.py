@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from threadpoolctl import threadpool_limits
 
 from console.engine.frontend import FrontEnd
+from console.engine.metrics import FrontEndMetrics, MetricsServer
 from console.engine.keys import initialize
 from console.ssh.server import FrontEndServer, ServerSettings
 from nodes.agent import STOP_SIGNALS
@@ -37,10 +38,13 @@ class Host:
     settings: ServerSettings = field(default_factory=ServerSettings)
     local_nodes: int = 0
     frontend_options: dict = field(default_factory=dict)
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (``--metrics``); None: not at all."""
 
     def __post_init__(self) -> None:
         self.frontend: FrontEnd | None = None
         self.server: FrontEndServer | None = None
+        self.metrics_server: MetricsServer | None = None
         self.nodes: list[subprocess.Popen] = []
         self.warnings: list[str] = []
         """What start-up found wrong in the state folder and fixed (permissions)."""
@@ -64,6 +68,9 @@ class Host:
             await self.frontend.start()
             self.server = FrontEndServer(self.frontend, self.settings)
             address = await self.server.start()
+            if self.metrics is not None:
+                self.metrics_server = MetricsServer(FrontEndMetrics(self.frontend), *self.metrics)
+                await self.metrics_server.start()
             for i in range(self.local_nodes):
                 self.nodes.append(start_local_node(self.state, address, f"local{i + 1}"))
         except BaseException:
@@ -78,6 +85,8 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
             await asyncio.to_thread(_reap, self.nodes)
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             if self.server is not None:
                 await self.server.close()
             if self.frontend is not None:

@@ -467,10 +467,10 @@ class ConsoleApp(App[None]):
 
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,
-                limits: TaskLimits = DEFAULT_LIMITS) -> int:
+                limits: TaskLimits = DEFAULT_LIMITS, metrics: tuple[str, int] | None = None) -> int:
     """Run the console until the operator quits; return the process exit status."""
     host, port = listen or DEFAULT_LISTEN
-    app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits}),
-                     handle_signals=True)
+    app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits},
+                          metrics=metrics), handle_signals=True)
     app.run()
     return app.return_code or ExitStatus.OK
