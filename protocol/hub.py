@@ -33,6 +33,7 @@ from typing import TypeAlias
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
 from protocol.messages import Control, Drain
+from protocol.rates import RecentRate
 
 MAX_SUBTREE_NODES = 1000
 """Entries kept of one link's subtree report."""
@@ -139,6 +140,8 @@ class NodeRecord:
     """Items of the chunks it completed in this session (kept when it departs)."""
     subtree: tuple[dict, ...] = field(default=())
     """A chain link's last report of the nodes behind it."""
+    rate: RecentRate = field(default_factory=lambda: RecentRate(0.0))
+    """Its items per second lately."""
 
     @property
     def is_link(self) -> bool:
@@ -170,7 +173,8 @@ class Hub:
             raise Refused(f"this node's key is quarantined (as {self.quarantined[fingerprint]}) "
                           "until an operator releases it")
         node_id = self._id_for(name, fingerprint)
-        self.nodes[node_id] = NodeRecord(node_id, name, fingerprint, address, slots, 0, host_key, now)
+        self.nodes[node_id] = NodeRecord(node_id, name, fingerprint, address, slots, 0, host_key, now,
+                                         rate=RecentRate(now))
         self.departed.pop(node_id, None)
         return node_id
 
@@ -310,6 +314,7 @@ class Hub:
                     # before its CloseNode reaches the hub.
                     if (record := self.nodes.get(node_id)) is not None:
                         record.items_done += stop - start
+                        record.rate.add(now, stop - start)
                     out.append(action)
                 case d.NodeQuarantined(node_id=node_id):
                     # A draining node's last, invalid result drains it before it is quarantined.
@@ -333,7 +338,7 @@ class Hub:
                 row = NodeRow(record.node_id, record.name, "connecting", record.slots, 0, 0, 0, (),
                               record.address, None, 0.0)
             else:
-                rate = view.items_done / max(now - view.joined_at, 1e-9)
+                rate = record.rate.per_s(now)
                 row = NodeRow(record.node_id, record.name, view.state.value, view.slots, view.in_flight,
                               view.items_done, view.errors, (), record.address, round(now - view.last_seen, 3), rate)
             tree.append((row, record.host_key))

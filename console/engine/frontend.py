@@ -420,9 +420,10 @@ class FrontEnd(HubShell):
             if record.summary is not None:
                 s = record.summary
                 done = s.get("ok_items", 0) + s.get("failed_items", 0)
+                wall = s.get("wall_s") or 0
                 rows.append(TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
                                     done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
-                                    0.0))
+                                    done / wall if wall > 0 else 0.0))
             elif view is not None:
                 state = "running" if record.state == "running" else view.state.value
                 rows.append(TaskRow(record.task_id, record.name, record.owner, state, record.items,

@@ -17,8 +17,9 @@ from console.tui.tables import CONNECTED_NODE_STATES
 
 THROUGHPUT_WINDOW_S = 60
 """How many one-second buckets the sparkline shows."""
-CURRENT_RATE_WINDOW_S = 3.0
-"""The header's items/s averages this long, so one big chunk does not make it jump."""
+CURRENT_RATE_WINDOW_S = 10.0
+"""The header's items/s averages this long, so one big chunk does not make it jump and the
+gap between two chunks does not read as idle."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ClusterTotals:
     nodes: int
     lost: int
     slots: int
+    busy: int
+    """Connected nodes holding chunks."""
     running: int
     queued: int
     items_done: int
@@ -48,6 +51,7 @@ class ClusterTotals:
             nodes=len(connected),
             lost=sum(1 for n in nodes if n.state == "lost"),
             slots=sum(n.slots for n in connected),
+            busy=sum(1 for n in connected if n.in_flight),
             running=sum(1 for t in tasks if t.state == "running"),
             queued=sum(1 for t in tasks if t.state == "queued"),
             items_done=sum(t.items_done for t in tasks),
@@ -128,7 +132,10 @@ def header_text(identity: HostIdentity, uptime: str, totals: ClusterTotals, per_
     text.append(f" · slots {totals.slots}")
     text.append(f" · tasks {totals.running} running, {totals.queued} queued")
     text.append(" · ")
-    text.append(fmt.rate(per_s).replace("/s", " items/s") if per_s > 0 else "idle", style="bold green")
+    if per_s > 0:
+        text.append(fmt.rate(per_s).replace("/s", " items/s"), style="bold green")
+    else:  # nothing came back lately: say whether anything is being computed
+        text.append("computing" if totals.busy else "idle", style="bold green")
     if totals.pending_keys:
         plural = "s" if totals.pending_keys > 1 else ""
         text.append(f" · {totals.pending_keys} node key{plural} pending (a to approve)", style="bold yellow")
