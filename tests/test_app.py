@@ -180,7 +180,7 @@ async def test_enter_opens_the_task_detail_with_its_chunk_map(tmp_path: Path) ->
         app.main.query_one(TasksTable).focus()
         await pilot.press("enter")
         await shown(pilot, lambda: isinstance(app.screen, TaskDetailScreen), "the detail screen")
-        await pilot.pause()
+        await shown(pilot, lambda: app.screen.query_one(ChunkMap).chunks, "the chunk map drawn")
         chunk_map = app.screen.query_one(ChunkMap)
         assert app.screen.task_id == task_id
         assert chunk_map.items == 40 and chunk_map.chunks
