@@ -15,7 +15,8 @@ import numpy as np
 from nodes.kernels import compute
 from protocol.inputs import GeneratedInput
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Reject, Result, Welcome, encode_message,
+    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Reject, Rejected, Result, Welcome,
+    encode_message,
 )
 
 Tamper = Callable[[Assign, Result], "Result | Failed | None"]
@@ -39,7 +40,11 @@ class FakeNode:
     name: str = "fake"
     slots: int = 1
     tamper: Tamper = honest
+    accepts: tuple[str, ...] = ()
+    """Message types beyond version 1's announced in hello (``("rejected",)`` to be told)."""
     results_sent: int = 0
+    rejections: list = field(default_factory=list)
+    """Every ``rejected`` message received."""
     _conn: asyncssh.SSHClientConnection | None = None
     _process: asyncssh.SSHClientProcess | None = None
     _task: asyncio.Task | None = None
@@ -52,7 +57,7 @@ class FakeNode:
             known_hosts=([str(self.host_key_pub)], [str(self.host_key_pub)], []), config=None, agent_path=None,
             gss_host=None)
         self._process = await self._conn.create_process(subsystem="chainconsole-node", encoding=None)
-        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1))
+        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1, accepts=self.accepts))
         reader = MessageReader()
         welcome = await self._next(reader)
         if isinstance(welcome, Reject):
@@ -90,6 +95,8 @@ class FakeNode:
                     if answer is not None:
                         self.send(answer)
                         self.results_sent += 1
+                elif isinstance(message, Rejected):
+                    self.rejections.append(message)
         except (asyncssh.Error, ConnectionError, BrokenPipeError):
             pass
         finally:
