@@ -27,8 +27,12 @@ from nodes.ssh.client import open_connection
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Result, Welcome,
+    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected, Result,
+    Welcome,
 )
+
+ACCEPTS = (Rejected.TYPE,)
+"""The message types beyond version 1's this node understands, announced in hello."""
 
 
 class NodeExit(ChainconsoleError):
@@ -184,7 +188,7 @@ class NodeAgent:
         channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
-                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line))
+                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line, accepts=ACCEPTS))
         first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)
@@ -220,6 +224,10 @@ class NodeAgent:
                 self.work.cancel((task_id, chunk, attempt))
             case Drain(reason=reason):
                 self.say(f"draining ({reason}): finishing held chunks, then leaving")
+            case Rejected(task_id=task_id, chunk=chunk, attempt=attempt, reason=reason, tolerance=tolerance):
+                self.say(f"result {task_id}/{chunk}/{attempt} rejected: {reason}"
+                         + (f" (tolerance {tolerance:g} per unit of n)" if tolerance else ""))
+                self.work.handle(message)  # a chain link passes it on to the node that computed it
             case Error(code=code, message=text):
                 raise RemoteProtocolError(f"front-end error {code}: {text}")
             case _ if self.work.handle(message):

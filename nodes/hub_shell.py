@@ -19,10 +19,10 @@ from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
-    MAX_NODE_KEYS, PROTOCOL_VERSION, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Result,
+    MAX_NODE_KEYS, PROTOCOL_VERSION, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Rejected, Result,
     Subtree, Welcome,
 )
-from protocol.verify import DEFAULT_SAMPLE, check_result
+from protocol.verify import DEFAULT_SAMPLE, Invalid, judge
 
 DEFAULT_TICK_S = 0.5
 
@@ -51,6 +51,8 @@ class HubShell:
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         self.sessions: dict[str, NodeLink] = {}
+        self.accepts: dict[str, frozenset[str]] = {}
+        """Per connected node: the message types beyond version 1's it said it understands."""
         self._ticker: asyncio.Task | None = None
 
     def now(self) -> float:
@@ -85,6 +87,7 @@ class HubShell:
         node_id = self.hub.admit(name, fingerprint, address=address, slots=hello.slots, now=self.now(),
                                  host_key=hello.host_key)
         self.sessions[node_id] = session
+        self.accepts[node_id] = frozenset(hello.accepts)
         try:
             instance, certificate = self.face_welcome(node_id, hello)
         except Exception:
@@ -120,6 +123,7 @@ class HubShell:
 
     def departed(self, node_id: str, *, clean: bool, reason: str) -> None:
         """A node's session ended (the shell may have ended it already)."""
+        self.accepts.pop(node_id, None)
         if self.sessions.pop(node_id, None) is not None:
             self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
 
@@ -130,18 +134,28 @@ class HubShell:
             self.run(d.HeartbeatReceived(node_id))
             return
         target, start, stop = self.face_check_target(chunk)
-        problem = await asyncio.to_thread(check_result, target, start, stop, result, sample=self.verify_sample)
+        problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
         self.settle(node_id, chunk, result, problem)
 
-    def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: str = "") -> None:
-        """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk."""
+    def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None) -> None:
+        """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk.
+
+        The node that sent a wrong result is told why, if it understands ``rejected``.
+        """
         if problem:
             self.carry_out([h.Note("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
                                    node_id=node_id, task_id=result.task_id)])
+            self.tell(node_id, Rejected(result.task_id, result.chunk, result.attempt, problem.reason[:1000],
+                                        problem.tolerance))
         items_ok = 0 if problem else int(result.ok.sum())
         outputs = self.hub.result(node_id, *chunk, items_ok=items_ok, elapsed_s=result.elapsed_s,
                                   valid=not problem, now=self.now())
         self.carry_out(outputs, result)
+
+    def tell(self, node_id: str, message: Rejected) -> None:
+        """Send a message beyond version 1's, only to a connected node that accepts it."""
+        if message.TYPE in self.accepts.get(node_id, ()) and node_id in self.sessions:
+            self.sessions[node_id].send(message)
 
     # -- carrying out ------------------------------------------------------------------------
 

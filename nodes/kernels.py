@@ -94,5 +94,20 @@ def compute(operation: str, inputs: Inputs, return_mode: str) -> ChunkOutput:
         result[~ok] = np.nan
         if return_mode == "full":
             return ChunkOutput(ok=ok, result=result, norms=None)
-        norms = np.linalg.norm(per_item.astype(np.float64), axis=1)
+        norms = item_norms(per_item)
+        ok &= np.isfinite(norms)
+        norms[~ok] = np.nan
     return ChunkOutput(ok=ok, result=None, norms=norms)
+
+
+def item_norms(per_item: np.ndarray) -> np.ndarray:
+    """The float64 Frobenius norm of each row, scaled first so that it neither overflows nor underflows.
+
+    A plain sum of squares overflows for values above 1e154 and underflows below 1e-154;
+    the scaled norm is inf only when the norm itself is too large for a float64.
+    """
+    values = per_item.astype(np.float64)
+    scale = np.max(np.abs(values), axis=1, initial=0.0, where=np.isfinite(values))
+    scale = np.where(scale > 0, scale, 1.0)
+    with np.errstate(all="ignore"):
+        return np.linalg.norm(values / scale[:, None], axis=1) * scale

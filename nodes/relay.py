@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from nodes.work import ChunkKey, Emit, LocalWork, key_of
 from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.messages import (
-    Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Result, Subtree, Welcome,
+    Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Rejected, Result, Subtree, Welcome,
 )
 from protocol.verify import AssignedChunk
 
@@ -40,6 +41,8 @@ RELAY_ATTEMPTS = 2
 TICK_S = 0.5
 REPORT_EVERY_S = 1.0
 OWN_POOL = "(this link)"
+SENT_UP_KEPT = 4096
+"""Results passed upstream whose computing node is remembered, for a ``rejected`` to find it."""
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Relay(HubShell):
         self._by_key: dict[ChunkKey, str] = {}
         self._holders: dict[tuple[str, ChunkKey], int] = {}  # (node, upstream chunk) → attempt here
         self._certified: set[str] = set()
+        self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
         self._seq = 0
         self._last_capacity = (-1, -1)
         self._last_report: tuple = ()
@@ -169,6 +173,11 @@ class Relay(HubShell):
                     self.carry_out(act(node, self.now()))
                 except h.HubError:
                     pass  # gone since the upstream's last report
+            case Rejected():
+                # The upstream refused a result this link passed up: tell the node that computed it.
+                node_id = self._sent_up.pop(key_of(message), None)
+                if node_id is not None and node_id != self.name:
+                    self.tell(node_id, message)
             case NodeKeys(keys=keys):
                 self._set_allowed(keys)
                 for node_id, record in self.hub.nodes.items():
@@ -224,6 +233,9 @@ class Relay(HubShell):
         return Cancel(*key_of(assign)) if assign is not None else None
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
+        self._sent_up[key_of(result)] = accepted.node_id
+        while len(self._sent_up) > SENT_UP_KEPT:
+            self._sent_up.popitem(last=False)
         self._emit(result)
 
     def face_output(self, output: h.Output) -> None:

@@ -73,6 +73,9 @@ class _Message:
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     # Fields that travel as arrays in the payload rather than in the JSON header.
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # Fields added to version 1 later: left off the wire when at their default, so a peer
+    # of an older release sees exactly the header it knows.
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -89,6 +92,8 @@ class _Message:
         for spec in dataclasses.fields(self):
             if spec.name not in self.PAYLOAD_FIELDS:
                 value = getattr(self, spec.name)
+                if spec.name in self.LATER_FIELDS and value == spec.default:
+                    continue
                 fields[spec.name] = list(value) if isinstance(value, tuple) else value
         return fields
 
@@ -149,6 +154,7 @@ class Hello(_Message):
     """Node to front-end, first: who the node is and how many chunks it wants held."""
 
     TYPE: ClassVar[str] = "hello"
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("accepts",)
     protocol_version: int = _field(check.integer(1, MAX_VERSION))
     name: str = _field(check.name())
     slots: int = _field(check.integer(0, MAX_COUNT))
@@ -157,6 +163,9 @@ class Hello(_Message):
     via: tuple[str, ...] = _field(check.names(), default=())
     host_key: str = _field(check.key_text(), default="")
     """A chain link's public SSH host key (OpenSSH line), for the console to certify; "" if none."""
+    accepts: tuple[str, ...] = _field(check.names(), default=())
+    """Message types beyond version 1's that the node understands (``rejected``); the
+    front-end sends a node no other: a node that does not list one never receives it."""
 
 
 @dataclass(frozen=True)
@@ -288,6 +297,22 @@ class Failed(_Message):
 
 
 @dataclass(frozen=True)
+class Rejected(_Message):
+    """Front-end to node, if the node's hello accepts it: one of its results failed a check.
+
+    The chunk goes to another node; the node's error count went up. ``tolerance`` is the
+    entry of the tolerance table the result missed (docs/protocol.md), 0 for an exact rule.
+    """
+
+    TYPE: ClassVar[str] = "rejected"
+    task_id: str = _field(check.identifier())
+    chunk: int = _field(check.integer(0, MAX_INDEX))
+    attempt: int = _field(check.integer(0, MAX_INDEX))
+    reason: str = _field(check.text())
+    tolerance: float = _field(check.real(0.0, 1.0), default=0.0)
+
+
+@dataclass(frozen=True)
 class Heartbeat(_Message):
     """Node to front-end, every heartbeat interval: still alive, and how many chunks it holds."""
 
@@ -405,14 +430,14 @@ class Submit(_ArrayMessage):
 
 
 Message: TypeAlias = (
-    Hello | Welcome | Reject | Credit | Assign | Result | Failed | Heartbeat | Cancel | Drain | Bye | Error
-    | Subtree | Control | HostCertificate | NodeKeys | Submit
+    Hello | Welcome | Reject | Credit | Assign | Result | Failed | Rejected | Heartbeat | Cancel | Drain | Bye
+    | Error | Subtree | Control | HostCertificate | NodeKeys | Submit
 )
 
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Reject, Credit, Assign, Result, Failed, Heartbeat, Cancel, Drain, Bye, Error,
-                Subtree, Control, HostCertificate, NodeKeys, Submit)
+    for cls in (Hello, Welcome, Reject, Credit, Assign, Result, Failed, Rejected, Heartbeat, Cancel, Drain, Bye,
+                Error, Subtree, Control, HostCertificate, NodeKeys, Submit)
 }
 
 

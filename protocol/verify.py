@@ -1,10 +1,23 @@
 """Checks of returned results that cost far less than computing them.
 
-Every result is checked for shape, dtype and length. Then a sample of its items is
-checked per operation: randomized O(n²) products for ``invert``, ``solve`` and
-``matmul`` (Freivalds), trace and Frobenius identities for ``eigvalsh`` and
-``svdvals``, and a recomputation for ``det`` and for ``norms`` results, whose values
-cannot be checked any other way. A node cannot know which items are checked.
+Every result is checked for shape, dtype and length, and every value of an item marked
+``ok`` must be finite. Then, per operation:
+
+- ``invert``, ``solve``, ``matmul`` (full): every item, by randomized O(n²) products
+  (Freivalds), batched over the chunk;
+- ``eigvalsh``, ``svdvals``: every item by order, sign, trace and Frobenius identities
+  and Rayleigh bounds (O(n²)); ``sample`` items per chunk also by the next power sum
+  (Σλ³ = tr a³, Σσ⁴ = ‖aᵀa‖²); in ``norms`` mode every item by ‖λ‖ = ‖a‖_F;
+- ``det`` and the other ``norms`` results: one item, in a ``recompute_fraction`` of the
+  chunks, computed again and compared;
+- items reported failed (``ok`` false): up to ``DEFAULT_FAILED_SAMPLE`` per chunk are
+  computed again in the task's dtype; a failure numpy shares is honest.
+
+Every comparison is against a bound that a correct result provably meets: backward
+error analysis of the operation, ``n`` times a per-operation, per-dtype tolerance from
+``TOLERANCES`` times the norms of the item (docs/protocol.md, "Result checks"). All
+checks work on items scaled by their largest entry, so inputs near overflow or
+underflow are judged like any other. A node cannot know which items are sampled.
 
 The console checks what reaches it, and a chain link checks what the nodes behind it
 return, so a lying node is caught — and quarantined — by the link it is connected to.
@@ -12,6 +25,7 @@ return, so a lying node is caught — and quarantined — by the link it is conn
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -70,126 +84,368 @@ class AssignedChunk:
             return tuple(self._generated[name].shape)
         return tuple(self.assign.arrays[name].shape[1:])
 
-# Relative residual a correct result stays under, by dtype (generous: ill-conditioned
-# inputs are legitimate; corrupted results miss by orders of magnitude).
-TOLERANCE = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 5e-3}
+
+TOLERANCES: dict[str, dict[str, float]] = {
+    "invert": {"float64": 1.5e-14, "float32": 8e-6},
+    "solve": {"float64": 1.5e-14, "float32": 8e-6},
+    "matmul": {"float64": 2e-15, "float32": 1e-6},
+    "det": {"float64": 1.5e-14, "float32": 8e-6},
+    "eigvalsh": {"float64": 7e-15, "float32": 4e-6},
+    "svdvals": {"float64": 7e-15, "float32": 4e-6},
+}
+"""τ per operation and result dtype: an honest result's error stays within τ·n times the
+item's norms (the exact bound per check is in docs/protocol.md). τ is 8–64 times the
+dtype's unit roundoff: room for the check's own float64 arithmetic and for pivot growth."""
+
+DEFAULT_SAMPLE = 1
+"""Items per chunk that get the checks too costly for every item (eigvalsh, svdvals power sums)."""
+DEFAULT_RECOMPUTE_FRACTION = 0.25
+"""Share of chunks in which one item of ``det`` or a ``norms`` result is computed again."""
+DEFAULT_PROBES = 2
+"""Random vectors per item in the Freivalds checks."""
+DEFAULT_FAILED_SAMPLE = 2
+"""Items reported failed that are computed again per chunk (bounds the cost of false claims)."""
+MAY_FAIL_COND = {"float64": 1e12, "float32": 1e4}
+"""An item whose condition number (in float64) exceeds this may fail on any node: its failure is not checked."""
 
 _rng = np.random.default_rng()
 
 
-DEFAULT_SAMPLE = 1
-DEFAULT_RECOMPUTE_FRACTION = 0.25
+@dataclass(frozen=True)
+class Invalid:
+    """Why a result is wrong, and the tolerance it failed (0 for a rule without one)."""
+
+    reason: str
+    tolerance: float = 0.0
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def check_result(task: ChunkSource, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
                  recompute_fraction: float = DEFAULT_RECOMPUTE_FRACTION) -> str:
-    """Return "" when ``result`` is plausible for items ``start..stop-1``, else the problem.
+    """Return "" when ``result`` is right for items ``start..stop-1``, else the problem (see ``judge``)."""
+    problem = judge(task, start, stop, result, sample=sample, recompute_fraction=recompute_fraction)
+    return "" if problem is None else problem.reason
 
-    ``sample`` items of each chunk get the operation's cheap check. Where the only check
-    is computing the item again (``det``, ``norms`` results) it runs on one item in a
-    ``recompute_fraction`` of the chunks, so checking never costs a real share of the work.
+
+def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
+          recompute_fraction: float = DEFAULT_RECOMPUTE_FRACTION) -> Invalid | None:
+    """None when ``result`` passes every check for items ``start..stop-1``, else why not.
+
+    ``sample`` 0 turns value checks off (shapes and types only).
     """
     count = stop - start
     if result.ok.shape != (count,) or result.ok.dtype != np.bool_:
-        return f"ok flags have shape {result.ok.shape}, expected ({count},)"
-    if task.return_mode == "full":
-        values = result.result
-        shape, dtype = (count, *task.result_item_shape), task.result_dtype
-    else:
-        values = result.norms
-        shape, dtype = (count,), np.dtype(np.float64)
+        return Invalid(f"ok flags have shape {result.ok.shape}, expected ({count},)")
+    full = task.return_mode == "full"
+    values = result.result if full else result.norms
+    shape = (count, *task.result_item_shape) if full else (count,)
+    dtype = task.result_dtype if full else np.dtype(np.float64)
     if values is None:
-        return f"result carries no {'result' if task.return_mode == 'full' else 'norms'} array"
+        return Invalid(f"result carries no {'result' if full else 'norms'} array")
     if values.shape != shape or values.dtype != dtype:
-        return f"values have shape {values.shape} {values.dtype}, expected {shape} {dtype}"
+        return Invalid(f"values have shape {values.shape} {values.dtype}, expected {shape} {dtype}")
     if sample <= 0 or count == 0:
-        return ""  # checking of values turned off: shapes and types only
-    if task.return_mode == "norms" or task.operation == "det":
-        if _rng.random() >= recompute_fraction:
-            return ""
-        sample = 1
-    for offset in _rng.choice(count, size=min(sample, count), replace=False):
-        problem = _check_item(task, start + int(offset), bool(result.ok[offset]), values[offset])
-        if problem:
-            return f"item {start + int(offset)}: {problem}"
-    return ""
+        return None
+    ok = result.ok
+    finite = np.isfinite(values.reshape(count, -1)).all(axis=1)
+    if (bad := np.flatnonzero(ok & ~finite)).size:
+        return Invalid(f"item {start + int(bad[0])}: marked ok but not finite")
+    if not full and (bad := np.flatnonzero(ok & (values < 0))).size:
+        return Invalid(f"item {start + int(bad[0])}: a norm below 0")
+    check = _Check(task, start, stop, _tau(task))
+    if (problem := check.failures(ok)) is not None:
+        return problem
+    indexes = np.flatnonzero(ok)
+    if not indexes.size:
+        return None
+    if full and task.operation in ("invert", "solve", "matmul"):
+        return check.freivalds(indexes, values[indexes])
+    if full and task.operation in ("eigvalsh", "svdvals"):
+        sampled = _rng.choice(indexes, size=min(sample, indexes.size), replace=False)
+        return check.spectrum(indexes, values[indexes], sampled)
+    if not full and task.operation in ("eigvalsh", "svdvals"):
+        return check.spectrum_norms(indexes, values[indexes])
+    if _rng.random() >= recompute_fraction:
+        return None
+    index = int(_rng.choice(indexes))
+    return check.recompute(index, values[index])
 
 
-def _check_item(task: ChunkSource, index: int, ok: bool, value: np.ndarray) -> str:
-    inputs = {name: task.input_items(name, index, index + 1)[0] for name in task.inputs}
-    tol = TOLERANCE.get(task.result_dtype, 1e-7)
-    if not ok or task.return_mode == "norms" or task.operation == "det":
-        return _recompute(task, inputs, ok, value, tol)
-    value = value.astype(np.float64)
-    a = inputs["a"].astype(np.float64)
-    match task.operation:
-        case "invert":
-            r = _rng.standard_normal(a.shape[0])
-            residual = a @ (value @ r) - r
-            scale = np.linalg.norm(a) * np.linalg.norm(value) * np.linalg.norm(r)
-        case "solve":
-            b = inputs["b"].astype(np.float64)
-            residual = a @ value - b
-            scale = np.linalg.norm(a) * np.linalg.norm(value) + np.linalg.norm(b)
-        case "matmul":
-            b = inputs["b"].astype(np.float64)
-            r = _rng.standard_normal(value.shape[-1])
-            residual = value @ r - a @ (b @ r)
-            scale = np.linalg.norm(a) * np.linalg.norm(b) * np.linalg.norm(r)
-        case "eigvalsh" | "svdvals":
-            # Both are orthogonal invariants: their squares sum to the Frobenius norm².
-            frob = np.linalg.norm(a) ** 2
-            residual = np.array([np.sum(value ** 2) - frob])
-            if task.operation == "eigvalsh":
-                residual = np.append(residual, np.sum(value) - np.trace(a))
-                ordered = np.all(np.diff(value) >= -tol * (abs(value).max() + 1))
-            else:
-                ordered = np.all(np.diff(value) <= tol * (abs(value).max() + 1)) and value.min() >= -tol
-            if not ordered:
-                return "values are not in the documented order"
-            scale = frob + 1.0
-        case _:
-            return _recompute(task, inputs, ok, value, tol)
-    if not np.all(np.isfinite(residual)) or np.linalg.norm(residual) > tol * max(scale, 1e-300):
-        return f"{task.operation} check failed (residual {np.linalg.norm(residual):.3g})"
-    return ""
+def _tau(task: ChunkSource) -> float:
+    """The bound's factor: the node's rounding in its dtype plus the check's own in float64."""
+    row = TOLERANCES[task.operation]
+    return row[task.result_dtype.name] + row["float64"]
 
 
-def _recompute(task: ChunkSource, inputs: dict[str, np.ndarray], ok: bool, value: np.ndarray, tol: float) -> str:
-    """Compute the item again with plain numpy and compare (for what has no cheaper check)."""
-    try:
+def _scale(x: np.ndarray) -> np.ndarray:
+    """Each item's largest |entry| (1 for an all-zero item), shaped to divide the items by."""
+    axes = tuple(range(1, x.ndim))
+    s = np.max(np.abs(x), axis=axes, keepdims=True) if axes else np.abs(x)
+    return np.where((s > 0) & np.isfinite(s), s, 1.0)
+
+
+def _fro(x: np.ndarray) -> np.ndarray:
+    """Frobenius norm of each item (items already scaled: no overflow)."""
+    return np.sqrt(np.sum(x * x, axis=tuple(range(1, x.ndim))))
+
+
+def _lower_symmetric(a: np.ndarray) -> np.ndarray:
+    """The symmetric matrices eigvalsh reads: each item's lower triangle, mirrored."""
+    lower = np.tril(a)
+    return lower + np.swapaxes(np.tril(a, -1), -1, -2)
+
+
+class _Check:
+    """The checks of one chunk's values, over float64 copies of its inputs."""
+
+    def __init__(self, task: ChunkSource, start: int, stop: int, tau: float) -> None:
+        self.task, self.start, self.stop, self.tau = task, start, stop, tau
+        self.tolerance = TOLERANCES[task.operation][task.result_dtype.name]
+        self._chunk: dict[str, np.ndarray] | None = None
+
+    def _input(self, name: str, indexes: np.ndarray) -> np.ndarray:
+        """The chunk's items of one input at ``indexes``, as float64 (the whole chunk is read once)."""
+        if self._chunk is None:
+            self._chunk = {key: np.asarray(self.task.input_items(key, self.start, self.stop))
+                           for key in self.task.inputs}
+        return self._chunk[name][indexes].astype(np.float64)
+
+    def _item(self, offset: int) -> dict[str, np.ndarray]:
+        """One item's inputs, in their own dtype (without reading the rest of the chunk)."""
+        if self._chunk is not None:
+            return {name: array[offset] for name, array in self._chunk.items()}
+        index = self.start + offset
+        return {name: np.asarray(self.task.input_items(name, index, index + 1))[0] for name in self.task.inputs}
+
+    def _fail(self, index: int, what: str, residual: float, bound: float) -> Invalid:
+        return Invalid(f"item {self.start + int(index)}: {self.task.operation} {what} "
+                       f"(residual {residual:.3g} > bound {bound:.3g})", self.tolerance)
+
+    def _first_over(self, indexes: np.ndarray, residual: np.ndarray, bound: np.ndarray, what: str) -> Invalid | None:
+        with np.errstate(invalid="ignore"):
+            over = ~(residual <= bound)  # NaN residuals are over too
+        if over.any():
+            i = int(np.flatnonzero(over)[0])
+            return self._fail(indexes[i], what, float(residual[i]), float(bound[i]))
+        return None
+
+    # -- every item: Freivalds --------------------------------------------------------------
+
+    def freivalds(self, indexes: np.ndarray, x: np.ndarray) -> Invalid | None:
+        """invert: x·a ≈ I or a·x ≈ I; solve: a·x ≈ b; matmul: x ≈ a·b — on random vectors."""
+        op = self.task.operation
+        a = self._input("a", indexes)
+        x = x.astype(np.float64)
+        sa, sx = _scale(a), _scale(x)
+        a, x = a / sa, x / sx
         with np.errstate(all="ignore"):
-            reference = np.asarray(_REFERENCE[task.operation](inputs), dtype=np.float64)
-        computable = bool(np.all(np.isfinite(reference)))
-    except np.linalg.LinAlgError:
-        computable = False
-    if not ok:
-        # A node may only call an item failed when numpy cannot compute it either.
-        if computable and not _ill_conditioned(inputs["a"]):
-            return "item reported failed but it computes"
-        return ""
-    if not computable:
-        return ""
-    if task.return_mode == "norms":
-        reference = np.asarray(np.linalg.norm(reference))
-    if not np.allclose(value, reference, rtol=tol * 100, atol=tol * 100 * float(np.abs(reference).max(initial=0))):
-        return f"{task.operation} value differs from recomputation"
-    return ""
+            if op == "invert":
+                n = a.shape[-1]
+                r = _rng.standard_normal((len(indexes), n, DEFAULT_PROBES))
+                target = r / sa / sx  # a·x = I ⇔ â·x̂ = I / (sa·sx)
+                left = np.linalg.norm((x @ (a @ r) - target).reshape(len(indexes), -1), axis=1)
+                right = np.linalg.norm((a @ (x @ r) - target).reshape(len(indexes), -1), axis=1)
+                residual = np.minimum(left, right)
+                bound = self.tau * n * _fro(a) * _fro(x) * _fro(r)
+            elif op == "solve":
+                b = self._input("b", indexes)
+                vector = b.ndim == 2
+                if vector:
+                    b, x = b[..., None], x[..., None]
+                sb = _scale(b)
+                b = b / sb
+                n = a.shape[-1]
+                r = _rng.standard_normal((len(indexes), b.shape[-1], DEFAULT_PROBES))
+                ratio = (sb / sa) / sx.reshape(-1, 1, 1)  # a·x = b ⇔ â·x̂ = b̂ · sb / (sa·sx)
+                residual = np.linalg.norm((a @ (x @ r) - ratio * (b @ r)).reshape(len(indexes), -1), axis=1)
+                bound = self.tau * n * (_fro(a) * _fro(x) + ratio.reshape(-1) * _fro(b)) * _fro(r)
+            else:
+                b = self._input("b", indexes)
+                sb = _scale(b)
+                b = b / sb
+                k = a.shape[-1]
+                r = _rng.standard_normal((len(indexes), x.shape[-1], DEFAULT_PROBES))
+                ratio = (sx / sa) / sb  # x = a·b ⇔ x̂ · sx / (sa·sb) = â·b̂
+                residual = np.linalg.norm((ratio * (x @ r) - a @ (b @ r)).reshape(len(indexes), -1), axis=1)
+                bound = self.tau * k * _fro(a) * _fro(b) * _fro(r)
+        return self._first_over(indexes, residual, bound, "check failed")
 
+    # -- every item: spectra --------------------------------------------------------------
 
-def _ill_conditioned(a: np.ndarray) -> bool:
-    """True when a float32 or float64 kernel may fairly fail on ``a``."""
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+    def _spectrum_inputs(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        a = self._input("a", indexes)
+        if self.task.operation == "eigvalsh":
+            a = _lower_symmetric(a)
+        s = _scale(a)
+        return a / s, s.reshape(-1, 1), max(a.shape[-2:])
+
+    def spectrum(self, indexes: np.ndarray, values: np.ndarray, sampled: np.ndarray) -> Invalid | None:
+        """Order, signs, power sums 1–2 and Rayleigh bounds on every item; the next power sum on ``sampled``."""
+        a, s, n = self._spectrum_inputs(indexes)
+        v = values.astype(np.float64) / s
+        f = _fro(a)
+        delta = self.tau * n * f  # Weyl: each value is off by at most the backward error's 2-norm
+        p = v.shape[-1]
+        with np.errstate(all="ignore"):
+            checks: list[tuple[np.ndarray, np.ndarray, str]] = []
+            if self.task.operation == "eigvalsh":
+                diagonal = np.diagonal(a, axis1=-2, axis2=-1)
+                checks += [
+                    (np.max(v[:, :-1] - v[:, 1:], axis=1, initial=0.0), delta, "values not ascending"),
+                    (np.abs(v.sum(axis=1) - diagonal.sum(axis=1)), p * delta, "sum differs from the trace"),
+                    (np.maximum(v[:, 0] - diagonal.min(axis=1), diagonal.max(axis=1) - v[:, -1]), delta,
+                     "extreme values inside the diagonal's range"),
+                ]
+            else:
+                columns = np.sqrt(np.sum(a * a, axis=-2))
+                rows = np.sqrt(np.sum(a * a, axis=-1))
+                smallest = np.min(columns if a.shape[-2] >= a.shape[-1] else rows, axis=1)
+                checks += [
+                    (np.max(v[:, 1:] - v[:, :-1], axis=1, initial=0.0), delta, "values not descending"),
+                    (-v[:, -1], delta, "a value below 0"),
+                    (np.maximum(np.max(columns, axis=1), np.max(rows, axis=1)) - v[:, 0], delta,
+                     "largest value below a row or column norm"),
+                    (v[:, -1] - smallest, delta, "smallest value above a row or column norm"),
+                ]
+            checks.append((np.abs(np.sum(v * v, axis=1) - f * f), delta * (2 * np.sqrt(p) * f + p * delta),
+                           "sum of squares differs from the Frobenius norm²"))
+            for residual, bound, what in checks:
+                if (problem := self._first_over(indexes, residual, bound, what)) is not None:
+                    return problem
+            chosen = np.isin(indexes, sampled)
+            return self._power_sum(indexes[chosen], a[chosen], v[chosen], delta[chosen])
+
+    def _power_sum(self, indexes: np.ndarray, a: np.ndarray, v: np.ndarray, delta: np.ndarray) -> Invalid | None:
+        """eigvalsh: Σλ³ = tr a³; svdvals: Σσ⁴ = ‖aᵀa‖²_F — O(n³), so on sampled items only."""
+        if not indexes.size:
+            return None
+        f, p = _fro(a), v.shape[-1]
+        own = TOLERANCES[self.task.operation]["float64"] * max(a.shape[-2:])  # this check's own rounding
+        if self.task.operation == "eigvalsh":
+            residual = np.abs(np.sum(v ** 3, axis=1) - np.sum((a @ a) * a, axis=(-2, -1)))
+            bound = delta * (3 * f * f + 3 * delta * np.sqrt(p) * f + p * delta * delta) + own * f ** 3
+            what = "sum of cubes differs from the trace of a³"
+        else:
+            gram = np.swapaxes(a, -1, -2) @ a if a.shape[-2] >= a.shape[-1] else a @ np.swapaxes(a, -1, -2)
+            residual = np.abs(np.sum(v ** 4, axis=1) - _fro(gram) ** 2)
+            bound = delta * (4 * f ** 3 + 6 * delta * f * f + 4 * delta ** 2 * np.sqrt(p) * f + p * delta ** 3) \
+                + own * f ** 4
+            what = "sum of fourth powers differs from ‖aᵀa‖²"
+        return self._first_over(indexes, residual, bound, what)
+
+    def spectrum_norms(self, indexes: np.ndarray, norms: np.ndarray) -> Invalid | None:
+        """The norm of the eigenvalues or singular values is ‖a‖_F: every item, O(n²)."""
+        a, s, n = self._spectrum_inputs(indexes)
+        f = _fro(a)
+        p = min(a.shape[-2:])
+        with np.errstate(all="ignore"):
+            residual = np.abs(norms / s.reshape(-1) - f)
+        return self._first_over(indexes, residual, np.sqrt(p) * self.tau * n * f, "norm differs from ‖a‖_F")
+
+    # -- items reported failed ------------------------------------------------------------
+
+    def failures(self, ok: np.ndarray) -> Invalid | None:
+        """A sample of the items reported failed must fail for numpy too, or be ill-conditioned."""
+        failed = np.flatnonzero(~ok)
+        for offset in _rng.choice(failed, size=min(DEFAULT_FAILED_SAMPLE, failed.size), replace=False):
+            if not self._may_fail(int(offset)):
+                return Invalid(f"item {self.start + int(offset)}: reported failed but it computes")
+        return None
+
+    def _may_fail(self, offset: int) -> bool:
+        item = self._item(offset)
+        dtype = self.task.result_dtype
+        try:
+            with np.errstate(all="ignore"):
+                in_dtype = _REFERENCE[self.task.operation]({k: v.astype(dtype) for k, v in item.items()})
+                if not np.all(np.isfinite(in_dtype)):
+                    return True
+                if self._near_overflow({k: v.astype(np.float64) for k, v in item.items()}, dtype):
+                    return True
+                a = item["a"].astype(np.float64)
+                if a.shape[-1] == a.shape[-2] and self.task.operation != "matmul":
+                    return bool(np.linalg.cond(a / _scale(a[None])[0]) > MAY_FAIL_COND[dtype.name])
+        except np.linalg.LinAlgError:
+            return True
         return False
-    return bool(np.linalg.cond(a.astype(np.float64)) > 1e6)
+
+    def _near_overflow(self, item: dict[str, np.ndarray], dtype: np.dtype) -> bool:
+        """The true result comes within a factor 10⁶ of the dtype's largest number: any kernel may overflow."""
+        limit = np.log(np.finfo(dtype).max) - np.log(1e6)
+        if self.task.operation == "det":
+            return bool(np.linalg.slogdet(item["a"])[1] > limit)
+        return bool(np.log(np.max(np.abs(_REFERENCE[self.task.operation](item)), initial=0.0)) > limit)
+
+    # -- one item computed again ------------------------------------------------------------
+
+    def recompute(self, offset: int, value: np.ndarray) -> Invalid | None:
+        """Compare with a float64 recomputation, within the forward error bound of the operation."""
+        op, full = self.task.operation, self.task.return_mode == "full"
+        item = {name: array.astype(np.float64) for name, array in self._item(offset).items()}
+        a = item["a"]
+        sa = float(_scale(a[None]).reshape(()))
+        a = a / sa
+        n = a.shape[-1]
+        v = float(value) if not full else value
+        try:
+            with np.errstate(all="ignore"):
+                if op == "det":
+                    return self._det(offset, a, sa, float(v) if full else abs(float(v)), signed=full)
+                if op in ("invert", "solve"):
+                    f, inverse = _fro(a[None])[0], np.linalg.inv(a)
+                    rho = self.tau * n * f * _fro(inverse[None])[0]
+                    if not rho < 0.5:
+                        return None  # too ill-conditioned for any norm to be wrong by a provable margin
+                    if op == "invert":
+                        want, got = _fro(inverse[None])[0], v * sa
+                    else:
+                        b = item["b"]
+                        sb = float(_scale(b[None]).reshape(()))
+                        want, got = np.linalg.norm(np.linalg.solve(a, b / sb)), v * (sa / sb)
+                    bound = rho / (1 - rho) * want
+                else:  # matmul
+                    b = item["b"]
+                    sb = float(_scale(b[None]).reshape(()))
+                    b = b / sb
+                    want, got = np.linalg.norm(a @ b), (v / sa) / sb
+                    bound = self.tau * a.shape[-1] * np.linalg.norm(a) * np.linalg.norm(b)
+        except np.linalg.LinAlgError:
+            return None  # singular in float64: nothing to compare with
+        if not abs(got - want) <= bound:
+            return self._fail(offset, "norm differs from its recomputation", abs(got - want), bound)
+        return None
+
+    def _det(self, offset: int, a: np.ndarray, sa: float, v: float, *, signed: bool) -> Invalid | None:
+        """log|det| lies in [Σ log(σᵢ − δ), Σ log(σᵢ + δ)] (Weyl); the sign is fixed while σ_min > δ."""
+        n = a.shape[-1]
+        sigma = np.linalg.svd(a, compute_uv=False)
+        delta = self.tau * n * np.linalg.norm(a)
+        log_scale = n * np.log(sa)
+        high = np.sum(np.log(sigma + delta)) + log_scale
+        low = np.sum(np.log(np.maximum(sigma - delta, 0.0))) + log_scale  # -inf when it may be 0
+        tiny = np.log(np.finfo(self.task.result_dtype).tiny)
+        if v == 0.0:
+            if low <= tiny:
+                return None
+            return self._fail(offset, "0 where |det| ≥ exp(low)", 0.0, float(low))
+        got = np.log(abs(v))
+        if not low - 1e-12 <= got <= high + 1e-12:
+            return self._fail(offset, "log|det| outside its bound", float(got), float(high if got > high else low))
+        if signed and sigma[-1] > delta:
+            sign, _ = np.linalg.slogdet(a)
+            if np.sign(v) != sign:
+                return Invalid(f"item {self.start + offset}: det has the wrong sign", self.tolerance)
+        return None
 
 
 # An independent reference for one item, so a bug in the node's kernels is caught too.
 _REFERENCE = {
-    "invert": lambda x: np.linalg.inv(x["a"].astype(np.float64)),
-    "det": lambda x: np.linalg.det(x["a"].astype(np.float64)),
-    "solve": lambda x: np.linalg.solve(x["a"].astype(np.float64), x["b"].astype(np.float64)),
-    "matmul": lambda x: x["a"].astype(np.float64) @ x["b"].astype(np.float64),
-    "eigvalsh": lambda x: np.linalg.eigvalsh(x["a"].astype(np.float64)),
-    "svdvals": lambda x: np.linalg.svd(x["a"].astype(np.float64), compute_uv=False),
+    "invert": lambda x: np.linalg.inv(x["a"]),
+    "det": lambda x: np.linalg.det(x["a"]),
+    "solve": lambda x: np.linalg.solve(x["a"], x["b"]),
+    "matmul": lambda x: x["a"] @ x["b"],
+    "eigvalsh": lambda x: np.linalg.eigvalsh(x["a"]),
+    "svdvals": lambda x: np.linalg.svd(x["a"], compute_uv=False),
 }

@@ -15,7 +15,8 @@ import numpy as np
 from nodes.kernels import compute
 from protocol.inputs import GeneratedInput
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Reject, Result, Welcome, encode_message,
+    PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Reject, Rejected, Result, Welcome,
+    encode_message,
 )
 
 Tamper = Callable[[Assign, Result], "Result | Failed | None"]
@@ -39,7 +40,11 @@ class FakeNode:
     name: str = "fake"
     slots: int = 1
     tamper: Tamper = honest
+    accepts: tuple[str, ...] = ()
+    """Message types beyond version 1's announced in hello (``("rejected",)`` to be told)."""
     results_sent: int = 0
+    rejections: list = field(default_factory=list)
+    """Every ``rejected`` message received."""
     _conn: asyncssh.SSHClientConnection | None = None
     _process: asyncssh.SSHClientProcess | None = None
     _task: asyncio.Task | None = None
@@ -52,7 +57,7 @@ class FakeNode:
             known_hosts=([str(self.host_key_pub)], [str(self.host_key_pub)], []), config=None, agent_path=None,
             gss_host=None)
         self._process = await self._conn.create_process(subsystem="chainconsole-node", encoding=None)
-        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1))
+        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1, accepts=self.accepts))
         reader = MessageReader()
         welcome = await self._next(reader)
         if isinstance(welcome, Reject):
@@ -90,6 +95,8 @@ class FakeNode:
                     if answer is not None:
                         self.send(answer)
                         self.results_sent += 1
+                elif isinstance(message, Rejected):
+                    self.rejections.append(message)
         except (asyncssh.Error, ConnectionError, BrokenPipeError):
             pass
         finally:
@@ -135,3 +142,55 @@ def fail_chunk_zero(assign: Assign, result: Result) -> Result | Failed:
 def never_answer(assign: Assign, result: Result) -> None:
     """A node that takes work and sits on it, heartbeating all along."""
     return None
+
+
+def _with_values(result: Result, values: np.ndarray, ok: np.ndarray | None = None) -> Result:
+    full = result.result is not None
+    return Result(result.task_id, result.chunk, result.attempt, result.ok if ok is None else ok,
+                  values if full else None, None if full else values, result.elapsed_s)
+
+
+def _values(result: Result) -> np.ndarray:
+    return np.array(result.result if result.result is not None else result.norms)
+
+
+def one_item_per_chunk(assign: Assign, result: Result) -> Result:
+    """Every value right but one item per chunk, nudged by 1% (a different item each chunk)."""
+    values = _values(result)
+    values[(assign.chunk * 7) % len(values)] *= 1.01
+    return _with_values(result, values)
+
+
+def nan_marked_ok(assign: Assign, result: Result) -> Result:
+    """Two items per chunk NaN (or inf), still marked ok."""
+    values = _values(result)
+    values[0] = np.nan
+    values[-1] = np.inf
+    return _with_values(result, values, np.ones_like(result.ok))
+
+
+def scale_invert(assign: Assign, result: Result) -> Result:
+    """Every inverse ×(1 + 1e-5): a tiny, uniform lie."""
+    return _with_values(result, (_values(result) * (1 + 1e-5)).astype(_values(result).dtype))
+
+
+def keep_power_sums(assign: Assign, result: Result) -> Result:
+    """Eigenvalues or singular values changed, keeping each item's sum, sum of squares and order.
+
+    Three values are turned about the (1, 1, 1) axis, which keeps their sum and the sum of
+    their squares; sorting again keeps the order.
+    """
+    values = _values(result).astype(np.float64)
+    descending = values.shape[1] > 1 and values[0, 0] > values[0, -1]
+    for item in values:
+        picked = item[[0, len(item) // 2, -1]]
+        mean = picked.mean()
+        d = picked - mean
+        axis = np.ones(3) / np.sqrt(3)
+        angle = 0.7
+        turned = d * np.cos(angle) + np.cross(axis, d) * np.sin(angle) + axis * (axis @ d) * (1 - np.cos(angle))
+        item[[0, len(item) // 2, -1]] = turned + mean
+        item.sort()
+        if descending:
+            item[:] = item[::-1]
+    return _with_values(result, values.astype(_values(result).dtype))

@@ -20,6 +20,7 @@ from protocol.messages import (
     MAX_INDEX,
     MAX_TEXT,
     MESSAGE_TYPES,
+    Rejected,
     PROTOCOL_VERSION,
     Assign,
     Bye,
@@ -69,6 +70,8 @@ SAMPLES: list[Message] = [
     Result("t-1", 4, 0, np.ones(2, bool), np.array([[1, 2], [3, 4]], dtype=np.int64), None, 1e-6),
     Failed("t-1", 0, 1, "worker process died\nexit code -9"),
     Failed("t-1", 0, 1, "unknown operation 'fft'", retryable=False),
+    Rejected("t-1", 0, 1, "item 3: invert check failed (residual 1e-3 > bound 1e-9)", 1.5e-14),
+    Rejected("t-1", 4, 2, "item 7: marked ok but not finite"),
     Heartbeat(12345.678, 3),
     Heartbeat(-1.0, 0),
     Cancel("t-1", 4, 2),
@@ -122,7 +125,8 @@ def test_every_message_type_is_sampled() -> None:
     assert {type(msg) for msg in SAMPLES} == set(MESSAGE_TYPES.values())
     assert set(MESSAGE_TYPES) == {
         "hello", "welcome", "reject", "credit", "assign", "result",
-        "failed", "heartbeat", "cancel", "drain", "bye", "error", "subtree", "control", "host_certificate", "node_keys",
+        "failed", "rejected", "heartbeat", "cancel", "drain", "bye", "error", "subtree", "control", "host_certificate",
+        "node_keys",
         "submit",
     }
 

@@ -2,7 +2,8 @@
 
 Two local nodes × 1 slot over real SSH; alternating runs, --repeat each, medians:
   W1  invert 1,500 of 384×384, norms, 25 per chunk (checked by recomputing a sample)
-  F   invert 1,000 of 256×256, full results, 25 per chunk (Freivalds on a sample)
+  W3  det of 50,000 8×8, full results, 10 per chunk (recomputing a sample; dispatch-bound)
+  F   invert 1,000 of 256×256, full results, 25 per chunk (Freivalds on every item)
 
     python tests/benchmarks/bench_checking.py [--scale 1.0] [--repeat 3]
 """
@@ -26,14 +27,15 @@ from console.ssh.server import ServerSettings  # noqa: E402
 from console.engine.statedir import StateDir  # noqa: E402
 from protocol.taskfile import parse_task  # noqa: E402
 
-WORKLOADS = {
-    "W1": ("norms", 1500, 384),
-    "F": ("full", 1000, 256),
+WORKLOADS = {  # return mode, items, n, operation, items per chunk
+    "W1": ("norms", 1500, 384, "invert", 25),
+    "W3": ("full", 50_000, 8, "det", 10),
+    "F": ("full", 1000, 256, "invert", 25),
 }
 
 
 async def _one(workload: str, checked: bool, scale: float, seed: int) -> float:
-    mode, count, n = WORKLOADS[workload]
+    mode, count, n, operation, chunk = WORKLOADS[workload]
     options = {} if checked else {"verify_sample": 0}
     with tempfile.TemporaryDirectory() as tmp:
         host = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), local_nodes=2, frontend_options=options)
@@ -41,7 +43,7 @@ async def _one(workload: str, checked: bool, scale: float, seed: int) -> float:
         try:
             while len(host.frontend.node_rows()) < 2:
                 await asyncio.sleep(0.05)
-            document = {"name": workload, "operation": "invert", "chunk_size": 25, "return": mode,
+            document = {"name": workload, "operation": operation, "chunk_size": chunk, "return": mode,
                         "inputs": {"a": {"generate": {"count": max(50, int(count * scale)), "shape": [n, n],
                                                       "seed": seed}}}}
             began = time.perf_counter()

@@ -1,0 +1,101 @@
+"""Against a real front-end: honest nodes are never blamed, lying nodes never get a wrong value in.
+
+Hostile tasks — a float32 ``det`` that overflows, inline 1e200 matrices, Hilbert-like
+ill-conditioned inversions and solves — computed by real honest nodes end with no
+"invalid" event and no node quarantined. Lying nodes (``tests/fake_node.py``) beside an
+honest one are told why their results were rejected, and the task ends ``done`` with every
+value equal to numpy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+import numpy as np
+import pytest
+
+from console.engine.host import Host
+from console.engine.keys import Role
+from protocol.taskfile import parse_task
+from tests import fake_node
+from tests.conftest import wait_until
+from tests.reference import check_npz
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def hilbert_like(count: int, n: int) -> list:
+    i = np.arange(n)
+    return [(1.0 / (i[:, None] + i[None, :] + 1.0 + 0.01 * k)).tolist() for k in range(count)]
+
+
+def symmetric(count: int, n: int, scale: float) -> list:
+    m = np.random.default_rng(5).standard_normal((count, n, n))
+    return ((m + np.swapaxes(m, 1, 2)) / 2 * scale).tolist()
+
+
+HOSTILE_TASKS = [
+    {"name": "det-overflow", "operation": "det", "chunk_size": 4,
+     "inputs": {"a": {"generate": {"count": 16, "shape": [64, 64], "seed": 1, "dtype": "float32"}}}},
+    {"name": "eig-1e200", "operation": "eigvalsh", "chunk_size": 3, "inputs": {"a": {"inline": symmetric(9, 12, 1e200)}}},
+    {"name": "eig-1e200-norms", "operation": "eigvalsh", "chunk_size": 3, "return": "norms",
+     "inputs": {"a": {"inline": symmetric(9, 12, 1e200)}}},
+    {"name": "invert-hilbert", "operation": "invert", "chunk_size": 3, "inputs": {"a": {"inline": hilbert_like(9, 11)}}},
+    {"name": "solve-hilbert", "operation": "solve", "chunk_size": 3,
+     "inputs": {"a": {"inline": hilbert_like(9, 11)}, "b": {"inline": np.ones((9, 11)).tolist()}}},
+    {"name": "svd-float32", "operation": "svdvals", "chunk_size": 5,
+     "inputs": {"a": {"generate": {"count": 20, "shape": [48, 32], "seed": 2, "dtype": "float32"}}}},
+]
+
+
+async def test_hostile_tasks_never_blame_an_honest_node(host: Host, nodes) -> None:
+    nodes("honest1")
+    nodes("honest2")
+    await wait_until(lambda: len(host.frontend.node_rows()) == 2, what="two nodes")
+    frontend = host.frontend
+    for _ in range(2):  # every chunk is checked afresh: twice over makes a lucky pass unlikely
+        for document in HOSTILE_TASKS:
+            summary = await asyncio.wait_for(frontend.wait(frontend.submit(parse_task(document), "alice")), 120)
+            assert summary["state"] in ("done", "failed"), summary
+    invalid = [e.message for e in frontend.events if e.kind in ("invalid", "quarantine")]
+    assert not invalid, invalid
+    assert all(row.state in ("idle", "busy") and row.errors == 0 for row in frontend.node_rows())
+
+
+LIES = {
+    "invert-scaled": ("invert", fake_node.scale_invert, {"a": {"count": 60, "shape": [24, 24], "seed": 11}}),
+    "invert-one-item": ("invert", fake_node.one_item_per_chunk, {"a": {"count": 60, "shape": [16, 16], "seed": 12}}),
+    "solve-one-item": ("solve", fake_node.one_item_per_chunk,
+                       {"a": {"count": 60, "shape": [16, 16], "seed": 13}, "b": {"count": 60, "shape": [16], "seed": 14}}),
+    "matmul-nan": ("matmul", fake_node.nan_marked_ok,
+                   {"a": {"count": 60, "shape": [12, 10], "seed": 15}, "b": {"count": 60, "shape": [10, 6], "seed": 16}}),
+    "eigvalsh-power-sums": ("eigvalsh", fake_node.keep_power_sums,
+                            {"a": {"count": 60, "shape": [16, 16], "seed": 17, "distribution": "symmetric"}}),
+    "svdvals-power-sums": ("svdvals", fake_node.keep_power_sums, {"a": {"count": 60, "shape": [14, 10], "seed": 18}}),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+async def test_a_lying_node_gets_no_wrong_value_into_a_done_task(host: Host, nodes, tmp_path, lie: str) -> None:
+    operation, tamper, inputs = LIES[lie]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(tmp_path / "liar")
+    host.frontend.registry.add(Role.NODE, key.export_public_key().decode(), "liar")
+    liar = fake_node.FakeNode(host.server.address, tmp_path / "liar", host.state.host_key.with_name("host_key.pub"),
+                              name="liar", slots=2, tamper=tamper, accepts=("rejected",))
+    await liar.start()
+    try:
+        document = {"name": lie, "operation": operation, "chunk_size": 5,
+                    "inputs": {name: {"generate": spec} for name, spec in inputs.items()}}
+        task_id = host.frontend.submit(parse_task(document), "alice")
+        await wait_until(lambda: liar.results_sent >= 1, what="the liar's first answer")
+        nodes("honest")
+        summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
+        assert summary["state"] == "done", summary
+        assert "liar" not in summary["items_per_node"]
+        assert check_npz(host.frontend.result_file(task_id), document, rtol=1e-7) == 60  # every value
+        assert liar.rejections, "the liar was never told"
+        assert all(r.task_id == task_id and r.reason for r in liar.rejections)
+    finally:
+        await liar.close()
