@@ -89,9 +89,11 @@ def test_throughput_meter_buckets_items_per_second_and_ignores_the_first_total()
     meter.observe(102.1, 5_100)
     meter.observe(103.5, 5_190)
     assert meter.series(104.0) == [0.0, 40.0, 60.0, 0.0, 90.0]
-    # 190 items in the 3 s since the oldest sample still in the window (at 101.3 → 104.0 is 2.7 s,
-    # but the sample at 101.3 only marks the start: its 60 items came before it).
-    assert meter.current(104.0) == pytest.approx(90 / 2.7)
+    # The rate's window (10 s) still holds every sample: 190 items since the oldest, at 100.2,
+    # which only marks where the span starts (its total was the baseline).
+    assert meter.current(104.0) == pytest.approx(190 / 3.8)
+    # Long after the last burst the rate has gone back to zero.
+    assert meter.current(114.0) == 0.0
 
 
 def test_throughput_meter_forgets_seconds_older_than_its_window_and_survives_a_falling_total() -> None:

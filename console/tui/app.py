@@ -192,7 +192,9 @@ class ConsoleApp(App[None]):
 
     def refresh_views(self) -> None:
         """Read the front-end once and bring every visible screen up to date."""
-        if not (self._host_running and self.main.ready):
+        # Textual clears ``_running`` first thing when it shuts down, before it removes the
+        # screens' widgets; a refresh timer firing in between would find them gone.
+        if not (self._running and self._host_running and self.main.ready):
             return
         self.snapshot = take_snapshot(self.host)
         now = time.monotonic()
