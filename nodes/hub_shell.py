@@ -108,10 +108,10 @@ class HubShell:
                 self.run(d.HeartbeatReceived(node_id))
             case Credit(window=window, slots=slots):
                 self.carry_out(self.hub.credit(node_id, window, slots, now))
-            case Failed(reason=reason):
+            case Failed(reason=reason, retryable=retryable):
                 chunk = self.face_chunk(node_id, message)
                 if chunk is not None:
-                    self.run(d.ChunkFailed(node_id, *chunk, reason))
+                    self.run(d.ChunkFailed(node_id, *chunk, reason, retryable))
             case Subtree(nodes=nodes):
                 self.carry_out(self.hub.report_subtree(node_id, nodes, now))
                 self.face_subtree(node_id, nodes)

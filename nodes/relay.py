@@ -186,7 +186,7 @@ class Relay(HubShell):
         if chunk is None:
             return
         if isinstance(message, Failed):
-            self.run(d.ChunkFailed(self.name, *chunk, message.reason))
+            self.run(d.ChunkFailed(self.name, *chunk, message.reason, message.retryable))
         elif self.hub.wants(*chunk):
             self.settle(self.name, chunk, message)
 
@@ -233,7 +233,9 @@ class Relay(HubShell):
             case d.ChunkAbandoned(task_id=task_id, reason=reason):
                 assign = self._by_task.get(task_id)
                 if assign is not None:
-                    self._emit(Failed(*key_of(assign), reason[:1000], True))
+                    # The chunk used up its tries here; one that cannot succeed anywhere says so.
+                    retryable = "not retryable" not in reason
+                    self._emit(Failed(*key_of(assign), reason[:1000], retryable))
             case d.TaskFinished(task_id=task_id):
                 self.hub.dispatcher.forget(task_id)
                 assign = self._by_task.pop(task_id, None)
