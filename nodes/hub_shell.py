@@ -19,7 +19,7 @@ from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
-    MAX_NODE_KEYS, PROTOCOL_VERSION, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Result,
+    MAX_NODE_KEYS, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Result,
     Subtree, Welcome,
 )
 from protocol.verify import DEFAULT_SAMPLE, check_result
@@ -83,7 +83,7 @@ class HubShell:
     def admit(self, session: NodeLink, hello: Hello, name: str, fingerprint: str, address: str) -> str:
         """Take in a node that said hello: welcome it and let it have work; ``h.Refused`` if not."""
         node_id = self.hub.admit(name, fingerprint, address=address, slots=hello.slots, now=self.now(),
-                                 host_key=hello.host_key)
+                                 host_key=hello.host_key, protocol_version=hello.protocol_version)
         self.sessions[node_id] = session
         try:
             instance, certificate = self.face_welcome(node_id, hello)
@@ -91,7 +91,7 @@ class HubShell:
             self.sessions.pop(node_id, None)
             self.hub.withdraw(node_id)
             raise
-        session.send(Welcome(PROTOCOL_VERSION, node_id, self.heartbeat_interval_s, self.heartbeat_timeout_s,
+        session.send(Welcome(hello.protocol_version, node_id, self.heartbeat_interval_s, self.heartbeat_timeout_s,
                              instance=instance, host_certificate=certificate))
         if hello.host_key:  # a chain link: it must know whom to let in
             session.send(NodeKeys(self.face_node_keys()[:MAX_NODE_KEYS]))
@@ -140,7 +140,7 @@ class HubShell:
                                    node_id=node_id, task_id=result.task_id)])
         items_ok = 0 if problem else int(result.ok.sum())
         outputs = self.hub.result(node_id, *chunk, items_ok=items_ok, elapsed_s=result.elapsed_s,
-                                  valid=not problem, now=self.now())
+                                  valid=not problem, now=self.now(), computed_by=result.computed_by)
         self.carry_out(outputs, result)
 
     # -- carrying out ------------------------------------------------------------------------

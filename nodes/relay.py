@@ -163,6 +163,11 @@ class Relay(HubShell):
                     self._set_certificate(certificate)
                 else:
                     self._pass_down(node, message)
+            case Control(action="blame", node=node):
+                try:
+                    self.carry_out(self.hub.blame(node, "an invalid result caught upstream", self.now()))
+                except h.HubError:
+                    pass  # gone since the upstream's last report
             case Control(action=action, node=node):
                 act = {"drain": self.hub.drain, "kick": self.hub.kick, "release": self.hub.release}[action]
                 try:
@@ -224,7 +229,13 @@ class Relay(HubShell):
         return Cancel(*key_of(assign)) if assign is not None else None
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
-        self._emit(result)
+        """Pass the result up, saying which node computed it, so blame for a wrong value finds it."""
+        if accepted.node_id == self.name:
+            computed_by = ""
+        else:
+            # A link behind this one names its own culprit; a plain node's claim means nothing.
+            computed_by = self.hub.culprit(accepted.node_id, result.computed_by)
+        self._emit(dataclasses.replace(result, computed_by=computed_by))
 
     def face_output(self, output: h.Output) -> None:
         match output:

@@ -173,6 +173,13 @@ class Dispatcher:
         open_chunk = task.chunks.open_chunk(chunk)
         return open_chunk is not None and 1 <= attempt <= open_chunk.attempts
 
+    def lease_running(self, node_id: str, task_id: str, chunk: int, attempt: int) -> bool:
+        """True iff that attempt was issued to `node_id` and is still running (not answered or ended)."""
+        task = self._tasks.get(task_id)
+        open_chunk = task.chunks.open_chunk(chunk) if task is not None and task.live else None
+        lease = open_chunk.lease(attempt) if open_chunk is not None else None
+        return lease is not None and not lease.ended and lease.node_id == node_id
+
     def forget(self, task_id: str) -> None:
         """Drop what is kept of a finished task (a chain link makes a task per upstream chunk)."""
         task = self._tasks.get(task_id)

@@ -53,7 +53,10 @@ from protocol.frames import (
 )
 from protocol.operations import RETURN_MODES
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""The version this code speaks first; see the changelog in docs/protocol.md."""
+SUPPORTED_VERSIONS = (1, 2)
+"""Every version a front-end or chain link built from this code accepts in hello."""
 MAX_HEARTBEAT_S = 3600.0
 # Decode errors stay short enough to send back in an Error message.
 MAX_ERROR_TEXT = 1000
@@ -248,6 +251,9 @@ class Result(_ArrayMessage):
     result: np.ndarray | None = _field(check.optional(check.array(min_ndim=1)))
     norms: np.ndarray | None = _field(check.optional(check.array(dtypes=frozenset({"<f8"}), ndim=1)))
     elapsed_s: float = _field(check.real(0.0, math.inf))
+    computed_by: str = _field(check.name(low=0), default="")
+    """Version 2: for a result a chain link forwards, the node behind it that computed it,
+    as the link reports it in ``subtree``; "" when the sender computed it itself."""
 
     def _check_together(self) -> None:
         values = self._values()
@@ -265,6 +271,12 @@ class Result(_ArrayMessage):
     def _payload_arrays(self) -> dict[str, np.ndarray]:
         # Wider dtypes first, so the float values start aligned in the receiver's buffer.
         return {**self._values(), "ok": self.ok}
+
+    def _header_fields(self) -> dict[str, object]:
+        fields = super()._header_fields()
+        if not self.computed_by:
+            del fields["computed_by"]  # left out when empty: the header a version-1 peer expects
+        return fields
 
     @classmethod
     def _fields_from_arrays(cls, arrays: dict[str, np.ndarray]) -> dict[str, object]:
@@ -341,10 +353,14 @@ class Subtree(_Message):
 
 @dataclass(frozen=True)
 class Control(_Message):
-    """Upstream to a chain link: drain, kick or release a node behind it."""
+    """Upstream to a chain link: drain, kick, release or blame a node behind it.
+
+    ``blame`` (version 2) counts one invalid result against the node: the console caught a
+    wrong value the node computed and the link forwarded.
+    """
 
     TYPE: ClassVar[str] = "control"
-    action: str = _field(check.choice("drain", "kick", "release"))
+    action: str = _field(check.choice("drain", "kick", "release", "blame"))
     node: str = _field(check.name())
 
 
