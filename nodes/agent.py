@@ -23,7 +23,7 @@ import asyncssh
 
 from nodes.ssh import NODE_SUBSYSTEM, NODE_USERNAME
 from nodes.ssh.channel import BROKEN, MessageChannel
-from nodes.ssh.client import open_connection
+from nodes.ssh.client import FIRST_USE, FirstUseTrust, open_connection
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.messages import (
@@ -31,8 +31,6 @@ from protocol.messages import (
     Welcome,
 )
 
-ACCEPTS = (Rejected.TYPE,)
-"""The message types beyond version 1's this node understands, announced in hello."""
 
 
 class NodeExit(ChainconsoleError):
@@ -132,10 +130,13 @@ class NodeAgent:
         """One session with one upstream; True if it got as far as working."""
         s = self.settings
         known_hosts = self._known_hosts()
+        first_use = known_hosts is None
         try:
             conn = await open_connection(host, port, username=NODE_USERNAME, key=s.key_path,
-                                         known_hosts=known_hosts, keepalive_interval_s=s.keepalive_interval_s,
-                                         keepalive_count=s.keepalive_count)
+                                         known_hosts=FIRST_USE if first_use else known_hosts,
+                                         keepalive_interval_s=s.keepalive_interval_s,
+                                         keepalive_count=s.keepalive_count,
+                                         client_factory=FirstUseTrust if first_use else None)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise NodeExit(f"{host}:{port} is not the front-end this node trusts "
                            f"(host key does not match the pinned key): {exc}", 3) from None
@@ -147,7 +148,7 @@ class NodeAgent:
             self.say(f"cannot connect to {host}:{port}: {exc}")
             return False
         async with conn:
-            if known_hosts is None:
+            if first_use:
                 self._record_host_key(conn)
             try:
                 return await self._work(conn, f"{host}:{port}")
@@ -173,8 +174,10 @@ class NodeAgent:
         return ([str(pinned)], [str(pinned)], [])
 
     def _record_host_key(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Pin the key that vouched for this server: the console's own, or, at a chain link, its signer's."""
         path = self.settings.recorded_host_key
-        key = conn.get_server_host_key()
+        trust = conn.get_owner()
+        key = trust.trusted if isinstance(trust, FirstUseTrust) else None
         if path is None or key is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +191,7 @@ class NodeAgent:
         channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
-                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line, accepts=ACCEPTS))
+                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line))
         first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)

@@ -25,6 +25,8 @@ from protocol.messages import (
 from protocol.verify import DEFAULT_SAMPLE, Invalid, judge
 
 DEFAULT_TICK_S = 0.5
+REJECTED_SINCE = 2
+"""The protocol version that added ``rejected``: older nodes are never sent it."""
 
 
 class NodeLink(Protocol):
@@ -51,8 +53,6 @@ class HubShell:
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         self.sessions: dict[str, NodeLink] = {}
-        self.accepts: dict[str, frozenset[str]] = {}
-        """Per connected node: the message types beyond version 1's it said it understands."""
         self._ticker: asyncio.Task | None = None
 
     def now(self) -> float:
@@ -85,16 +85,15 @@ class HubShell:
     def admit(self, session: NodeLink, hello: Hello, name: str, fingerprint: str, address: str) -> str:
         """Take in a node that said hello: welcome it and let it have work; ``h.Refused`` if not."""
         node_id = self.hub.admit(name, fingerprint, address=address, slots=hello.slots, now=self.now(),
-                                 host_key=hello.host_key)
+                                 host_key=hello.host_key, protocol_version=hello.protocol_version)
         self.sessions[node_id] = session
-        self.accepts[node_id] = frozenset(hello.accepts)
         try:
             instance, certificate = self.face_welcome(node_id, hello)
         except Exception:
             self.sessions.pop(node_id, None)
             self.hub.withdraw(node_id)
             raise
-        session.send(Welcome(PROTOCOL_VERSION, node_id, self.heartbeat_interval_s, self.heartbeat_timeout_s,
+        session.send(Welcome(hello.protocol_version, node_id, self.heartbeat_interval_s, self.heartbeat_timeout_s,
                              instance=instance, host_certificate=certificate))
         if hello.host_key:  # a chain link: it must know whom to let in
             session.send(NodeKeys(self.face_node_keys()[:MAX_NODE_KEYS]))
@@ -111,10 +110,10 @@ class HubShell:
                 self.run(d.HeartbeatReceived(node_id))
             case Credit(window=window, slots=slots):
                 self.carry_out(self.hub.credit(node_id, window, slots, now))
-            case Failed(reason=reason):
+            case Failed(reason=reason, retryable=retryable):
                 chunk = self.face_chunk(node_id, message)
                 if chunk is not None:
-                    self.run(d.ChunkFailed(node_id, *chunk, reason))
+                    self.run(d.ChunkFailed(node_id, *chunk, reason, retryable))
             case Subtree(nodes=nodes):
                 self.carry_out(self.hub.report_subtree(node_id, nodes, now))
                 self.face_subtree(node_id, nodes)
@@ -123,7 +122,6 @@ class HubShell:
 
     def departed(self, node_id: str, *, clean: bool, reason: str) -> None:
         """A node's session ended (the shell may have ended it already)."""
-        self.accepts.pop(node_id, None)
         if self.sessions.pop(node_id, None) is not None:
             self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
 
@@ -140,7 +138,7 @@ class HubShell:
     def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None) -> None:
         """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk.
 
-        The node that sent a wrong result is told why, if it understands ``rejected``.
+        The node that sent a wrong result is told why, if its version has ``rejected``.
         """
         if problem:
             self.carry_out([h.Note("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
@@ -149,12 +147,13 @@ class HubShell:
                                         problem.tolerance))
         items_ok = 0 if problem else int(result.ok.sum())
         outputs = self.hub.result(node_id, *chunk, items_ok=items_ok, elapsed_s=result.elapsed_s,
-                                  valid=not problem, now=self.now())
+                                  valid=not problem, now=self.now(), computed_by=result.computed_by)
         self.carry_out(outputs, result)
 
     def tell(self, node_id: str, message: Rejected) -> None:
-        """Send a message beyond version 1's, only to a connected node that accepts it."""
-        if message.TYPE in self.accepts.get(node_id, ()) and node_id in self.sessions:
+        """Send a message of version 2 only to a connected node whose session speaks it."""
+        record = self.hub.nodes.get(node_id)
+        if record is not None and record.protocol_version >= REJECTED_SINCE and node_id in self.sessions:
             self.sessions[node_id].send(message)
 
     # -- carrying out ------------------------------------------------------------------------

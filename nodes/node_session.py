@@ -16,7 +16,7 @@ from nodes.hub_shell import HubShell
 from nodes.ssh.channel import BROKEN, MessageChannel
 from protocol.errors import RemoteProtocolError
 from protocol.hub import Refused
-from protocol.messages import PROTOCOL_VERSION, Bye, Error, Hello, Reject
+from protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Bye, Error, Hello, Reject
 
 HELLO_TIMEOUT_S = 10.0
 
@@ -59,8 +59,15 @@ class NodeSession:
             hello = await asyncio.wait_for(self.channel.receive(), HELLO_TIMEOUT_S)
             if not isinstance(hello, Hello):
                 raise RemoteProtocolError(f"expected hello, got {type(hello).__name__}")
-            if hello.protocol_version != PROTOCOL_VERSION:
-                self.send(Reject(f"protocol version {hello.protocol_version} not supported", PROTOCOL_VERSION))
+            if hello.protocol_version not in SUPPORTED_VERSIONS:
+                spoken = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+                self.send(Reject(f"protocol version {hello.protocol_version} not supported; "
+                                 f"this front-end speaks versions {spoken}", PROTOCOL_VERSION))
+                return
+            if hello.via:
+                # Every node says hello to the hub it is connected to; links never forward hellos.
+                self.send(Reject("hello.via must be empty: a node says hello to the hub it connects to",
+                                 PROTOCOL_VERSION))
                 return
             try:
                 self.node_id = self.shell.admit(self, hello, hello.name or self.name, self.fingerprint, self.address)
@@ -73,6 +80,10 @@ class NodeSession:
                     break
                 if isinstance(message, Bye):
                     clean, reason = True, f"left: {message.reason or 'bye'}"
+                    break
+                if isinstance(message, Error):
+                    # The node found us at fault and is closing; its chunks go back in line.
+                    reason = f"the node reported an error ({message.code}): {message.message}"
                     break
                 await self.shell.received(self.node_id, message)
         except RemoteProtocolError as exc:

@@ -167,6 +167,11 @@ class Relay(HubShell):
                     self._set_certificate(certificate)
                 else:
                     self._pass_down(node, message)
+            case Control(action="blame", node=node):
+                try:
+                    self.carry_out(self.hub.blame(node, "an invalid result caught upstream", self.now()))
+                except h.HubError:
+                    pass  # gone since the upstream's last report
             case Control(action=action, node=node):
                 act = {"drain": self.hub.drain, "kick": self.hub.kick, "release": self.hub.release}[action]
                 try:
@@ -195,7 +200,7 @@ class Relay(HubShell):
         if chunk is None:
             return
         if isinstance(message, Failed):
-            self.run(d.ChunkFailed(self.name, *chunk, message.reason))
+            self.run(d.ChunkFailed(self.name, *chunk, message.reason, message.retryable))
         elif self.hub.wants(*chunk):
             self.settle(self.name, chunk, message)
 
@@ -233,10 +238,16 @@ class Relay(HubShell):
         return Cancel(*key_of(assign)) if assign is not None else None
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
+        """Pass the result up, saying which node computed it, so blame for a wrong value finds it."""
         self._sent_up[key_of(result)] = accepted.node_id
         while len(self._sent_up) > SENT_UP_KEPT:
             self._sent_up.popitem(last=False)
-        self._emit(result)
+        if accepted.node_id == self.name:
+            computed_by = ""
+        else:
+            # A link behind this one names its own culprit; a plain node's claim means nothing.
+            computed_by = self.hub.culprit(accepted.node_id, result.computed_by)
+        self._emit(dataclasses.replace(result, computed_by=computed_by))
 
     def face_output(self, output: h.Output) -> None:
         match output:
@@ -245,7 +256,9 @@ class Relay(HubShell):
             case d.ChunkAbandoned(task_id=task_id, reason=reason):
                 assign = self._by_task.get(task_id)
                 if assign is not None:
-                    self._emit(Failed(*key_of(assign), reason[:1000], True))
+                    # The chunk used up its tries here; one that cannot succeed anywhere says so.
+                    retryable = "not retryable" not in reason
+                    self._emit(Failed(*key_of(assign), reason[:1000], retryable))
             case d.TaskFinished(task_id=task_id):
                 self.hub.dispatcher.forget(task_id)
                 assign = self._by_task.pop(task_id, None)

@@ -89,6 +89,9 @@ class ResultReceived:
     items_ok: int
     elapsed_s: float
     valid: bool = True
+    blame: bool = True
+    """Whether an invalid result counts against `node_id`: False when the node is a chain
+    link that only forwarded it and the error is counted against the node behind it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,20 @@ class ChunkFailed:
     task_id: str
     chunk: int
     attempt: int
+    reason: str
+    retryable: bool = True
+    """False when the node says any attempt would fail the same way: the chunk is abandoned at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCounted:
+    """An invalid result of the node was caught upstream, after this hub had accepted it.
+
+    It counts against the node as an invalid result caught here would (quarantine at
+    ``max_node_errors``); the chunk itself is no longer this hub's concern.
+    """
+
+    node_id: str
     reason: str
 
 
@@ -176,6 +193,7 @@ Event: TypeAlias = (
     | HeartbeatReceived
     | ResultReceived
     | ChunkFailed
+    | ErrorCounted
     | NodeLeft
     | NodeLost
     | DrainRequested

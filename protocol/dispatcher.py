@@ -22,10 +22,13 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   while it is quarantined); anything else is ignored.
 - Bounded attempts: a chunk's failures (the node reported one, the node was lost holding
   it, the result was invalid) are counted; at `max_attempts`, once no copy is left
-  running, the chunk is abandoned and its items fail. Clean goodbyes, kicks and
-  quarantines are not the chunk's fault and do not count.
-- Quarantine: invalid results count against their node; at `max_node_errors` it gets no
-  more work and what it holds is cancelled and requeued, until the operator releases it.
+  running, the chunk is abandoned and its items fail. A failure reported as not
+  retryable uses up every attempt at once. Clean goodbyes, kicks and quarantines are not
+  the chunk's fault and do not count.
+- Quarantine: invalid results count against their node (unless the node is a chain link
+  that only forwarded them: `ResultReceived.blame`), and so do errors caught upstream
+  (`ErrorCounted`); at `max_node_errors` it gets no more work and what it holds is
+  cancelled and requeued, until the operator releases it.
 - Nothing from the network makes it raise: unknown ids and stale attempts are ignored.
 - Assigning costs the same whatever the number of nodes and chunks: deques of nodes with
   room and of runnable tasks, per-task queues, and queues and heaps of deadlines whose
@@ -56,6 +59,7 @@ from protocol.dispatch_events import (
     CreditChanged,
     DispatcherSnapshot,
     DrainRequested,
+    ErrorCounted,
     Event,
     HeartbeatReceived,
     KickRequested,
@@ -131,6 +135,7 @@ class Dispatcher:
             HeartbeatReceived: self._heartbeat_received,
             ResultReceived: self._result_received,
             ChunkFailed: self._chunk_failed,
+            ErrorCounted: self._error_counted,
             NodeLeft: self._node_left,
             NodeLost: self._node_lost,
             DrainRequested: self._drain_requested,
@@ -167,6 +172,13 @@ class Dispatcher:
             return False
         open_chunk = task.chunks.open_chunk(chunk)
         return open_chunk is not None and 1 <= attempt <= open_chunk.attempts
+
+    def lease_running(self, node_id: str, task_id: str, chunk: int, attempt: int) -> bool:
+        """True iff that attempt was issued to `node_id` and is still running (not answered or ended)."""
+        task = self._tasks.get(task_id)
+        open_chunk = task.chunks.open_chunk(chunk) if task is not None and task.live else None
+        lease = open_chunk.lease(attempt) if open_chunk is not None else None
+        return lease is not None and not lease.ended and lease.node_id == node_id
 
     def forget(self, task_id: str) -> None:
         """Drop what is kept of a finished task (a chain link makes a task per upstream chunk)."""
@@ -317,11 +329,20 @@ class Dispatcher:
         elif not lease.ended and node is not None:
             # (an invalid copy that already ended was counted when its node went)
             chunk.failures += 1
-            node.errors += 1
             self._end(lease, out)
             self._settle(task, chunk, node.node_id, "invalid result", now, out)
-            if node.errors >= self._max_node_errors:
-                self._quarantine(node, now, out)
+            if event.blame:
+                self._count_error(node, now, out)
+
+    def _count_error(self, node: TrackedNode, now: float, out: list[Action]) -> None:
+        node.errors += 1
+        if node.errors >= self._max_node_errors and not node.quarantined:
+            self._quarantine(node, now, out)
+
+    def _error_counted(self, event: ErrorCounted, now: float, out: list[Action]) -> None:
+        node = self._nodes.get(event.node_id)
+        if node is not None:
+            self._count_error(node, now, out)
 
     def _complete(
         self, task: TrackedTask, chunk: Chunk, node: TrackedNode | None, event: ResultReceived, now: float, out: list[Action],
@@ -350,9 +371,12 @@ class Dispatcher:
         lease = chunk.lease(event.attempt) if chunk is not None else None
         if task is None or chunk is None or lease is None or lease.ended or lease.node_id != event.node_id:
             return
-        chunk.failures += 1
+        # A failure the node calls permanent (an operation it cannot run, an input it
+        # cannot read) uses up the chunk's attempts: retrying would only burn them.
+        chunk.failures = chunk.failures + 1 if event.retryable else max(chunk.failures + 1, task.max_attempts)
         self._end(lease, out)
-        self._settle(task, chunk, event.node_id, f"failed: {event.reason}", now, out)
+        reason = f"failed: {event.reason}" if event.retryable else f"failed, not retryable: {event.reason}"
+        self._settle(task, chunk, event.node_id, reason, now, out)
 
     def _finish_if_resolved(self, task: TrackedTask, now: float, out: list[Action]) -> bool:
         if task.items_resolved + task.items_abandoned < task.items:

@@ -21,7 +21,13 @@ Rules of this module:
 - A node is granted at most ``max_node_slots`` slots (a chain link, speaking for its
   subtree, ``max_link_slots``), whatever it claims in hello or credit.
 - What a chain link reports about its subtree is bounded and shown as reported; it is
-  never trusted for anything but display and routing.
+  never trusted for anything but display, routing and blame. A plain node has no subtree:
+  what it reports is dropped.
+- Blame lands on the node that computed a wrong value. An invalid result a link
+  forwarded, naming a node of the link's reported subtree as the one that computed it
+  (``Result.computed_by``), is not counted against the link: the link is sent
+  ``control blame`` for that node and counts it by its own policy. A result the link
+  says it computed itself, or names a node it does not report, counts against the link.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import TypeAlias
 
 from protocol import dispatcher as d
 from protocol.errors import ChainconsoleError
-from protocol.messages import Control, Drain
+from protocol.messages import PROTOCOL_VERSION, Control, Drain
 from protocol.rates import RecentRate
 
 MAX_SUBTREE_NODES = 1000
@@ -142,6 +148,8 @@ class NodeRecord:
     """A chain link's last report of the nodes behind it."""
     rate: RecentRate = field(default_factory=lambda: RecentRate(0.0))
     """Its items per second lately."""
+    protocol_version: int = PROTOCOL_VERSION
+    """The version its session speaks (what may be sent to it)."""
 
     @property
     def is_link(self) -> bool:
@@ -167,14 +175,14 @@ class Hub:
     # -- nodes ---------------------------------------------------------------------------------
 
     def admit(self, name: str, fingerprint: str, *, address: str, slots: int, now: float,
-              host_key: str = "") -> str:
+              host_key: str = "", protocol_version: int = PROTOCOL_VERSION) -> str:
         """Register a node that said hello and return its id; ``Refused`` for a quarantined key."""
         if fingerprint in self.quarantined:
             raise Refused(f"this node's key is quarantined (as {self.quarantined[fingerprint]}) "
                           "until an operator releases it")
         node_id = self._id_for(name, fingerprint)
         self.nodes[node_id] = NodeRecord(node_id, name, fingerprint, address, slots, 0, host_key, now,
-                                         rate=RecentRate(now))
+                                         rate=RecentRate(now), protocol_version=protocol_version)
         self.departed.pop(node_id, None)
         return node_id
 
@@ -224,7 +232,7 @@ class Hub:
     def report_subtree(self, link_id: str, entries: tuple[dict, ...], now: float) -> list[Output]:
         """A chain link reported the nodes behind it."""
         record = self.nodes.get(link_id)
-        if record is not None:
+        if record is not None and record.is_link:
             record.subtree = entries[:MAX_SUBTREE_NODES]
         return self.handle(d.HeartbeatReceived(link_id), now)
 
@@ -264,6 +272,13 @@ class Hub:
         return [Note("release", f"{node_id} released from quarantine", node_id=node_id),
                 *self.handle(d.QuarantineReleased(node_id), now)]
 
+    def blame(self, node_id: str, reason: str, now: float) -> list[Output]:
+        """Count an invalid result caught upstream against the node that computed it (or pass it on)."""
+        if (routed := self._route("blame", node_id)) is not None:
+            return routed
+        return [Note("blame", f"{node_id}: {reason}", node_id=node_id),
+                *self.handle(d.ErrorCounted(node_id, reason), now)]
+
     def _route(self, action: str, node_id: str) -> list[Output] | None:
         """Pass an action for a node behind a link to that link; None if the node is this hub's."""
         if node_id in self.nodes:
@@ -281,16 +296,36 @@ class Hub:
         return self.dispatcher.wants_result(task_id, chunk, attempt)
 
     def result(self, node_id: str, task_id: str, chunk: int, attempt: int, *, items_ok: int,
-               elapsed_s: float, valid: bool, now: float) -> list[Output]:
-        """A checked result: ``ResultAccepted`` precedes its chunk's completion if this copy wins."""
-        event = d.ResultReceived(node_id, task_id, chunk, attempt, items_ok, elapsed_s, valid=valid)
+               elapsed_s: float, valid: bool, now: float, computed_by: str = "") -> list[Output]:
+        """A checked result: ``ResultAccepted`` precedes its chunk's completion if this copy wins.
+
+        An invalid result is blamed on ``computed_by`` when a link forwarded it from a node
+        it reports; otherwise on the node that sent it.
+        """
+        culprit = self.culprit(node_id, computed_by) if not valid else node_id
+        event = d.ResultReceived(node_id, task_id, chunk, attempt, items_ok, elapsed_s, valid=valid,
+                                 blame=culprit == node_id)
         out: list[Output] = []
+        if culprit != node_id and self.dispatcher.lease_running(node_id, task_id, chunk, attempt):
+            out += [Note("blame", f"{culprit} (behind {node_id}) computed an invalid result of chunk "
+                                  f"{task_id}/{chunk}", node_id=culprit, task_id=task_id),
+                    SendMessage(node_id, Control("blame", culprit))]
         for output in self.handle(event, now):
             if isinstance(output, d.ChunkCompleted) and (output.task_id, output.chunk, output.attempt) \
                     == (task_id, chunk, attempt):
                 out.append(ResultAccepted(node_id, task_id, chunk, attempt, output.start, output.stop, items_ok))
             out.append(output)
         return out
+
+    def culprit(self, node_id: str, computed_by: str) -> str:
+        """Who is blamed for an invalid result ``node_id`` sent: the node behind a link that computed it, if known."""
+        record = self.nodes.get(node_id)
+        if (not computed_by or record is None or not record.is_link or record.protocol_version < 2
+                or computed_by in self.nodes):
+            return node_id
+        if any(entry["name"] == computed_by for entry in record.subtree):
+            return computed_by
+        return node_id
 
     # -- the Dispatcher, with session actions turned into closes --------------------------------
 

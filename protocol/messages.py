@@ -53,7 +53,10 @@ from protocol.frames import (
 )
 from protocol.operations import RETURN_MODES
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""The version this code speaks first; see the changelog in docs/protocol.md."""
+SUPPORTED_VERSIONS = (1, 2)
+"""Every version a front-end or chain link built from this code accepts in hello."""
 MAX_HEARTBEAT_S = 3600.0
 # Decode errors stay short enough to send back in an Error message.
 MAX_ERROR_TEXT = 1000
@@ -73,8 +76,8 @@ class _Message:
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     # Fields that travel as arrays in the payload rather than in the JSON header.
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ()
-    # Fields added to version 1 later: left off the wire when at their default, so a peer
-    # of an older release sees exactly the header it knows.
+    # Fields added after version 1: left off the wire when at their default, so a peer of
+    # version 1 sees exactly the header it knows.
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
@@ -154,7 +157,6 @@ class Hello(_Message):
     """Node to front-end, first: who the node is and how many chunks it wants held."""
 
     TYPE: ClassVar[str] = "hello"
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("accepts",)
     protocol_version: int = _field(check.integer(1, MAX_VERSION))
     name: str = _field(check.name())
     slots: int = _field(check.integer(0, MAX_COUNT))
@@ -163,9 +165,6 @@ class Hello(_Message):
     via: tuple[str, ...] = _field(check.names(), default=())
     host_key: str = _field(check.key_text(), default="")
     """A chain link's public SSH host key (OpenSSH line), for the console to certify; "" if none."""
-    accepts: tuple[str, ...] = _field(check.names(), default=())
-    """Message types beyond version 1's that the node understands (``rejected``); the
-    front-end sends a node no other: a node that does not list one never receives it."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +249,7 @@ class Result(_ArrayMessage):
 
     TYPE: ClassVar[str] = "result"
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("ok", "result", "norms")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("computed_by",)
     task_id: str = _field(check.identifier())
     chunk: int = _field(check.integer(0, MAX_INDEX))
     attempt: int = _field(check.integer(0, MAX_INDEX))
@@ -257,6 +257,9 @@ class Result(_ArrayMessage):
     result: np.ndarray | None = _field(check.optional(check.array(min_ndim=1)))
     norms: np.ndarray | None = _field(check.optional(check.array(dtypes=frozenset({"<f8"}), ndim=1)))
     elapsed_s: float = _field(check.real(0.0, math.inf))
+    computed_by: str = _field(check.name(low=0), default="")
+    """Version 2: for a result a chain link forwards, the node behind it that computed it,
+    as the link reports it in ``subtree``; "" when the sender computed it itself."""
 
     def _check_together(self) -> None:
         values = self._values()
@@ -298,7 +301,7 @@ class Failed(_Message):
 
 @dataclass(frozen=True)
 class Rejected(_Message):
-    """Front-end to node, if the node's hello accepts it: one of its results failed a check.
+    """Front-end to a node of version 2 or later: one of its results failed a check.
 
     The chunk goes to another node; the node's error count went up. ``tolerance`` is the
     entry of the tolerance table the result missed (docs/protocol.md), 0 for an exact rule.
@@ -366,10 +369,14 @@ class Subtree(_Message):
 
 @dataclass(frozen=True)
 class Control(_Message):
-    """Upstream to a chain link: drain, kick or release a node behind it."""
+    """Upstream to a chain link: drain, kick, release or blame a node behind it.
+
+    ``blame`` (version 2) counts one invalid result against the node: the console caught a
+    wrong value the node computed and the link forwarded.
+    """
 
     TYPE: ClassVar[str] = "control"
-    action: str = _field(check.choice("drain", "kick", "release"))
+    action: str = _field(check.choice("drain", "kick", "release", "blame"))
     node: str = _field(check.name())
 
 

@@ -128,9 +128,10 @@ async def test_submit_from_the_picker_puts_a_valid_task_in_the_table_at_once(tmp
         await pick(pilot, app, task_file)
         await shown(pilot, lambda: app.main.query_one(TasksTable).row_count == 1, "the task row")
         table = app.main.query_one(TasksTable)
-        assert table.get_cell("t1", "name").plain == "inv-small"
-        assert table.get_cell("t1", "state").plain == "queued"
-        assert table.selected_key == "t1"
+        (task_id,) = app.host.frontend.tasks
+        assert table.get_cell(task_id, "name").plain == "inv-small"
+        assert table.get_cell(task_id, "state").plain == "queued"
+        assert table.selected_key == task_id
 
 
 async def test_an_invalid_task_file_opens_a_modal_listing_each_problem(tmp_path: Path) -> None:
@@ -315,7 +316,8 @@ async def test_slash_filters_both_tables_and_escape_clears_it(tmp_path: Path) ->
         assert tasks.row_count == 2
         await pilot.press("slash", "a", "l", "p")
         await pilot.pause()
-        assert [k.value for k in tasks.rows] == ["t1"]
+        alpha = next(t for t, r in app.host.frontend.tasks.items() if r.name == "alpha")
+        assert [k.value for k in tasks.rows] == [alpha]
         assert "filter: alp" in str(tasks.border_title)
         await pilot.press("escape")
         await pilot.pause()
@@ -365,7 +367,8 @@ async def test_quit_asks_while_tasks_run_and_stops_the_front_end(tmp_path: Path)
         assert endpoint.exists()
         await pilot.press("q")
         await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirm modal")
-        assert "1 task is still running or queued (t1)" in app.screen.question
+        (task_id,) = app.host.frontend.tasks
+        assert f"1 task is still running or queued ({task_id})" in app.screen.question
         await pilot.press("n")
         await pilot.pause()
         assert app.is_running and endpoint.exists()
@@ -375,7 +378,7 @@ async def test_quit_asks_while_tasks_run_and_stops_the_front_end(tmp_path: Path)
         await wait_until(lambda: not endpoint.exists(), 10, "the server to close")
     assert app.return_code == 0
     # The unfinished task is journaled: the next start resumes it.
-    assert app.host.frontend is not None and app.host.frontend.tasks["t1"].state == "queued"
+    assert app.host.frontend is not None and app.host.frontend.tasks[task_id].state == "queued"
 
 
 async def test_quit_with_nothing_running_does_not_ask(tmp_path: Path) -> None:

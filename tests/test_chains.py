@@ -38,10 +38,13 @@ async def _link_port(tmp: Path, name: str) -> int:
 
 
 def _node(host: Host, tmp: Path, name: str, upstreams: list[int], listen: int | None = None,
-          listen_host: str = "127.0.0.1") -> subprocess.Popen:
-    """A node process with its own state dir, the console's node key, pinning the console's host key."""
+          listen_host: str = "127.0.0.1", pin: bool = True) -> subprocess.Popen:
+    """A node process with its own state dir, the console's node key, pinning the console's host key
+    (or, without ``pin``, trusting its first upstream on first use)."""
     cmd = [sys.executable, "-m", "nodes", "--name", name, "--slots", "1", "--state-dir", str(tmp / name),
-           "--key", str(host.state.node_key), "--host-key", str(host.state.host_key) + ".pub"]
+           "--key", str(host.state.node_key)]
+    if pin:
+        cmd += ["--host-key", str(host.state.host_key) + ".pub"]
     for port in upstreams:
         cmd += ["--connect", f"127.0.0.1:{port}"]
     if listen is not None:
@@ -111,6 +114,27 @@ async def test_nodes_behind_a_dead_link_fail_over_and_the_task_finishes(host: Ho
     summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
     assert summary["state"] == "done" and summary["ok_items"] == 6000
     assert {"B", "C"} <= set(summary["items_per_node"])
+    _check(host, task_id, document)
+
+
+async def test_a_node_that_first_met_a_link_pins_the_console_and_fails_over_to_it(host: Host, tmp_path) -> None:
+    """Trust on first use at a link records the key that certified the link: the console's."""
+    console = host.server.address[1]
+    link = _node(host, tmp_path, "A", [console], listen=0)
+    port_a = await _link_port(tmp_path, "A")
+    _node(host, tmp_path, "N", [port_a, console], pin=False)
+    await wait_until(lambda: _rows(host).get("N") is not None and _rows(host)["N"].via == ("A",),
+                     timeout=60, what="N to join behind A")
+    recorded = asyncssh.read_public_key(tmp_path / "N" / "frontend_host_key.pub")
+    assert recorded == asyncssh.read_public_key(host.state.host_key_pub)
+    link.send_signal(signal.SIGKILL)
+    await wait_until(lambda: _rows(host).get("N") is not None and _rows(host)["N"].via == (),
+                     timeout=40, what="N to fail over to the console")
+    assert "does not match" not in (tmp_path / "N.log").read_text()
+    document = _task(300, 75)
+    task_id = host.frontend.submit(parse_task(document), "operator")
+    summary = await asyncio.wait_for(host.frontend.wait(task_id), 60)
+    assert summary["state"] == "done" and summary["items_per_node"] == {"N": 300}
     _check(host, task_id, document)
 
 
@@ -231,3 +255,37 @@ async def test_three_sessions_of_one_key_behind_a_link_get_three_ids(host: Host,
     finally:
         for node in triplets:
             await node.close()
+
+
+def _det_liar(assign, result):
+    """Honest everywhere but det, where every value is 0.1 % too large."""
+    if assign.operation != "det" or result.result is None:
+        return result
+    import dataclasses
+    return dataclasses.replace(result, result=result.result * 1.001)
+
+
+async def test_a_liar_behind_a_link_is_blamed_and_the_link_never_is(host: Host, tmp_path) -> None:
+    """Wrong values the link's own sampled check missed and the console caught land on the liar."""
+    from tests.fake_node import FakeNode
+
+    _node(host, tmp_path, "A", [host.server.address[1]], listen=0)
+    port_a = await _link_port(tmp_path, "A")
+    key = _enrol(host, tmp_path, "liar")
+    liar = FakeNode(("127.0.0.1", port_a), key, host.state.host_key_pub, name="liar", slots=2, tamper=_det_liar)
+    await _start_behind(liar)
+    try:
+        await wait_until(lambda: "liar" in _rows(host), timeout=10, what="the liar to show behind A")
+        document = {"name": "det-behind-link", "operation": "det", "chunk_size": 2,
+                    "inputs": {"a": {"generate": {"count": 400, "shape": [8, 8], "seed": 76}}}}
+        task_id = host.frontend.submit(parse_task(document), "operator")
+        summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
+        assert summary["state"] == "done"
+        await wait_until(lambda: _rows(host)["liar"].state == "quarantined", timeout=10,
+                         what="the liar to show as quarantined behind A")
+        assert _rows(host)["A"].state != "quarantined" and _rows(host)["A"].errors == 0
+        blamed = [e for e in host.frontend.events if e.kind == "blame"]
+        invalid = [e for e in host.frontend.events if e.kind == "invalid"]
+        assert len(blamed) == len(invalid) and all(e.node_id == "liar" for e in blamed)
+    finally:
+        await liar.close()

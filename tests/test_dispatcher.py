@@ -19,6 +19,7 @@ from protocol.dispatch_events import (
     CloseNode,
     CreditChanged,
     DrainRequested,
+    ErrorCounted,
     HeartbeatReceived,
     KickRequested,
     NodeDrained,
@@ -433,6 +434,41 @@ def test_a_chunk_failing_max_attempts_times_is_abandoned_and_the_task_still_fini
     assert not d.wants_result("t", 0, 2)
 
 
+def test_a_failure_that_is_not_retryable_abandons_the_chunk_at_once() -> None:
+    d = Dispatcher(prefetch=0)
+    d.handle(task(items=4, max_attempts=3), 0)
+    d.handle(NodeJoined("a", 1, 1), 0)
+    d.handle(NodeJoined("b", 1, 1), 0)
+    actions = d.handle(ChunkFailed("a", "t", 0, 1, "unknown operation", retryable=False), 1)
+    assert actions == [ChunkAbandoned("t", 0, 0, 2, "failed 3 times, last: failed, not retryable: unknown operation")]
+    assert not d.wants_result("t", 0, 1)
+    assert assigned(actions) == []  # no other attempt at it, on a or on b
+    assert d.handle(ResultReceived("b", "t", 1, 1, 2, 0.1), 2) == [
+        ChunkCompleted("t", 1, 2, 4, 1, "b"), TaskFinished("t", TaskState.FAILED, 2, 2, {"b": 2}),
+    ]
+
+
+def test_a_retryable_failure_is_retried_and_a_later_permanent_one_ends_it() -> None:
+    d = Dispatcher(prefetch=0)
+    d.handle(task(items=2, max_attempts=5), 0)
+    d.handle(NodeJoined("a", 1, 1), 0)
+    assert assigned(d.handle(ChunkFailed("a", "t", 0, 1, "crash", retryable=True), 1)) == [("a", "t", 0, 0, 2, 2)]
+    actions = d.handle(ChunkFailed("a", "t", 0, 2, "bad input", retryable=False), 2)
+    assert of_type(actions, ChunkAbandoned) == [ChunkAbandoned("t", 0, 0, 2, "failed 5 times, last: failed, not retryable: bad input")]
+    assert of_type(actions, TaskFinished)[0].state is TaskState.FAILED
+
+
+def test_a_permanent_failure_waits_for_a_copy_still_running() -> None:
+    d = Dispatcher(prefetch=0, min_lease_s=1.0, straggler_factor=1.0)
+    d.handle(task(items=2, max_attempts=3), 0)
+    d.handle(NodeJoined("a", 1, 1), 0)
+    d.handle(NodeJoined("b", 1, 1), 0)
+    backup = assigned(d.handle(Tick(), 5))
+    assert backup == [("b", "t", 0, 0, 2, 2)]
+    assert of_type(d.handle(ChunkFailed("a", "t", 0, 1, "x", retryable=False), 6), ChunkAbandoned) == []
+    assert of_type(d.handle(ResultReceived("b", "t", 0, 2, 2, 0.1), 7), ChunkCompleted)  # the backup still counts
+
+
 def test_a_failed_chunk_goes_to_another_node_when_one_can_take_it() -> None:
     d = Dispatcher(prefetch=0)
     d.handle(task(items=6), 0)
@@ -448,6 +484,28 @@ def test_a_lone_node_gets_its_failed_chunk_back() -> None:
     d.handle(task(items=2), 0)
     d.handle(NodeJoined("a", 1, 1), 0)
     assert assigned(d.handle(ChunkFailed("a", "t", 0, 1, "x"), 1)) == [("a", "t", 0, 0, 2, 2)]
+
+
+def test_an_invalid_result_forwarded_by_a_link_requeues_without_blaming_the_link() -> None:
+    d = Dispatcher(prefetch=0, max_node_errors=1)
+    d.handle(task(items=4), 0)
+    first, = assigned(d.handle(NodeJoined("link", 1, 1), 0))
+    actions = d.handle(ResultReceived("link", "t", 0, first[5], 2, 0.1, valid=False, blame=False), 1)
+    assert actions[0] == ChunkRequeued("t", 0, 0, 2, "link", "invalid result")
+    assert of_type(actions, NodeQuarantined) == []
+    assert d.snapshot(1).nodes[0].errors == 0
+
+
+def test_errors_caught_upstream_count_towards_quarantine() -> None:
+    d = Dispatcher(prefetch=0, max_node_errors=2)
+    d.handle(task(items=4), 0)
+    held, = assigned(d.handle(NodeJoined("b", 1, 1), 0))
+    assert d.handle(ErrorCounted("b", "caught upstream"), 1) == []
+    assert d.snapshot(1).nodes[0].errors == 1
+    actions = d.handle(ErrorCounted("b", "caught upstream"), 2)
+    assert actions[:2] == [NodeQuarantined("b", "2 invalid results"), CancelChunk("b", "t", held[2], held[5])]
+    assert d.handle(ErrorCounted("b", "again"), 3) == []  # already quarantined
+    assert d.handle(ErrorCounted("nobody", "x"), 3) == []
 
 
 def test_invalid_results_requeue_and_quarantine_the_node() -> None:

@@ -363,3 +363,76 @@ def test_a_subtree_report_is_bounded() -> None:
     behind = [row for row in hub.rows(2.0) if row.via]
     assert len(behind) == MAX_SUBTREE_NODES and behind[-1].node_id == f"s{MAX_SUBTREE_NODES - 1}"
     assert hub.link_of(f"s{MAX_SUBTREE_NODES}") is None
+
+
+def test_a_plain_nodes_subtree_report_is_dropped() -> None:
+    hub = hub_with_task()
+    plain, _ = connect(hub, "plain", "P")
+    hub.report_subtree(plain, tuple(entry(f"fake{i}") for i in range(10_000)), 1.0)
+    assert [row.node_id for row in hub.rows(1.0)] == [plain]
+    assert hub.link_of("fake1") is None
+
+
+# --- blame ----------------------------------------------------------------------------------
+
+
+def link_answer(hub: Hub, assignment: d.AssignChunk, now: float, computed_by: str) -> list[Output]:
+    return hub.result(assignment.node_id, assignment.task_id, assignment.chunk, assignment.attempt,
+                      items_ok=0, elapsed_s=0.1, valid=False, now=now, computed_by=computed_by)
+
+
+def test_an_invalid_result_computed_behind_a_link_is_blamed_on_that_node_never_the_link() -> None:
+    hub = hub_with_task(items=40, chunk_size=2, max_node_errors=2, prefetch=0)
+    link_id, outputs = connect(hub, "relay", "R", slots=8, window=8, host_key="ssh-ed25519 AAAA relay")
+    hub.report_subtree(link_id, (entry("b"), entry("c", "b")), 1.0)
+    held = assigned(outputs)
+    for number, assignment in enumerate(held[:5]):
+        outputs = link_answer(hub, assignment, 2.0 + number, "c")
+        assert SendMessage(link_id, Control("blame", "c")) in outputs
+        assert not any(isinstance(o, d.NodeQuarantined) for o in outputs)
+    assert row_of(hub, link_id, 10.0).state != "quarantined" and row_of(hub, link_id, 10.0).errors == 0
+    # A stale copy sends no second blame.
+    assert link_answer(hub, held[0], 11.0, "c") == []
+
+
+@pytest.mark.parametrize("computed_by", ["", "stranger", "direct"])
+def test_an_invalid_result_the_link_cannot_pin_on_its_subtree_counts_against_the_link(computed_by: str) -> None:
+    hub = hub_with_task(items=40, chunk_size=2, max_node_errors=2, prefetch=0)
+    connect(hub, "direct", "D")
+    link_id, outputs = connect(hub, "relay", "R", slots=8, window=8, host_key="ssh-ed25519 AAAA relay")
+    hub.report_subtree(link_id, (entry("b"),), 1.0)
+    first, second = assigned(outputs)[:2]
+    assert not any(isinstance(o, SendMessage) for o in link_answer(hub, first, 2.0, computed_by))
+    outputs = link_answer(hub, second, 3.0, computed_by)
+    assert d.NodeQuarantined(link_id, "2 invalid results") in outputs
+
+
+def test_a_plain_node_cannot_pass_its_blame_on() -> None:
+    hub = hub_with_task(max_node_errors=1, prefetch=0)
+    node_id, outputs = connect(hub, "liar", "L")
+    outputs = link_answer(hub, assigned(outputs)[0], 1.0, "someone-else")
+    assert d.NodeQuarantined(node_id, "1 invalid results") in outputs
+
+
+def test_blame_from_upstream_counts_against_a_direct_node_or_goes_on_down() -> None:
+    hub = hub_with_task(max_node_errors=2)
+    liar, _ = connect(hub, "liar", "L")
+    link_id, _ = connect(hub, "relay", "R", host_key="ssh-ed25519 AAAA relay")
+    hub.report_subtree(link_id, (entry("deep"),), 1.0)
+    assert without_notes(hub.blame("deep", "caught upstream", 2.0)) == [SendMessage(link_id, Control("blame", "deep"))]
+    hub.blame(liar, "caught upstream", 2.0)
+    assert any(isinstance(o, d.NodeQuarantined) for o in hub.blame(liar, "caught upstream", 3.0))
+    assert "L" in hub.quarantined
+    with pytest.raises(HubError):
+        hub.blame("nowhere", "x", 3.0)
+
+
+def test_a_version_1_link_is_never_sent_blame() -> None:
+    hub = hub_with_task(max_node_errors=5, prefetch=0)
+    link_id = hub.admit("relay", "R", address="x", slots=4, now=0.0, host_key="ssh-ed25519 AAAA relay",
+                        protocol_version=1)
+    outputs = hub.join(link_id, 4, 4, 0.0)
+    hub.report_subtree(link_id, (entry("b"),), 1.0)
+    outputs = link_answer(hub, assigned(outputs)[0], 2.0, "b")
+    assert not any(isinstance(o, SendMessage) for o in outputs)
+    assert row_of(hub, link_id, 3.0).errors == 1

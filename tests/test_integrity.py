@@ -83,7 +83,7 @@ async def test_a_lying_node_gets_no_wrong_value_into_a_done_task(host: Host, nod
     key.write_private_key(tmp_path / "liar")
     host.frontend.registry.add(Role.NODE, key.export_public_key().decode(), "liar")
     liar = fake_node.FakeNode(host.server.address, tmp_path / "liar", host.state.host_key.with_name("host_key.pub"),
-                              name="liar", slots=2, tamper=tamper, accepts=("rejected",))
+                              name="liar", slots=2, tamper=tamper)
     await liar.start()
     try:
         document = {"name": lie, "operation": operation, "chunk_size": 5,

@@ -104,3 +104,25 @@ async def test_failed_logins_get_an_address_refused(state: StateDir, tmp_path) -
         with pytest.raises((asyncssh.DisconnectError, ConnectionError)):
             await asyncssh.connect(*address, username="u", client_keys=[str(state.operator_key)],
                                    known_hosts=None, config=None, agent_path=None, gss_host=None)
+
+
+async def test_a_key_enrolled_without_a_name_never_takes_the_name_in_its_comment(host: Host, tmp_path) -> None:
+    """Ownership comes from the enrolment name: a key calling itself "operator" is not the operator."""
+    from protocol.taskfile import parse_task
+
+    sneaky = asyncssh.generate_private_key("ssh-ed25519", comment="operator")
+    sneaky.write_private_key(tmp_path / "sneaky")
+    entry = host.frontend.registry.add(Role.USER, sneaky.export_public_key().decode())
+    assert entry.name != "operator" and entry.name.startswith("key-")
+    assert entry.name == "key-" + entry.fingerprint.removeprefix("SHA256:")[:12].replace("+", "-").replace("/", "-")
+    task_id = host.frontend.submit(parse_task({"name": "mine", "operation": "det", "inputs": {
+        "a": {"generate": {"count": 2, "shape": [2, 2], "seed": 1}}}}), "operator")
+    async with asyncssh.connect(*host.server.address, username="operator", client_keys=[str(tmp_path / "sneaky")],
+                                known_hosts=None, config=None, agent_path=None, gss_host=None) as conn:
+        listed = await conn.run("tasks", check=False)
+        assert listed.exit_status == 0 and json.loads(listed.stdout) == []
+        status = await conn.run(f"status {task_id}", check=False)
+        assert status.exit_status == 2 and f"no task '{task_id}'" in status.stderr
+        cancel = await conn.run(f"cancel {task_id}", check=False)
+        assert cancel.exit_status == 2
+    assert host.frontend.task(task_id).state != "cancelled"

@@ -159,3 +159,16 @@ async def test_a_garbage_journal_is_refused_naming_the_file(state: StateDir) -> 
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(state.journal) in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_task_ids_are_random_and_keep_their_t(tmp_path) -> None:
+    import re
+
+    from console.engine.journal import Journal
+
+    journal = Journal(tmp_path / "journal.sqlite3")
+    ids = [journal.new_task("x", "alice", {}, 1) for _ in range(200)]
+    journal.close()
+    assert all(re.fullmatch(r"t[a-z2-7]{12}", task_id) for task_id in ids)
+    assert len(set(ids)) == len(ids) and ids != sorted(ids)
+    assert [row.task_id for row in Journal(tmp_path / "journal.sqlite3").tasks()] == ids  # in submission order

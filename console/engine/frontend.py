@@ -38,6 +38,11 @@ from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
 from protocol.verify import DEFAULT_SAMPLE
 
 CERTIFICATE_DAYS = 365
+MAX_CERTIFICATES_PER_LINK = 64
+"""Host certificates issued for the links behind one chain link (by its key), in one run of the console."""
+CERTIFICATE_BURST = 8
+CERTIFICATES_PER_S = 1.0
+"""How fast one chain link's reports may get certificates: a burst, then this rate."""
 DEFAULT_MAX_UNFINISHED_PER_OWNER = 100
 EVENT_LOG_SIZE = 2000
 
@@ -75,6 +80,7 @@ class FrontEnd(HubShell):
         """This run of the front-end: nodes offer results kept across a reconnect only to it."""
         self._node_keys_sent: tuple[str, ...] = ()
         self._certified: set[str] = set()
+        self._link_certificates: dict[str, _CertificateBudget] = {}  # link key → what its reports got
         self._broken: dict[str, str] = {}  # task id → why its results cannot be stored
         self._finishing: set[asyncio.Task] = set()
         self._listeners: list[Callable[[Event], None]] = []
@@ -283,16 +289,37 @@ class FrontEnd(HubShell):
         return self.node_key_lines()
 
     def face_subtree(self, link_id: str, nodes: tuple[dict, ...]) -> None:
-        """Certify the new links among the nodes behind a link."""
+        """Certify the new links among the nodes behind a link: bounded, and only for what it carries.
+
+        Only a chain link's report counts. Each entry asking to be certified gets at most one
+        certificate from the reporting link's key, under the entry's own name, and only
+        when the entry is where the report says it is: a name that no other node of this hub
+        holds, given once in the report, behind links the same report lists. A link gets at
+        most ``MAX_CERTIFICATES_PER_LINK`` in this run, ``CERTIFICATE_BURST`` at once and then
+        ``CERTIFICATES_PER_S``.
+        """
+        record = self.hub.nodes.get(link_id)
+        if record is None or not record.is_link or link_id not in self.sessions:
+            return
+        # By key, not by session: reconnecting does not refill it.
+        budget = self._link_certificates.setdefault(record.fingerprint, _CertificateBudget(self.now()))
+        names = [entry["name"] for entry in nodes]
+        reported = set(names)
         for entry in nodes:
-            if entry["host_key"] and entry["host_key"] not in self._certified:
-                try:
-                    certificate = self.certify_host(entry["host_key"], entry["name"])
-                except (ValueError, asyncssh.KeyImportError) as exc:  # a bad key harms no one else
-                    self.log("error", f"cannot certify {entry['name']}: {exc}")
-                    self._certified.add(entry["host_key"])
-                    continue
-                self.sessions[link_id].send(HostCertificate(entry["name"], certificate))
+            name, host_key = entry["name"], entry["host_key"]
+            if not host_key or name in budget.issued or host_key in self._certified:
+                continue
+            if name in self.hub.nodes or names.count(name) != 1 or not set(entry["via"]) <= reported - {name}:
+                continue  # not a link this one carries: no certificate under that name
+            if not budget.take(self.now()):
+                return
+            budget.issued.add(name)
+            try:
+                certificate = self.certify_host(host_key, name)
+            except (ValueError, asyncssh.KeyImportError) as exc:  # a bad key harms no one else
+                self.log("error", f"cannot certify {name}: {exc}")
+                continue
+            self.sessions[link_id].send(HostCertificate(name, certificate))
 
     def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
         task_id, number, _ = chunk
@@ -481,6 +508,23 @@ class FrontEnd(HubShell):
 
 def _by(who: str) -> str:
     return f" by {who}" if who else ""
+
+
+class _CertificateBudget:
+    """What one chain link's subtree reports may still get certified: a token bucket and a cap."""
+
+    def __init__(self, now: float) -> None:
+        self.issued: set[str] = set()
+        self.tokens = float(CERTIFICATE_BURST)
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(CERTIFICATE_BURST, self.tokens + (now - self.at) * CERTIFICATES_PER_S)
+        self.at = now
+        if len(self.issued) >= MAX_CERTIFICATES_PER_LINK or self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def _failed_summary(row: JournaledTask, reason: str) -> dict:

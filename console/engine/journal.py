@@ -7,8 +7,10 @@ process being killed, and readers (``chainconsole tasks``) never block the write
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -56,6 +58,15 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (task_id, start)
 );
 """
+
+
+TASK_ID_CHARS = 12
+"""Random base32 characters after the ``t`` of a task id: 60 bits, not guessable or countable."""
+
+
+def new_task_id() -> str:
+    """A fresh task id: ``t`` and 12 random lower-case base32 characters (``tq3x7…``)."""
+    return "t" + base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()[:TASK_ID_CHARS]
 
 
 @dataclass(frozen=True)
@@ -106,15 +117,18 @@ class Journal:
 
     def new_task(self, name: str, owner: str, document: dict, items: int, state: str = "queued") -> str:
         """Record a new task (queued, or ``SUBMITTING`` until its inputs are on disk); return its id."""
-        with self._db:
-            cur = self._db.execute(
-                "INSERT INTO tasks (task_id, name, owner, document, items, state, submitted_at)"
-                " VALUES ('', ?, ?, ?, ?, ?, ?)",
-                (name, owner, json.dumps(document), items, state, time.time()),
-            )
-            task_id = f"t{cur.lastrowid}"
-            self._db.execute("UPDATE tasks SET task_id = ? WHERE seq = ?", (task_id, cur.lastrowid))
-        return task_id
+        while True:
+            task_id = new_task_id()
+            try:
+                with self._db:
+                    self._db.execute(
+                        "INSERT INTO tasks (task_id, name, owner, document, items, state, submitted_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (task_id, name, owner, json.dumps(document), items, state, time.time()),
+                    )
+            except sqlite3.IntegrityError:
+                continue  # one chance in 2**60: draw again
+            return task_id
 
     def set_state(self, task_id: str, state: str, summary: dict | None = None) -> None:
         finished = time.time() if summary is not None else None

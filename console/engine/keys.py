@@ -193,10 +193,14 @@ class KeyRegistry:
         return next((e for e in self.entries() if e.fingerprint == fp), None)
 
     def add(self, role: Role, public_key: str, name: str = "") -> KeyEntry:
-        """Authorize ``public_key`` for ``role`` (replacing any earlier entry of that key)."""
+        """Authorize ``public_key`` for ``role`` (replacing any earlier entry of that key).
+
+        The entry's name (a user's owner name) is ``name``, or one derived from the
+        fingerprint: never the key's own comment, which whoever made the key chose.
+        """
         key = parse_public_key(public_key)
         fp = fingerprint(key)
-        name = name or key.get_comment() or fp[7:19]
+        name = name or fingerprint_name(fp)
         self.remove(fp)
         path = self._files[role]
         lines = _lines(path)
@@ -267,6 +271,11 @@ class KeyRegistry:
     def _write_pending(self, items: list[PendingKey]) -> None:
         data = json.dumps([asdict(p) for p in items], indent=1).encode()
         write_private_file(self.state.pending_nodes, data)
+
+
+def fingerprint_name(fp: str) -> str:
+    """The name a key enrolled without one goes by: ``key-`` and the start of its fingerprint."""
+    return _safe_name("key-" + fp.removeprefix("SHA256:")[:12])
 
 
 def _safe_name(name: str) -> str:
