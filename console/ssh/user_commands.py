@@ -22,7 +22,7 @@ from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
-from protocol.upload import MAX_UPLOAD, decode_upload
+from protocol.upload import MAX_UPLOAD_STREAM, UploadReader, decode_upload
 
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
@@ -100,16 +100,17 @@ class Session:
             raise UsageError(f"expects exactly one {what}")
         return args[0]
 
-    async def _read_stdin(self, limit: int) -> bytes:
-        parts, size = [], 0
+    async def _read_stdin(self, limit: int) -> UploadReader:
+        """The upload on stdin, fed to its reader as it arrives (never joined and copied again)."""
+        upload, size = UploadReader(), 0
         while True:
             data = await self.process.stdin.read(SEND_CHUNK)
             if not data:
-                return b"".join(parts)
+                return upload
             size += len(data)
             if size > limit:
                 raise UsageError(f"input larger than {limit} bytes")
-            parts.append(data)
+            upload.feed(data)
 
     # -- commands --------------------------------------------------------------------
 
@@ -117,7 +118,7 @@ class Session:
         parser = _Parser(prog="submit", add_help=False)
         parser.add_argument("--detach", action="store_true")
         opts = parser.parse_args(args)
-        data = await self._read_stdin(MAX_UPLOAD)
+        data = await self._read_stdin(MAX_UPLOAD_STREAM)
         try:
             task = decode_upload(data, self.frontend.limits)
         except TaskFileError as exc:
