@@ -41,6 +41,21 @@ def _count(text: str) -> int:
     return value
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """``30m``, ``12h``, ``7d`` (or ``s``, ``w``) as seconds."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in DURATION_UNITS or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 12h or 7d")
+    return value * DURATION_UNITS[unit]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainconsole",
@@ -53,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the front-end without the console; stops on SIGINT/SIGTERM")
     _hosting_options(p)
     _limit_options(p)
+    p.add_argument("--keep-results", type=duration, metavar="DURATION", default=None,
+                   help="delete finished tasks older than this (30m, 12h, 7d); default: keep them")
 
     p = sub.add_parser("run", help="one shot: a private front-end and local nodes run one task")
     p.add_argument("task", metavar="TASK.json")
@@ -81,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     _client_options(p)
 
-    for name, what, help_text in (("cancel", "ID", "cancel a task"), ("drain", "NODE", "drain a node"),
+    for name, what, help_text in (("cancel", "ID", "cancel a task"),
+                                  ("delete", "ID", "remove a finished task's files and journal rows"),
+                                  ("drain", "NODE", "drain a node"),
                                   ("kick", "NODE", "disconnect a node now"),
                                   ("release", "NODE", "release a quarantined node")):
         p = sub.add_parser(name, help=help_text)
@@ -169,7 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
-                   {"limits": limits_from(args)})
+                   {"limits": limits_from(args), "keep_results_s": args.keep_results})
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -272,7 +291,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 COMMANDS = {
     None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
     "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
-    "result": cmd_client, "cancel": cmd_client, "drain": cmd_client, "kick": cmd_client,
+    "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
     "release": cmd_client,
 }
 

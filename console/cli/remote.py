@@ -36,7 +36,7 @@ async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimi
                 return ExitStatus.OK
             case "result":
                 return await _download(conn, args.task_id, Path(args.output))
-            case "cancel" | "drain" | "kick" | "release":
+            case "cancel" | "delete" | "drain" | "kick" | "release":
                 result = await _call(conn, f"{args.command} {shlex.quote(args.target)}")
                 print(result.stdout.decode().strip())
                 return ExitStatus.OK

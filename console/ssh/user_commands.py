@@ -34,6 +34,7 @@ USAGE = """commands:
   status ID             one task as JSON
   result ID             the results as .npz bytes on stdout
   cancel ID
+  delete ID             remove a finished task's files and journal rows
   drain NODE | kick NODE | release NODE     (operators)
 """
 
@@ -186,6 +187,12 @@ class Session:
         self.frontend.cancel(record.task_id)
         await record.finished.wait()
         self.out({"task_id": record.task_id, "state": record.state})
+        return ExitStatus.OK
+
+    async def cmd_delete(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        await self.frontend.delete(record.task_id)
+        self.out({"task_id": record.task_id, "state": "deleted"})
         return ExitStatus.OK
 
     async def cmd_drain(self, args: list[str]) -> int:
