@@ -129,3 +129,99 @@ def test_keep_results_takes_durations_people_write() -> None:
     for bad in ("7", "0d", "-1h", "xd", "7y"):
         with pytest.raises(SystemExit):
             parse(["serve", "--keep-results", bad])
+
+
+# -- a real full disk: a small tmpfs, a real front-end, real node processes ----------------
+
+TMPFS_SIZE = 48 * MiB
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of ``TMPFS_SIZE`` mounted for the test, unmounted at teardown; skipped where mounting is refused."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here to make a small tmpfs")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip() or 'mount failed'}); it needs root")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Write a file that leaves ``leave`` bytes free on ``disk``."""
+    filler = disk / "filler"
+    size = shutil.disk_usage(disk).free - leave
+    with open(filler, "wb") as out:
+        block = bytes(MiB)
+        while size > 0:
+            size -= out.write(block[: min(size, MiB)])
+    return filler
+
+
+async def test_a_full_disk_fails_only_the_task_it_stops_and_the_front_end_serves_on(small_disk: Path,
+                                                                                  tmp_path: Path) -> None:
+    state = StateDir(small_disk / "state")
+    initialize(state)
+    hosting = Host(state, ServerSettings(port=0), 0, {"disk_margin": 1 * MiB})
+    await hosting.start()
+    try:
+        frontend = hosting.frontend
+        assert frontend is not None and hosting.server is not None
+        big = invert_task(120, 256)  # 60 MiB of results: more than the whole disk once it is filled
+        too_big = tmp_path / "too-big.json"
+        too_big.write_text(json.dumps(big))
+        refused = await asyncio.to_thread(cli, "submit", str(too_big), "--state-dir", str(state.root))
+        assert refused.returncode == 2 and "not enough disk space" in refused.stderr
+        assert "is free in" in refused.stderr and "of results" in refused.stderr
+
+        # A task that fits when it is submitted, then the disk fills before its results are written.
+        fits = invert_task(60, 256)  # 30 MiB of results
+        (tmp_path / "fits.json").write_text(json.dumps(fits))
+        waiting = asyncio.ensure_future(asyncio.to_thread(
+            cli, "submit", str(tmp_path / "fits.json"), "--wait", "--json", "--state-dir", str(state.root)))
+        await wait_until(lambda: len(frontend.tasks) == 1, 20, "the task to be submitted")
+        [task_id] = frontend.tasks
+        filler = fill(small_disk, leave=4 * MiB)
+        for i in range(2):
+            hosting.nodes.append(start_local_node(state, hosting.server.address, f"local{i + 1}"))
+        failed = await asyncio.wait_for(waiting, 60)
+        assert failed.returncode == 1, failed.stderr
+        summary = json.loads(failed.stdout)
+        assert summary["state"] == "failed" and "No space left on device" in summary["error"]
+        assert frontend.tasks[task_id].state == "failed"
+
+        # The operator makes room: the front-end and its nodes serve the next task as ever.
+        filler.unlink()
+        await frontend.delete(task_id)
+        assert [n.name for n in frontend.node_rows() if n.state in ("idle", "busy")] == ["local1", "local2"]
+        small = invert_task(30, 32, seed=5)
+        (tmp_path / "small.json").write_text(json.dumps(small))
+        out = tmp_path / "small.npz"
+        done = await asyncio.to_thread(cli, "submit", str(tmp_path / "small.json"), "-o", str(out), "--json",
+                                       "--state-dir", str(state.root))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == "done"
+        with np.load(out) as results:
+            assert results["ok"].all()
+            for i in (0, 17, 29):
+                rng = np.random.default_rng([5, i])
+                m = rng.standard_normal((32, 32))
+                a = m @ m.T + 32 * np.eye(32)
+                assert np.allclose(results["result"][i], np.linalg.inv(a))
+    finally:
+        await hosting.stop()
+
+
+async def test_run_refuses_a_task_its_state_folder_cannot_hold(small_disk: Path, tmp_path: Path) -> None:
+    task = tmp_path / "big.json"
+    task.write_text(json.dumps(invert_task(120, 256)))  # 60 MiB of results on a 48 MiB disk
+    refused = await asyncio.to_thread(cli, "run", str(task), "--local-nodes", "1", env={"TMPDIR": str(small_disk)})
+    assert refused.returncode == 2 and "not enough disk space for invert-120x256" in refused.stderr
+    assert "Traceback" not in refused.stderr and not list(small_disk.iterdir())
