@@ -225,3 +225,13 @@ async def test_run_refuses_a_task_its_state_folder_cannot_hold(small_disk: Path,
     refused = await asyncio.to_thread(cli, "run", str(task), "--local-nodes", "1", env={"TMPDIR": str(small_disk)})
     assert refused.returncode == 2 and "not enough disk space for invert-120x256" in refused.stderr
     assert "Traceback" not in refused.stderr and not list(small_disk.iterdir())
+
+
+async def test_validate_warns_about_a_task_its_state_folder_cannot_hold(small_disk: Path, tmp_path: Path) -> None:
+    task = tmp_path / "big.json"
+    task.write_text(json.dumps(invert_task(120, 256)))
+    warned = await asyncio.to_thread(cli, "validate", str(task), "--state-dir", str(small_disk / "state"))
+    assert warned.returncode == 0 and warned.stdout.startswith("ok: invert-120x256")
+    assert "warning: the task needs 60.0 MiB on disk" in warned.stderr and "is free in" in warned.stderr
+    fine = await asyncio.to_thread(cli, "validate", str(task), "--state-dir", str(tmp_path / "state"))
+    assert fine.returncode == 0 and fine.stderr == ""

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a task file, run nothing")
     p.add_argument("task", metavar="TASK.json")
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="warn when the task would not fit this state folder's free space (default: the usual one)")
     _limit_options(p)
 
     keys = sub.add_parser("keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
@@ -267,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from console.cli.validate import run_validate
 
-    return run_validate(args.task, limits=limits_from(args))
+    return run_validate(args.task, limits=limits_from(args), state_root=state_dir(args).root)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
