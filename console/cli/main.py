@@ -245,8 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=0.25)
                     if progress:
-                        row = next(r for r in hosting.frontend.task_rows() if r.task_id == task_id)
-                        progress.show(row.items_done)
+                        row = hosting.frontend.task_row(task_id)
+                        if row is not None:
+                            progress.show(row.items_done)
                 if progress:
                     progress.end()
                 summary = waiter.result()

@@ -491,21 +491,26 @@ class FrontEnd(HubShell):
 
     def task_rows(self) -> list[TaskRow]:
         views = {v.task_id: v for v in self.hub.dispatcher.snapshot(self.now()).tasks}
-        rows = []
-        for record in self.tasks.values():
-            view = views.get(record.task_id)
-            if record.summary is not None:
-                s = record.summary
-                done = s.get("ok_items", 0) + s.get("failed_items", 0)
-                rows.append(TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
-                                    done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
-                                    0.0))
-            elif view is not None:
-                state = "running" if record.state == "running" else view.state.value
-                rows.append(TaskRow(record.task_id, record.name, record.owner, state, record.items,
-                                    view.items_done, view.items_failed, record.submitted_at, None,
-                                    view.items_per_s))
-        return rows
+        rows = (self._row(record, views.get(record.task_id)) for record in self.tasks.values())
+        return [row for row in rows if row is not None]
+
+    def task_row(self, task_id: str) -> TaskRow | None:
+        """One task's row, at the cost of one task (``task_rows`` costs all of them); FrontEndError if unknown."""
+        record = self.task(task_id)
+        return self._row(record, self.hub.dispatcher.task_view(task_id, self.now()))
+
+    @staticmethod
+    def _row(record: TaskRecord, view: d.TaskView | None) -> TaskRow | None:
+        if record.summary is not None:
+            s = record.summary
+            done = s.get("ok_items", 0) + s.get("failed_items", 0)
+            return TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
+                           done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"), 0.0)
+        if view is not None:
+            state = "running" if record.state == "running" else view.state.value
+            return TaskRow(record.task_id, record.name, record.owner, state, record.items,
+                           view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s)
+        return None
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
@@ -532,7 +537,7 @@ class FrontEnd(HubShell):
         record = self.task(task_id)
         if record.summary is not None:
             return dict(record.summary.get("items_per_node", {}))
-        view = next((v for v in self.hub.dispatcher.snapshot(self.now()).tasks if v.task_id == task_id), None)
+        view = self.hub.dispatcher.task_view(task_id, self.now())
         return dict(view.items_by_node) if view is not None else {}
 
     def pending_keys(self) -> list:

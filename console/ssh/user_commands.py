@@ -142,7 +142,7 @@ class Session:
         record = self.frontend.task(task_id)
         last = None
         while not record.finished.is_set():
-            row = next((r for r in self.frontend.task_rows() if r.task_id == task_id), None)
+            row = self.frontend.task_row(task_id)
             if row is not None:
                 progress = {"event": "progress", "task_id": task_id, "state": row.state, "items": row.items,
                             "items_done": row.items_done, "items_failed": row.items_failed}
@@ -165,7 +165,8 @@ class Session:
 
     async def cmd_status(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
-        row = next(r for r in self.frontend.task_rows() if r.task_id == record.task_id)
+        row = self.frontend.task_row(record.task_id)
+        assert row is not None
         self.out({**asdict(row), "summary": record.summary})
         return ExitStatus.OK
 
