@@ -73,6 +73,7 @@ from protocol.dispatch_events import (
     TaskCancelled,
     TaskFinished,
     TaskState,
+    TaskView,
     TaskSubmitted,
     Tick,
 )
@@ -196,6 +197,11 @@ class Dispatcher:
             nodes=tuple(node_view(node) for node in self._nodes.values()),
             tasks=tuple(task_view(task, now) for task in self._tasks.values()),
         )
+
+    def task_view(self, task_id: str, now: float) -> TaskView | None:
+        """One task's view, or None once it is not held (finished and forgotten, or unknown)."""
+        task = self._tasks.get(task_id)
+        return None if task is None else task_view(task, now)
 
     def chunk_map(self, task_id: str) -> list[ChunkView]:
         """Every item range of a task in item order, with its state; KeyError for an unknown task."""

@@ -19,8 +19,10 @@ Rules of this module:
   frame is refused before any of it is buffered.
 - Whatever the peer sends can only ever raise `RemoteProtocolError`; whatever we are asked
   to send that breaks the rules raises `LocalProtocolError`.
-- The payload is copied exactly once, from the fed bytes into one preallocated buffer, and
-  decoded arrays are zero-copy views of that buffer.
+- The payload is copied exactly once, from the fed bytes into one buffer, and decoded
+  arrays are zero-copy views of that buffer. The buffer grows as bytes arrive, never
+  from the announced length alone, so a peer that announces a huge payload and sends
+  little costs little.
 """
 
 from __future__ import annotations
@@ -151,8 +153,13 @@ class FrameDecoder:
         self._header_size = 0
         self._payload_size = 0
         self._header: dict[str, object] = {}
-        self._payload = memoryview(b"")
+        self._payload = bytearray()
         self._payload_filled = 0
+
+    @property
+    def payload_buffer_size(self) -> int:
+        """Bytes held for the payload being collected: grows with what arrived, not what was announced."""
+        return len(self._payload)
 
     def feed(self, data: Buffer) -> None:
         """Take the next bytes of the stream; parse as far as they go."""
@@ -182,7 +189,7 @@ class FrameDecoder:
         if self._stage is _Stage.PAYLOAD:
             self._error = RemoteProtocolError(
                 f"stream ended inside a frame payload ({self._payload_filled} of "
-                f"{len(self._payload)} bytes)"
+                f"{self._payload_size} bytes)"
             )
         elif self._head:
             self._error = RemoteProtocolError(
@@ -232,29 +239,28 @@ class FrameDecoder:
         self._header = _parse_header(self._head[PREFIX_SIZE:])
         self._head.clear()
         self._stage = _Stage.PAYLOAD
-        # Preallocated once: the payload is copied straight in, never re-sliced or grown.
-        # Written through a memoryview, since assigning to a bytearray slice would first
-        # copy the source into a temporary.
-        self._payload = memoryview(bytearray(self._payload_size))
+        # Never allocated from the announced length alone: the buffer grows as bytes come.
+        self._payload = bytearray()
         self._payload_filled = 0
-        if not self._payload:
+        if not self._payload_size:
             self._finish_frame()
 
     def _fill_payload(self, view: memoryview, pos: int) -> int:
-        """Copy payload bytes from view[pos:] into the frame's buffer; return the new position."""
-        take = min(len(self._payload) - self._payload_filled, len(view) - pos)
-        end = self._payload_filled + take
-        self._payload[self._payload_filled : end] = view[pos : pos + take]
-        self._payload_filled = end
-        if end == len(self._payload):
+        """Append payload bytes from view[pos:] to the frame's buffer; return the new position."""
+        take = min(self._payload_size - self._payload_filled, len(view) - pos)
+        # Appending grows the bytearray in place (realloc with headroom, mremap for large
+        # ones): one copy of what arrived, and never more memory than arrived plus an eighth.
+        self._payload += view[pos : pos + take]
+        self._payload_filled += take
+        if self._payload_filled == self._payload_size:
             self._finish_frame()
         return pos + take
 
     def _finish_frame(self) -> None:
-        self._frames.append(Frame(self._header, self._payload))
+        self._frames.append(Frame(self._header, memoryview(self._payload)))
         # Let go of the payload: the frame's owner decides how long it lives.
         self._header = {}
-        self._payload = memoryview(b"")
+        self._payload = bytearray()
         self._stage = _Stage.PREFIX
 
 

@@ -174,6 +174,32 @@ async def test_cancel_asks_naming_the_task_and_only_yes_cancels(tmp_path: Path) 
         assert enabled(app)["cancel_task"] is False
 
 
+async def test_delete_asks_naming_the_task_and_removes_a_finished_one(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        task_id = submit(app)
+        table = app.main.query_one(TasksTable)
+        table.focus()
+        await pilot.pause()
+        assert enabled(app)["delete_task"] is False  # a queued task cannot be deleted
+        assert app.host.frontend is not None
+        app.host.frontend.cancel(task_id)
+        await shown(pilot, lambda: table.get_cell(task_id, "state").plain == "cancelled", "the cancelled state")
+        assert enabled(app)["delete_task"] is True
+        await pilot.press("x")
+        await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirm modal")
+        assert f"Delete task {task_id} (inv-small" in app.screen.question
+        await pilot.press("n")
+        await pilot.pause()
+        assert task_id in app.host.frontend.tasks
+        await pilot.press("x")
+        await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirm modal")
+        await pilot.press("y")
+        await wait_until(lambda: task_id not in app.host.frontend.tasks, 5, "the task to be deleted")
+        assert not app.host.state.task_dir(task_id).exists()
+        await shown(pilot, lambda: table.row_count == 0, "the row to go")
+
+
 async def test_enter_opens_the_task_detail_with_its_chunk_map(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -295,7 +321,7 @@ async def test_actions_that_cannot_apply_are_dimmed_and_come_back_with_a_selecti
         await pilot.pause()
         state = enabled(app)
         assert {a for a, on in state.items() if not on} == {"drain", "kick", "release", "cancel_task",
-                                                            "save_results", "approve"}
+                                                            "save_results", "delete_task", "approve"}
         submit(app)
         await pilot.pause()
         state = enabled(app)

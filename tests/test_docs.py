@@ -285,7 +285,7 @@ def test_ssh_command_lines_name_user_commands(command: CommandLine) -> None:
 def test_the_docs_show_the_commands_they_are_about() -> None:
     """Guard the guards: the line finders above do find the documented commands."""
     subcommands = {c.words[0] for c in CHAINCONSOLE_LINES if c.words and not c.words[0].startswith("-")}
-    assert {"run", "serve", "node", "submit", "keys", "result"} <= subcommands
+    assert {"run", "serve", "node", "submit", "keys", "result", "delete"} <= subcommands
     assert {"submit", "result"} <= {_remote_command(c.words)[0] for c in SSH_LINES if _remote_command(c.words)}
 
 

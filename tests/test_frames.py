@@ -291,6 +291,34 @@ def test_decoding_a_64_mib_payload_copies_it_once(piece: int | None) -> None:
     assert peak < 1.5 * size
 
 
+def test_a_frame_announcing_a_huge_payload_holds_only_what_arrived() -> None:
+    """A 12-byte prefix that announces 512 MiB must not make the decoder allocate 512 MiB."""
+    header = b'{"n":1}'
+    decoder = FrameDecoder(max_payload=512 * MiB)
+    decoder.feed(struct.pack(">2sBBII", b"CC", 1, 0, len(header), 512 * MiB) + header)
+    assert decoder.payload_buffer_size == 0 and decoder._payload.__alloc__() < 1024
+    decoder.feed(b"\x01" * 1000)
+    assert decoder.payload_buffer_size == 1000 and decoder._payload.__alloc__() < 2 * 1000 + 1024
+    for _ in range(64):
+        decoder.feed(b"\x02" * 64 * 1024)
+    received = 1000 + 64 * 64 * 1024
+    assert decoder.payload_buffer_size == received
+    assert decoder._payload.__alloc__() < 1.25 * received
+    assert decoder.next_frame() is None
+    with pytest.raises(RemoteProtocolError, match=f"{received} of {512 * MiB} bytes"):
+        decoder.close()
+
+
+def test_a_grown_payload_arrives_whole_and_in_order() -> None:
+    payload = bytes(range(256)) * 5000
+    stream = wire(encode_frame({"n": 2}, [payload]))
+    decoder = FrameDecoder()
+    for pos in range(0, len(stream), 777):
+        decoder.feed(stream[pos : pos + 777])
+    frame = decoder.next_frame()
+    assert frame is not None and bytes(frame.payload) == payload and decoder.payload_buffer_size == 0
+
+
 # --- arrays in payloads --------------------------------------------------------------
 
 SAMPLE_ARRAYS = {

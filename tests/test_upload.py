@@ -101,3 +101,55 @@ def test_an_upload_is_validated_like_a_task_file() -> None:
     data = b"".join(bytes(p) for p in encode_message(Submit("bad", "invert", {}, arrays, "full", 3)))
     with pytest.raises(TaskFileError, match="invert needs square matrices"):
         decode_upload(data)
+
+
+def test_an_upload_fed_in_pieces_costs_about_one_copy_of_itself() -> None:
+    """The front-end reads ``submit`` stdin piece by piece; nothing is joined and copied again."""
+    import tracemalloc
+
+    from protocol.upload import UploadReader
+
+    arrays = {"a": np.ones((1024, 64, 128)), "b": np.ones((1024, 128, 2))}  # 65 MiB of matmul inputs
+    stream = memoryview(b"".join(bytes(p) for p in encode_message(
+        Submit("big", "matmul", {}, arrays, "norms", 3))))
+    tracemalloc.start()
+    try:
+        reader = UploadReader()
+        for pos in range(0, len(stream), 1 << 20):
+            reader.feed(bytes(stream[pos : pos + (1 << 20)]))  # a fresh piece, as the channel gives
+        task = reader.task()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert task.count == 1024 and np.array_equal(task.inputs["b"], arrays["b"])
+    assert peak < 1.3 * len(stream)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 1000])
+def test_an_upload_may_arrive_in_pieces_of_any_size(piece: int) -> None:
+    from protocol.upload import UploadReader
+
+    for task in (load_task_file(SAMPLES / "solve-file.json"), load_task_file(SAMPLES / "invert-small.json")):
+        data = upload_of(task)
+        reader = UploadReader()
+        for pos in range(0, len(data), piece):
+            reader.feed(data[pos : pos + piece])
+        assert_same_task(reader.task(), task)
+
+
+def test_client_and_front_end_agree_on_one_upload_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task the client frames is one the front-end reads; a larger one is refused on the client."""
+    import protocol.upload as upload
+    from console.ssh import user_commands
+    from protocol.frames import DEFAULT_MAX_HEADER, PREFIX_SIZE
+
+    assert upload.MAX_UPLOAD_STREAM == PREFIX_SIZE + DEFAULT_MAX_HEADER + upload.MAX_UPLOAD
+    assert user_commands.MAX_UPLOAD_STREAM is upload.MAX_UPLOAD_STREAM
+    monkeypatch.setattr(upload, "MAX_UPLOAD", 1000 * 8)
+    at_limit = parse_task({"name": "edge", "operation": "det", "inputs": {"a": {"inline": np.ones((10, 10, 10)).tolist()}}})
+    data = upload_of(at_limit)
+    assert len(data) <= PREFIX_SIZE + DEFAULT_MAX_HEADER + 8000
+    assert decode_upload(data).count == 10
+    over = parse_task({"name": "over", "operation": "det", "inputs": {"a": {"inline": np.ones((11, 10, 10)).tolist()}}})
+    with pytest.raises(TaskFileError, match="over the upload limit"):
+        encode_upload(over)

@@ -50,6 +50,21 @@ def _version() -> str:
         return "unknown"
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """``30m``, ``12h``, ``7d`` (or ``s``, ``w``) as seconds."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in DURATION_UNITS or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 12h or 7d")
+    return value * DURATION_UNITS[unit]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainconsole",
@@ -67,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _limit_options(p)
     p.add_argument("--log-format", choices=LOG_FORMATS, default="plain",
                    help="one line per event on stderr: plain text (default) or JSON objects")
+    p.add_argument("--keep-results", type=duration, metavar="DURATION", default=None,
+                   help="delete finished tasks older than this (30m, 12h, 7d); default: keep them")
 
     p = sub.add_parser("run", help="one shot: a private front-end and local nodes run one task")
     p.add_argument("task", metavar="TASK.json")
@@ -95,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     _client_options(p)
 
-    for name, what, help_text in (("cancel", "ID", "cancel a task"), ("drain", "NODE", "drain a node"),
+    for name, what, help_text in (("cancel", "ID", "cancel a task"),
+                                  ("delete", "ID", "remove a finished task's files and journal rows"),
+                                  ("drain", "NODE", "drain a node"),
                                   ("kick", "NODE", "disconnect a node now"),
                                   ("release", "NODE", "release a quarantined node")):
         p = sub.add_parser(name, help=help_text)
@@ -104,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a task file, run nothing")
     p.add_argument("task", metavar="TASK.json")
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="warn when the task would not fit this state folder's free space (default: the usual one)")
     _limit_options(p)
 
     keys = sub.add_parser("keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
@@ -185,7 +206,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
-                   {"limits": limits_from(args)}, metrics=getattr(args, "metrics", None))
+                   {"limits": limits_from(args), "keep_results_s": args.keep_results},
+                   metrics=getattr(args, "metrics", None))
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -248,8 +270,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=0.25)
                     if progress:
-                        row = next(r for r in hosting.frontend.task_rows() if r.task_id == task_id)
-                        progress.show(row.items_done)
+                        row = hosting.frontend.task_row(task_id)
+                        if row is not None:
+                            progress.show(row.items_done)
                 if progress:
                     progress.end()
                 summary = waiter.result()
@@ -272,7 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from console.cli.validate import run_validate
 
-    return run_validate(args.task, limits=limits_from(args))
+    return run_validate(args.task, limits=limits_from(args), state_root=state_dir(args).root)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -296,7 +319,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 COMMANDS = {
     None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
     "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
-    "result": cmd_client, "cancel": cmd_client, "drain": cmd_client, "kick": cmd_client,
+    "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
     "release": cmd_client,
 }
 

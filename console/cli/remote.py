@@ -36,7 +36,7 @@ async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimi
                 return ExitStatus.OK
             case "result":
                 return await _download(conn, args.task_id, Path(args.output))
-            case "cancel" | "drain" | "kick" | "release":
+            case "cancel" | "delete" | "drain" | "kick" | "release":
                 result = await _call(conn, f"{args.command} {shlex.quote(args.target)}")
                 print(result.stdout.decode().strip())
                 return ExitStatus.OK
@@ -61,9 +61,9 @@ class _Remote(ChainconsoleError):
 
 async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse.Namespace) -> int:
     wait = args.wait or bool(args.output)
-    data = b"".join(bytes(p) for p in encode_upload(task))
+    pieces = encode_upload(task)
     process = await conn.create_process("submit" if wait else "submit --detach", encoding=None)
-    process.stdin.write(data)
+    await _send(process, pieces)
     process.stdin.write_eof()
     summary = None
     progress = None
@@ -102,6 +102,20 @@ async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse
     if args.output:
         await _download(conn, summary["task_id"], Path(args.output))
     return report(summary, args.json)
+
+
+SEND_SLICE = 1024 * 1024
+"""The upload goes out a slice at a time: the channel copies what it is given, so a whole
+array handed to it at once would be a second copy of the upload in memory."""
+
+
+async def _send(process: asyncssh.SSHClientProcess, pieces: list) -> None:
+    """Write the upload's pieces, waiting for each slice to be taken."""
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        for pos in range(0, view.nbytes, SEND_SLICE):
+            process.stdin.write(view[pos : pos + SEND_SLICE])
+            await process.stdin.drain()
 
 
 async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Path) -> int:

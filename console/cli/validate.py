@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 from protocol.errors import ExitStatus, TaskFileError
 from protocol.inputs import GeneratedInput, format_bytes
@@ -28,8 +30,28 @@ def summary_line(task: Task) -> str:
     return ", ".join(parts)
 
 
-def run_validate(path: str, *, limits: TaskLimits = DEFAULT_LIMITS) -> int:
-    """Validate the task file at ``path``: 0 and a summary on stdout, or 2 and its problems on stderr."""
+def space_warning(task: Task, state_root: Path) -> str:
+    """A warning when the task's inputs and results would not fit the state folder's free space, else ``""``."""
+    from console.engine.journal import array_inputs_nbytes
+    from console.engine.results import result_nbytes
+
+    folder = next((p for p in (state_root, *state_root.parents) if p.exists()), None)
+    if folder is None:
+        return ""
+    needed = array_inputs_nbytes(task) + result_nbytes(count=task.count, item_shape=task.result_item_shape,
+                                                       dtype=task.result_dtype, return_mode=task.return_mode)
+    free = shutil.disk_usage(folder).free
+    if needed <= free:
+        return ""
+    return (f"warning: the task needs {format_bytes(needed)} on disk and {format_bytes(free)} is free in "
+            f"{state_root}; a front-end there would refuse it")
+
+
+def run_validate(path: str, *, limits: TaskLimits = DEFAULT_LIMITS, state_root: Path | None = None) -> int:
+    """Validate the task file at ``path``: 0 and a summary on stdout, or 2 and its problems on stderr.
+
+    With ``state_root``, a task too large for that folder's free space is still valid but warned about.
+    """
     try:
         task = load_task_file(path, limits=limits)
     except TaskFileError as error:
@@ -37,4 +59,7 @@ def run_validate(path: str, *, limits: TaskLimits = DEFAULT_LIMITS) -> int:
             print(f"{path}: {problem}", file=sys.stderr)
         return ExitStatus.USAGE
     print(summary_line(task))
+    warning = space_warning(task, state_root) if state_root is not None else ""
+    if warning:
+        print(f"chainconsole: {warning}", file=sys.stderr)
     return ExitStatus.OK

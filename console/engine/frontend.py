@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import shutil
 import sqlite3
 import time
 import uuid
@@ -21,18 +22,21 @@ import asyncssh
 import numpy as np
 
 from console.engine.journal import (
-    SUBMITTING, DamagedTask, Journal, JournaledTask, save_array_inputs, task_document, task_from_document,
+    SUBMITTING, DamagedTask, Journal, JournaledTask, array_inputs_nbytes, save_array_inputs, task_document,
+    task_from_document,
 )
 from console.engine.keys import KeyRegistry, Role
 from console.engine.records import Event, NodeRow, TaskRecord, TaskRow
-from console.engine.results import ResultStore, discard_results, export_npz, verify_result_files, write_summary
+from console.engine.results import (
+    ResultStore, discard_results, export_npz, result_nbytes, unwritten_bytes, verify_result_files, write_summary,
+)
 from console.engine.statedir import StateDir, make_private_dir
 from nodes.hub_shell import ChunkId, HubShell
 from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.hub import HubError
-from protocol.inputs import GeneratedInput
+from protocol.inputs import GeneratedInput, format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
 from protocol.verify import DEFAULT_SAMPLE
@@ -45,10 +49,19 @@ CERTIFICATES_PER_S = 1.0
 """How fast one chain link's reports may get certificates: a burst, then this rate."""
 DEFAULT_MAX_UNFINISHED_PER_OWNER = 100
 EVENT_LOG_SIZE = 2000
+DEFAULT_DISK_MARGIN = 64 * 1024 * 1024
+"""Free space a submission must leave in the state folder beyond what its task will take
+(plus ``DISK_MARGIN_FRACTION`` of that): the journal, summaries and ``.npz`` exports need room."""
+DISK_MARGIN_FRACTION = 0.05
+DEFAULT_PRUNE_EVERY_S = 60.0
 
 
 class FrontEndError(ChainconsoleError):
     """A request the front-end cannot honour (unknown task or node, result not ready)."""
+
+
+class NoSpaceError(FrontEndError):
+    """A task whose inputs and results would not fit the free space of the state folder."""
 
 
 class FrontEnd(HubShell):
@@ -64,6 +77,9 @@ class FrontEnd(HubShell):
         max_unfinished_per_owner: int = DEFAULT_MAX_UNFINISHED_PER_OWNER,
         tick_s: float = 0.5,
         verify_sample: int = DEFAULT_SAMPLE,
+        disk_margin: int = DEFAULT_DISK_MARGIN,
+        keep_results_s: float | None = None,
+        prune_every_s: float = DEFAULT_PRUNE_EVERY_S,
     ) -> None:
         super().__init__(heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
                          tick_s=tick_s, verify_sample=verify_sample)
@@ -71,6 +87,12 @@ class FrontEnd(HubShell):
         self.limits = limits
         """Size limits for tasks submitted over SSH."""
         self.max_unfinished_per_owner = max_unfinished_per_owner
+        self.disk_margin = disk_margin
+        """Bytes a submission must leave free beyond its task's (see ``DEFAULT_DISK_MARGIN``)."""
+        self.keep_results_s = keep_results_s
+        """Finished tasks older than this are deleted, checked every ``prune_every_s``; None keeps them."""
+        self.prune_every_s = prune_every_s
+        self._pruner: asyncio.Task | None = None
         self.journal = Journal(state.journal)
         self.registry = KeyRegistry(state, report=lambda problem: self.log("warning", problem))
         self.tasks: dict[str, TaskRecord] = {}
@@ -93,10 +115,16 @@ class FrontEnd(HubShell):
         """Resume journaled tasks and start the tick loop."""
         self._resume()
         self.start_ticking()
+        if self.keep_results_s is not None:
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_periodically())
 
     async def stop(self) -> None:
         """Stop ticking and close every node session; results stay on disk."""
         await self.stop_ticking()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         self.close_sessions("front-end shutting down")
         for task in list(self._finishing):
             with contextlib.suppress(Exception):
@@ -115,6 +143,7 @@ class FrontEnd(HubShell):
         if unfinished >= self.max_unfinished_per_owner:
             raise FrontEndError(f"{owner} already has {unfinished} unfinished tasks, the most allowed; "
                                 "wait for some to finish or cancel them")
+        self.check_space(task)
         document = task_document(task)
         # The row is a task only once its inputs are durably on disk (resume fails a
         # row left SUBMITTING by a crash).
@@ -131,6 +160,26 @@ class FrontEnd(HubShell):
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
         self.run(_submitted(task_id, task, owner))
         return task_id
+
+    def check_space(self, task: Task) -> None:
+        """Refuse (``NoSpaceError``) a task whose inputs and results won't fit the state folder's free space.
+
+        Result files are sparse until written, so what unfinished tasks will still write
+        counts as taken; the margin leaves room for the journal, summaries and exports.
+        """
+        inputs = array_inputs_nbytes(task)
+        results = result_nbytes(count=task.count, item_shape=task.result_item_shape, dtype=task.result_dtype,
+                                return_mode=task.return_mode)
+        margin = self.disk_margin + int(DISK_MARGIN_FRACTION * (inputs + results))
+        promised = sum(unwritten_bytes(self.state.task_dir(r.task_id))
+                       for r in self.tasks.values() if not r.finished.is_set())
+        free = shutil.disk_usage(self.state.root).free
+        if inputs + results + margin + promised > free:
+            promise = f", {format_bytes(promised)} of it promised to unfinished tasks" if promised else ""
+            raise NoSpaceError(
+                f"not enough disk space for {task.name}: it needs {format_bytes(inputs + results + margin)} "
+                f"({format_bytes(results)} of results, {format_bytes(inputs)} of inputs, a margin of "
+                f"{format_bytes(margin)}) and {format_bytes(free)} is free in {self.state.root}{promise}")
 
     def _make_record(self, task_id: str, task: Task, owner: str, submitted_at: float) -> TaskRecord:
         store = ResultStore(
@@ -203,6 +252,43 @@ class FrontEnd(HubShell):
             return
         self.log("cancel", f"{record.name} cancelled{_by(by)}", task_id=task_id)
         self.run(d.TaskCancelled(task_id))
+
+    async def delete(self, task_id: str) -> None:
+        """Remove a finished task: its files, then its journal rows. A running task is refused."""
+        record = self.task(task_id)
+        if not record.finished.is_set():
+            raise FrontEndError(f"task {task_id} is {record.state}; cancel it first, then delete it")
+        del self.tasks[task_id]  # no face hands it out while its files go
+        try:
+            await asyncio.to_thread(shutil.rmtree, self.state.task_dir(task_id), ignore_errors=False)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.tasks[task_id] = record
+            raise FrontEndError(f"cannot delete the files of task {task_id}: {exc}") from None
+        self.journal.delete_task(task_id)
+        self.log("deleted", f"{record.name}: its files and journal rows removed", task_id=task_id)
+
+    async def prune(self, older_than_s: float) -> list[str]:
+        """Delete every task that finished more than ``older_than_s`` ago; return their ids."""
+        cutoff = time.time() - older_than_s
+        old = [r.task_id for r in self.tasks.values()
+               if r.finished.is_set() and (r.finished_at or r.submitted_at) < cutoff]
+        deleted = []
+        for task_id in old:
+            try:
+                await self.delete(task_id)
+            except (FrontEndError, sqlite3.Error) as exc:
+                self.log("error", f"cannot prune {task_id}: {exc}", task_id=task_id)
+            else:
+                deleted.append(task_id)
+        return deleted
+
+    async def _prune_periodically(self) -> None:
+        assert self.keep_results_s is not None
+        while True:
+            await self.prune(self.keep_results_s)
+            await asyncio.sleep(self.prune_every_s)
 
     def task(self, task_id: str) -> TaskRecord:
         try:
@@ -441,22 +527,28 @@ class FrontEnd(HubShell):
 
     def task_rows(self) -> list[TaskRow]:
         views = {v.task_id: v for v in self.hub.dispatcher.snapshot(self.now()).tasks}
-        rows = []
-        for record in self.tasks.values():
-            view = views.get(record.task_id)
-            if record.summary is not None:
-                s = record.summary
-                done = s.get("ok_items", 0) + s.get("failed_items", 0)
-                wall = s.get("wall_s") or 0
-                rows.append(TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
-                                    done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
-                                    done / wall if wall > 0 else 0.0))
-            elif view is not None:
-                state = "running" if record.state == "running" else view.state.value
-                rows.append(TaskRow(record.task_id, record.name, record.owner, state, record.items,
-                                    view.items_done, view.items_failed, record.submitted_at, None,
-                                    view.items_per_s))
-        return rows
+        rows = (self._row(record, views.get(record.task_id)) for record in self.tasks.values())
+        return [row for row in rows if row is not None]
+
+    def task_row(self, task_id: str) -> TaskRow | None:
+        """One task's row, at the cost of one task (``task_rows`` costs all of them); FrontEndError if unknown."""
+        record = self.task(task_id)
+        return self._row(record, self.hub.dispatcher.task_view(task_id, self.now()))
+
+    @staticmethod
+    def _row(record: TaskRecord, view: d.TaskView | None) -> TaskRow | None:
+        if record.summary is not None:
+            s = record.summary
+            done = s.get("ok_items", 0) + s.get("failed_items", 0)
+            wall = s.get("wall_s") or 0
+            return TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
+                           done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
+                           done / wall if wall > 0 else 0.0)
+        if view is not None:
+            state = "running" if record.state == "running" else view.state.value
+            return TaskRow(record.task_id, record.name, record.owner, state, record.items,
+                           view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s)
+        return None
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener`` with every event from now on."""
@@ -492,7 +584,7 @@ class FrontEnd(HubShell):
         record = self.task(task_id)
         if record.summary is not None:
             return dict(record.summary.get("items_per_node", {}))
-        view = next((v for v in self.hub.dispatcher.snapshot(self.now()).tasks if v.task_id == task_id), None)
+        view = self.hub.dispatcher.task_view(task_id, self.now())
         return dict(view.items_by_node) if view is not None else {}
 
     def pending_keys(self) -> list:

@@ -144,6 +144,12 @@ class Journal:
             (task_id, start, stop, node, items_ok),
         )
 
+    def delete_task(self, task_id: str) -> None:
+        """Forget a task: its row and its stored chunk ranges, in one transaction."""
+        with self._db:
+            self._db.execute("DELETE FROM chunks WHERE task_id = ?", (task_id,))
+            self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+
     def tasks(self) -> list[JournaledTask]:
         rows = self._db.execute(
             "SELECT task_id, name, owner, document, items, state, submitted_at, finished_at, summary"
@@ -202,6 +208,11 @@ def task_from_document(document: dict | None, folder: Path) -> Task:
         return parse_task(document, base_dir=folder, limits=NO_LIMITS, map_files=True)
     except TaskFileError as exc:
         raise DamagedTask(f"the task no longer validates: {'; '.join(exc.problems)}") from None
+
+
+def array_inputs_nbytes(task: Task) -> int:
+    """Bytes the task's array inputs take in its folder (generated inputs take none)."""
+    return sum(source.nbytes for source in task.inputs.values() if not isinstance(source, GeneratedInput))
 
 
 def save_array_inputs(folder: Path, task: Task) -> None:

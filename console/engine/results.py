@@ -116,6 +116,31 @@ def _open(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
     return array
 
 
+NPY_HEADER_BYTES = 4096
+"""At most what an ``.npy`` header takes on disk (it is padded to 64 bytes; a block is more)."""
+
+
+def result_nbytes(*, count: int, item_shape: tuple[int, ...], dtype: np.dtype, return_mode: str) -> int:
+    """Bytes a task's result files take once every item is stored: ``ok`` flags and values."""
+    if return_mode == "full":
+        values = count * int(np.prod(item_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    else:
+        values = count * np.dtype(np.float64).itemsize
+    return count + values + 2 * NPY_HEADER_BYTES
+
+
+def unwritten_bytes(folder: Path) -> int:
+    """Bytes a task's result files will still take on disk: they are sparse until written."""
+    total = 0
+    for name in (OK_FILE, RESULT_FILE, NORMS_FILE):
+        try:
+            info = os.stat(folder / name)
+        except OSError:
+            continue
+        total += max(0, info.st_size - info.st_blocks * 512)
+    return total
+
+
 def verify_result_files(folder: Path, *, count: int, item_shape: tuple[int, ...], dtype: np.dtype,
                         return_mode: str) -> str:
     """Why the result files of a task cannot be trusted, or ``""`` when they are whole.

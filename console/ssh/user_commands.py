@@ -22,7 +22,7 @@ from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
-from protocol.upload import MAX_UPLOAD, decode_upload
+from protocol.upload import MAX_UPLOAD_STREAM, UploadReader, decode_upload
 
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
@@ -34,6 +34,7 @@ USAGE = """commands:
   status ID             one task as JSON
   result ID             the results as .npz bytes on stdout
   cancel ID
+  delete ID             remove a finished task's files and journal rows
   drain NODE | kick NODE | release NODE     (operators)
 """
 
@@ -100,16 +101,17 @@ class Session:
             raise UsageError(f"expects exactly one {what}")
         return args[0]
 
-    async def _read_stdin(self, limit: int) -> bytes:
-        parts, size = [], 0
+    async def _read_stdin(self, limit: int) -> UploadReader:
+        """The upload on stdin, fed to its reader as it arrives (never joined and copied again)."""
+        upload, size = UploadReader(), 0
         while True:
             data = await self.process.stdin.read(SEND_CHUNK)
             if not data:
-                return b"".join(parts)
+                return upload
             size += len(data)
             if size > limit:
                 raise UsageError(f"input larger than {limit} bytes")
-            parts.append(data)
+            upload.feed(data)
 
     # -- commands --------------------------------------------------------------------
 
@@ -117,7 +119,7 @@ class Session:
         parser = _Parser(prog="submit", add_help=False)
         parser.add_argument("--detach", action="store_true")
         opts = parser.parse_args(args)
-        data = await self._read_stdin(MAX_UPLOAD)
+        data = await self._read_stdin(MAX_UPLOAD_STREAM)
         try:
             task = decode_upload(data, self.frontend.limits)
         except TaskFileError as exc:
@@ -140,7 +142,7 @@ class Session:
         record = self.frontend.task(task_id)
         last = None
         while not record.finished.is_set():
-            row = next((r for r in self.frontend.task_rows() if r.task_id == task_id), None)
+            row = self.frontend.task_row(task_id)
             if row is not None:
                 progress = {"event": "progress", "task_id": task_id, "state": row.state, "items": row.items,
                             "items_done": row.items_done, "items_failed": row.items_failed}
@@ -163,7 +165,8 @@ class Session:
 
     async def cmd_status(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
-        row = next(r for r in self.frontend.task_rows() if r.task_id == record.task_id)
+        row = self.frontend.task_row(record.task_id)
+        assert row is not None
         self.out({**asdict(row), "summary": record.summary})
         return ExitStatus.OK
 
@@ -185,6 +188,12 @@ class Session:
         self.frontend.cancel(record.task_id, by=self.key.name)
         await record.finished.wait()
         self.out({"task_id": record.task_id, "state": record.state})
+        return ExitStatus.OK
+
+    async def cmd_delete(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        await self.frontend.delete(record.task_id)
+        self.out({"task_id": record.task_id, "state": "deleted"})
         return ExitStatus.OK
 
     async def cmd_drain(self, args: list[str]) -> int:

@@ -81,6 +81,7 @@ KEY_ACTIONS = (
     KeyAction("k", "kick", "Kick", "kick the selected node now; its chunks go back to the queue (asks first)"),
     KeyAction("u", "release", "Release", "release the selected quarantined node: it gets work again"),
     KeyAction("c", "cancel_task", "Cancel", "cancel the selected task (asks first)"),
+    KeyAction("x", "delete_task", "Delete", "delete the selected finished task: its files and journal rows (asks first)"),
     KeyAction("r", "save_results", "Results", "save the selected finished task's results as an .npz file"),
     KeyAction("a", "approve", "Approve", "approve a node key that was refused and waits for approval"),
     KeyAction("slash", "filter", "Filter", "filter the nodes and tasks rows by any text they show", "/"),
@@ -279,7 +280,7 @@ class ConsoleApp(App[None]):
                 return node is not None and node.state == "quarantined"
             case "cancel_task":
                 return task is not None and task.state in LIVE_TASK_STATES
-            case "save_results":
+            case "save_results" | "delete_task":
                 return task is not None and task.state in FINISHED_TASK_STATES
             case "approve":
                 return self.snapshot.pending_keys > 0
@@ -305,6 +306,7 @@ class ConsoleApp(App[None]):
             "release": f"Release node {node_name} from quarantine",
             "cancel_task": f"Cancel task {task_name}",
             "save_results": f"Save results of task {task_name}",
+            "delete_task": f"Delete task {task_name}",
             "approve": "Approve a pending node key",
             "filter": "Filter rows",
             "help": "Help: console keys",
@@ -397,6 +399,30 @@ class ConsoleApp(App[None]):
         frontend = self.host.frontend
         if frontend is not None and self._call("cancel", partial(frontend.cancel, task.task_id, by="the console")):
             self.notify(f"{task.task_id} ({task.name}) cancelled")
+
+    def action_delete_task(self) -> None:
+        task = self.selected_task()
+        if task is not None:
+            self._delete(task)
+
+    @work(group="dialogs")
+    async def _delete(self, task: TaskRow) -> None:
+        question = (f"Delete task {task.task_id} ({task.name}, owner {task.owner}, {task.state})?\n\n"
+                    "Its results and inputs are removed from disk and it leaves the journal; "
+                    "this cannot be undone.")
+        if not await self.push_screen_wait(ConfirmModal(f"Delete {task.task_id}", question, "Delete task")):
+            return
+        frontend = self.host.frontend
+        if frontend is None:
+            return
+        try:
+            await frontend.delete(task.task_id)
+        except FrontEndError as exc:
+            self.notify(str(exc), title="Cannot delete", severity="error")
+        else:
+            self.notify(f"{task.task_id} ({task.name}) deleted")
+        finally:
+            self.refresh_views()
 
     def action_save_results(self) -> None:
         task = self.selected_task()
