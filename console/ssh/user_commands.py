@@ -105,7 +105,7 @@ class Session:
         while True:
             data = await self.process.stdin.read(SEND_CHUNK)
             if not data:
-                return b"".join(parts)
+                return await asyncio.to_thread(b"".join, parts)  # a copy of up to a GiB: not on the loop
             size += len(data)
             if size > limit:
                 raise UsageError(f"input larger than {limit} bytes")
@@ -119,13 +119,16 @@ class Session:
         opts = parser.parse_args(args)
         data = await self._read_stdin(MAX_UPLOAD)
         try:
-            task = decode_upload(data, self.frontend.limits)
+            # Parsing and validating (the symmetry check of a large eigvalsh input takes
+            # seconds) run off the loop, which keeps serving nodes meanwhile.
+            task = await asyncio.to_thread(decode_upload, data, self.frontend.limits)
         except TaskFileError as exc:
             for problem in exc.problems:
                 self.process.stderr.write(f"chainconsole: {problem}\n".encode())
             self.out({"event": "rejected", "problems": exc.problems})
             return ExitStatus.USAGE
-        task_id = self.frontend.submit(task, self.key.name)
+        del data  # the task holds what it needs of the upload
+        task_id = await self.frontend.submit(task, self.key.name)
         if opts.detach:
             self.out({"task_id": task_id})
             return ExitStatus.OK
