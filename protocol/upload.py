@@ -51,22 +51,71 @@ def task_from_message(message: Submit, limits: TaskLimits = DEFAULT_LIMITS) -> T
                            message.chunk_size, message.return_mode, message.max_attempts, limits=limits)
 
 
+class UploadReader:
+    """The bytes ``submit`` reads on stdin, taken as they arrive; ``task()`` once they ended.
+
+    Each piece is copied once, straight into the frame's payload (or kept, for JSON text):
+    feeding costs a copy of the piece, never of all that came before, so a reader on an
+    event loop stays cheap however large the upload. ``task()`` does the heavy part —
+    decoding and validating — and may run in a thread.
+    """
+
+    def __init__(self) -> None:
+        self._start = bytearray()  # the first bytes, until they tell JSON from a frame
+        self._frame: MessageReader | None = None
+        self._text: list[bytes] | None = None
+        self._text_size = 0
+
+    def feed(self, data: Buffer) -> None:
+        """The next bytes of the upload; TaskFileError as soon as JSON text grows too large."""
+        view = memoryview(data).cast("B")
+        if self._frame is None and self._text is None:
+            take = len(MAGIC) - len(self._start)
+            self._start += view[:take]
+            view = view[take:]
+            if len(self._start) < len(MAGIC):
+                return  # not yet enough bytes to tell
+            start, self._start = bytes(self._start), bytearray()
+            if start == MAGIC:
+                self._frame = MessageReader(max_header=DEFAULT_MAX_HEADER, max_payload=MAX_UPLOAD)
+            else:
+                self._text = []
+            self._feed(start)
+        if view:
+            self._feed(view)
+
+    def _feed(self, view: Buffer) -> None:
+        if self._frame is not None:
+            self._frame.feed(view)
+            return
+        assert self._text is not None
+        self._text_size += len(view)
+        if self._text_size > MAX_TASK_TEXT:
+            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
+        self._text.append(bytes(view))
+
+    def task(self, limits: TaskLimits = DEFAULT_LIMITS) -> Task:
+        """The task the upload holds, validated; TaskFileError if it is none."""
+        if self._frame is None and self._text is None:  # fewer bytes than the magic
+            self._text = [bytes(self._start)]
+        if self._text is not None:
+            return parse_task_text(b"".join(self._text), allow_files=False, limits=limits)
+        reader = self._frame
+        assert reader is not None
+        try:
+            message = reader.next_message()
+            reader.close()  # raises if the upload stopped in the middle of a frame
+            if message is None or reader.next_message() is not None:
+                raise RemoteProtocolError("expected exactly one submit frame")
+            if not isinstance(message, Submit):
+                raise RemoteProtocolError(f"expected a submit message, got {message.TYPE}")
+        except RemoteProtocolError as exc:
+            raise TaskFileError([f"upload: {exc}"]) from None
+        return task_from_message(message, limits)
+
+
 def decode_upload(data: Buffer, limits: TaskLimits = DEFAULT_LIMITS) -> Task:
     """The task ``submit`` read on stdin: JSON text, or one ``submit`` frame; TaskFileError if neither."""
-    view = memoryview(data).cast("B")
-    if view[: len(MAGIC)] != MAGIC:
-        if view.nbytes > MAX_TASK_TEXT:
-            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
-        return parse_task_text(bytes(view), allow_files=False, limits=limits)
-    reader = MessageReader(max_header=DEFAULT_MAX_HEADER, max_payload=MAX_UPLOAD)
-    try:
-        reader.feed(view)
-        message = reader.next_message()
-        reader.close()  # raises if the upload stopped in the middle of a frame
-        if message is None or reader.next_message() is not None:
-            raise RemoteProtocolError("expected exactly one submit frame")
-        if not isinstance(message, Submit):
-            raise RemoteProtocolError(f"expected a submit message, got {message.TYPE}")
-    except RemoteProtocolError as exc:
-        raise TaskFileError([f"upload: {exc}"]) from None
-    return task_from_message(message, limits)
+    reader = UploadReader()
+    reader.feed(data)
+    return reader.task(limits)

@@ -22,7 +22,7 @@ from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
-from protocol.upload import MAX_UPLOAD, decode_upload
+from protocol.upload import MAX_UPLOAD, UploadReader
 
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
@@ -100,16 +100,15 @@ class Session:
             raise UsageError(f"expects exactly one {what}")
         return args[0]
 
-    async def _read_stdin(self, limit: int) -> bytes:
-        parts, size = [], 0
-        while True:
-            data = await self.process.stdin.read(SEND_CHUNK)
-            if not data:
-                return await asyncio.to_thread(b"".join, parts)  # a copy of up to a GiB: not on the loop
+    async def _read_upload(self, limit: int) -> UploadReader:
+        """Stdin, fed piece by piece to an ``UploadReader``: no piece is copied twice on the loop."""
+        upload, size = UploadReader(), 0
+        while data := await self.process.stdin.read(SEND_CHUNK):
             size += len(data)
             if size > limit:
                 raise UsageError(f"input larger than {limit} bytes")
-            parts.append(data)
+            upload.feed(data)
+        return upload
 
     # -- commands --------------------------------------------------------------------
 
@@ -117,17 +116,17 @@ class Session:
         parser = _Parser(prog="submit", add_help=False)
         parser.add_argument("--detach", action="store_true")
         opts = parser.parse_args(args)
-        data = await self._read_stdin(MAX_UPLOAD)
         try:
-            # Parsing and validating (the symmetry check of a large eigvalsh input takes
+            upload = await self._read_upload(MAX_UPLOAD)
+            # Decoding and validating (the symmetry check of a large eigvalsh input takes
             # seconds) run off the loop, which keeps serving nodes meanwhile.
-            task = await asyncio.to_thread(decode_upload, data, self.frontend.limits)
+            task = await asyncio.to_thread(upload.task, self.frontend.limits)
         except TaskFileError as exc:
             for problem in exc.problems:
                 self.process.stderr.write(f"chainconsole: {problem}\n".encode())
             self.out({"event": "rejected", "problems": exc.problems})
             return ExitStatus.USAGE
-        del data  # the task holds what it needs of the upload
+        del upload  # the task holds what it needs of the upload
         task_id = await self.frontend.submit(task, self.key.name)
         if opts.detach:
             self.out({"task_id": task_id})
