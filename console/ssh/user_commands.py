@@ -128,10 +128,15 @@ class Session:
             return ExitStatus.USAGE
         del upload  # the task holds what it needs of the upload
         task_id = await self.frontend.submit(task, self.key.name)
+        name, count, uploaded = task.name, task.count, [task]
+        del task
+        # The queued task reads its inputs from its folder now; unmapping the uploaded
+        # ones (hundreds of MB) happens in a thread, with the last reference to them.
+        await asyncio.to_thread(uploaded.clear)
         if opts.detach:
             self.out({"task_id": task_id})
             return ExitStatus.OK
-        self.out({"event": "accepted", "task_id": task_id, "name": task.name, "items": task.count})
+        self.out({"event": "accepted", "task_id": task_id, "name": name, "items": count})
         return await self._follow(task_id)
 
     async def cmd_watch(self, args: list[str]) -> int:

@@ -101,7 +101,9 @@ async def _phase(host: Host, sampler: LagSampler, name: str, body) -> dict:
     return report
 
 
-async def main(upload_mb: int, w2_items: int) -> list[dict]:
+async def main(upload_mb: int, w2_items: int, slow_callbacks: bool = False) -> list[dict]:
+    if slow_callbacks:
+        asyncio.get_running_loop().slow_callback_duration = 0.05
     with tempfile.TemporaryDirectory(prefix="bench-lag-") as tmp:
         folder = Path(tmp)
         items = max(1, upload_mb * 2**20 // (UPLOAD_N * UPLOAD_N * 8))
@@ -165,7 +167,14 @@ if __name__ == "__main__":
     parser.add_argument("--upload-mb", type=int, default=500)
     parser.add_argument("--w2-items", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="write the reports here")
+    parser.add_argument("--slow-callbacks", action="store_true",
+                        help="log every callback that holds the loop over 50 ms (asyncio debug mode)")
     args = parser.parse_args()
-    reports = asyncio.run(main(args.upload_mb, args.w2_items))
+    if args.slow_callbacks:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        os.environ["PYTHONASYNCIODEBUG"] = ""  # the nodes and the CLI run without it
+    reports = asyncio.run(main(args.upload_mb, args.w2_items, args.slow_callbacks), debug=args.slow_callbacks)
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2) + "\n")
