@@ -10,7 +10,8 @@ two real nodes connected over SSH:
            many large results to store).
 
 For each phase it prints the lag's max and p99, the load average, and the nodes the
-front-end lost ("lost"/"close" events; the target is none, and max lag < 100 ms).
+front-end lost ("lost"/"close" events; the target is none, and max lag < 100 ms). An
+idle phase first (nodes connected, no work) shows what the machine's load alone costs.
 
     python tests/benchmarks/bench_loop_lag.py [--upload-mb 500] [--w2-items 2000] [--json OUT.json]
 """
@@ -41,6 +42,7 @@ from protocol.taskfile import parse_task  # noqa: E402
 SAMPLE_S = 0.010
 UPLOAD_N = 256
 NODES = ("lag1", "lag2")
+IDLE_S = 5.0
 
 
 @dataclass
@@ -146,6 +148,8 @@ async def main(upload_mb: int, w2_items: int, slow_callbacks: bool = False) -> l
                 if summary["state"] != "done":
                     raise RuntimeError(f"W2 ended {summary['state']}")
 
+            # The floor: what the machine's load alone costs the loop, nodes connected, no work.
+            reports.append(await _phase(host, sampler, "idle", lambda: asyncio.sleep(IDLE_S)))
             reports.append(await _phase(host, sampler, "upload", upload))
             for record in list(frontend.tasks.values()):  # the uploaded task: let it finish, unmeasured
                 await frontend.wait(record.task_id)
