@@ -181,7 +181,8 @@ class ConsoleApp(App[None]):
 
     def refresh_views(self) -> None:
         """Read the front-end once and bring every visible screen up to date."""
-        if not (self._host_running and self.main.ready):
+        # Not while the app shuts down: its screens lose their widgets before its timers stop.
+        if not (self._host_running and self.main.ready and self.is_running):
             return
         self.snapshot = take_snapshot(self.host)
         now = time.monotonic()
