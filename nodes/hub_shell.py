@@ -126,7 +126,7 @@ class HubShell:
             self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
 
     async def result(self, node_id: str, result: Result) -> None:
-        """Check a result off the event loop, then settle it."""
+        """Check a result off the event loop, settle it, then wait while the face's store is behind."""
         chunk = self.face_chunk(node_id, result)
         if chunk is None or not self.hub.wants(*chunk):
             self.run(d.HeartbeatReceived(node_id))
@@ -134,6 +134,7 @@ class HubShell:
         target, start, stop = self.face_check_target(chunk)
         problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
         self.settle(node_id, chunk, result, problem)
+        await self.face_drained()
 
     def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None) -> None:
         """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk.
@@ -226,8 +227,14 @@ class HubShell:
         return Cancel(action.task_id, action.chunk, action.attempt)
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
-        """Keep the accepted result (on disk, or sent upstream)."""
+        """Keep the accepted result (on disk, or sent upstream); it may finish later, off the loop.
+
+        A face that stores later reports a failure through ``face_store_failed`` itself.
+        """
         raise NotImplementedError
+
+    async def face_drained(self) -> None:
+        """Return once the face can take more results (the session reads no more until then)."""
 
     def face_store_failed(self, accepted: h.ResultAccepted, error: Exception) -> None:
         """Storing an accepted result failed (say, the disk is full)."""

@@ -63,8 +63,8 @@ class UploadReader:
 
     A frame's bytes go straight into the frame decoder's buffer as they come, so an upload
     costs about one copy of itself: nothing is joined first and copied again. JSON text is
-    kept in pieces up to ``MAX_TASK_TEXT`` and joined once. Feeding never raises; ``task()``
-    says what was wrong.
+    kept in pieces and joined once; text growing past ``MAX_TASK_TEXT`` is refused as it
+    arrives (``feed`` raises TaskFileError), anything else wrong is ``task()``'s to say.
     """
 
     def __init__(self) -> None:
@@ -101,16 +101,15 @@ class UploadReader:
             return
         assert self._text is not None
         self._text_size += view.nbytes
-        if self._text_size <= MAX_TASK_TEXT:
-            self._text.append(bytes(view))
+        if self._text_size > MAX_TASK_TEXT:
+            raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
+        self._text.append(bytes(view))
 
     def task(self, limits: TaskLimits = DEFAULT_LIMITS) -> Task:
         """The task uploaded, validated like a task file; TaskFileError if it is not one."""
         if self._frames is None and self._text is None:
             self._choose()  # fewer bytes than a magic: whatever they are, they are text
         if self._text is not None:
-            if self._text_size > MAX_TASK_TEXT:
-                raise TaskFileError([f"task: JSON over {MAX_TASK_TEXT} bytes; send arrays with chainconsole submit"])
             return parse_task_text(b"".join(self._text), allow_files=False, limits=limits)
         reader = self._frames
         assert reader is not None

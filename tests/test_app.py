@@ -44,9 +44,9 @@ def make_app(tmp_path: Path, local_nodes: int = 0, port: int = 0) -> ConsoleApp:
     return ConsoleApp(host, refresh_s=0.1)
 
 
-def submit(app: ConsoleApp, document: dict = TASK) -> str:
+async def submit(app: ConsoleApp, document: dict = TASK) -> str:
     assert app.host.frontend is not None
-    task_id = app.host.frontend.submit(parse_task(document), "operator")
+    task_id = await app.host.frontend.submit(parse_task(document), "operator")
     app.refresh_views()
     return task_id
 
@@ -84,7 +84,7 @@ def enabled(app: ConsoleApp) -> dict[str, bool]:
 async def test_header_shows_the_bound_address_host_key_and_totals(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        submit(app)
+        await submit(app)
         await pilot.pause()
         assert app.host.server is not None
         port = app.host.server.address[1]
@@ -157,7 +157,7 @@ async def test_an_invalid_task_file_opens_a_modal_listing_each_problem(tmp_path:
 async def test_cancel_asks_naming_the_task_and_only_yes_cancels(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        task_id = submit(app)
+        task_id = await submit(app)
         app.main.query_one(TasksTable).focus()
         await pilot.press("c")
         await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirm modal")
@@ -177,7 +177,7 @@ async def test_cancel_asks_naming_the_task_and_only_yes_cancels(tmp_path: Path) 
 async def test_delete_asks_naming_the_task_and_removes_a_finished_one(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        task_id = submit(app)
+        task_id = await submit(app)
         table = app.main.query_one(TasksTable)
         table.focus()
         await pilot.pause()
@@ -203,7 +203,7 @@ async def test_delete_asks_naming_the_task_and_removes_a_finished_one(tmp_path: 
 async def test_enter_opens_the_task_detail_with_its_chunk_map(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        task_id = submit(app)
+        task_id = await submit(app)
         app.main.query_one(TasksTable).focus()
         await pilot.press("enter")
         await shown(pilot, lambda: isinstance(app.screen, TaskDetailScreen), "the detail screen")
@@ -220,7 +220,7 @@ async def test_enter_opens_the_task_detail_with_its_chunk_map(tmp_path: Path) ->
 async def test_save_results_writes_the_npz_chosen_in_the_save_dialog(tmp_path: Path) -> None:
     app = make_app(tmp_path, local_nodes=1)
     async with app.run_test(size=SIZE) as pilot:
-        task_id = submit(app)
+        task_id = await submit(app)
         await wait_until(lambda: task_state(app, task_id) == "done", 30, "the task to finish")
         await shown(pilot, lambda: app.snapshot.tasks_by_id[task_id].state == "done", "the done state")
         app.main.query_one(TasksTable).focus()
@@ -322,7 +322,7 @@ async def test_actions_that_cannot_apply_are_dimmed_and_come_back_with_a_selecti
         state = enabled(app)
         assert {a for a, on in state.items() if not on} == {"drain", "kick", "release", "cancel_task",
                                                             "save_results", "delete_task", "approve"}
-        submit(app)
+        await submit(app)
         await pilot.pause()
         state = enabled(app)
         assert state["cancel_task"] is True and state["save_results"] is False
@@ -335,8 +335,8 @@ async def test_actions_that_cannot_apply_are_dimmed_and_come_back_with_a_selecti
 async def test_slash_filters_both_tables_and_escape_clears_it(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        submit(app, {**TASK, "name": "alpha"})
-        submit(app, {**TASK, "name": "beta"})
+        await submit(app, {**TASK, "name": "alpha"})
+        await submit(app, {**TASK, "name": "beta"})
         await pilot.pause()
         tasks = app.main.query_one(TasksTable)
         assert tasks.row_count == 2
@@ -367,7 +367,7 @@ async def test_help_lists_every_key(tmp_path: Path) -> None:
 async def test_the_palette_offers_what_applies_and_runs_it(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        task_id = submit(app)
+        task_id = await submit(app)
         app.main.query_one(TasksTable).focus()
         await pilot.pause()
         titles = [c.title for c in app.get_system_commands(app.main)]
@@ -388,7 +388,7 @@ async def test_the_palette_offers_what_applies_and_runs_it(tmp_path: Path) -> No
 async def test_quit_asks_while_tasks_run_and_stops_the_front_end(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        submit(app)
+        await submit(app)
         endpoint = app.host.state.endpoint
         assert endpoint.exists()
         await pilot.press("q")

@@ -82,7 +82,7 @@ async def test_a_three_deep_chain_computes_and_the_console_sees_it_all(host: Hos
     assert rows["B"].via == ("A",) and rows["C"].via == ("A", "B")
 
     document = _task(3000, 71)
-    task_id = host.frontend.submit(parse_task(document), "operator")
+    task_id = await host.frontend.submit(parse_task(document), "operator")
     summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
     assert summary["state"] == "done" and summary["ok_items"] == 3000
     assert set(summary["items_per_node"]) == {"A"}  # the console hands work to its link only
@@ -104,7 +104,7 @@ async def test_nodes_behind_a_dead_link_fail_over_and_the_task_finishes(host: Ho
     await wait_until(lambda: {"A", "B", "C"} <= set(_rows(host)), timeout=60, what="the chain to form")
 
     document = _task(6000, 72)
-    task_id = host.frontend.submit(parse_task(document), "operator")
+    task_id = await host.frontend.submit(parse_task(document), "operator")
     await wait_until(lambda: next(r.items_done for r in host.frontend.task_rows() if r.task_id == task_id) > 1000,
                      timeout=60, what="the task to get going")
     link.send_signal(signal.SIGKILL)
@@ -132,7 +132,7 @@ async def test_a_node_that_first_met_a_link_pins_the_console_and_fails_over_to_i
                      timeout=40, what="N to fail over to the console")
     assert "does not match" not in (tmp_path / "N.log").read_text()
     document = _task(300, 75)
-    task_id = host.frontend.submit(parse_task(document), "operator")
+    task_id = await host.frontend.submit(parse_task(document), "operator")
     summary = await asyncio.wait_for(host.frontend.wait(task_id), 60)
     assert summary["state"] == "done" and summary["items_per_node"] == {"N": 300}
     _check(host, task_id, document)
@@ -181,7 +181,7 @@ async def test_a_node_that_can_reach_only_a_link_still_computes(host: Host, tmp_
     await wait_until(lambda: "C" in _rows(host), timeout=60, what="C to join through B")
     assert _rows(host)["C"].via == ("B",)
     document = _task(2000, 73)
-    task_id = host.frontend.submit(parse_task(document), "operator")
+    task_id = await host.frontend.submit(parse_task(document), "operator")
     summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)
     assert summary["state"] == "done"
     _check(host, task_id, document)
@@ -225,7 +225,7 @@ async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link_and_stays_o
     try:
         document = {"name": "behind-link", "operation": "invert", "chunk_size": 5,
                     "inputs": {"a": {"generate": {"count": 200, "shape": [20, 20], "seed": 74}}}}
-        task_id = host.frontend.submit(parse_task(document), "operator")
+        task_id = await host.frontend.submit(parse_task(document), "operator")
         summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
         assert summary["state"] == "done"
         check_npz(host.frontend.result_file(task_id), document, rtol=1e-8)
@@ -278,7 +278,7 @@ async def test_a_liar_behind_a_link_is_blamed_and_the_link_never_is(host: Host, 
         await wait_until(lambda: "liar" in _rows(host), timeout=10, what="the liar to show behind A")
         document = {"name": "det-behind-link", "operation": "det", "chunk_size": 2,
                     "inputs": {"a": {"generate": {"count": 400, "shape": [8, 8], "seed": 76}}}}
-        task_id = host.frontend.submit(parse_task(document), "operator")
+        task_id = await host.frontend.submit(parse_task(document), "operator")
         summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
         assert summary["state"] == "done"
         await wait_until(lambda: _rows(host)["liar"].state == "quarantined", timeout=10,

@@ -152,7 +152,7 @@ async def test_eight_parallel_result_downloads_get_identical_whole_files(host: H
                 "inputs": {"a": {"generate": {"count": 1000, "shape": [48, 48], "seed": 23}}}}
     from protocol.taskfile import parse_task
 
-    task_id = host.frontend.submit(parse_task(document), "operator")
+    task_id = await host.frontend.submit(parse_task(document), "operator")
     summary = await asyncio.wait_for(host.frontend.wait(task_id), 60)
     assert summary["state"] == "done"
     outputs = [tmp_path / f"out{i}.npz" for i in range(8)]

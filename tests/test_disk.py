@@ -50,28 +50,28 @@ async def test_a_task_that_would_not_fit_the_free_space_is_refused_saying_how_mu
     monkeypatch.setattr(frontend_module.shutil, "disk_usage",
                         lambda path: usage._replace(free=100 * MiB))
     with pytest.raises(NoSpaceError) as refused:
-        frontend.submit(task, "operator")
+        await frontend.submit(task, "operator")
     message = str(refused.value)
     assert "needs 1" in message and "125.0 MiB of results" in message and "100.0 MiB is free" in message
     assert frontend.tasks == {} and not list(host.state.tasks.glob("*"))
     small = parse_task(invert_task(10, 16))
-    assert frontend.submit(small, "operator")  # a task that fits still goes in
+    assert await frontend.submit(small, "operator")  # a task that fits still goes in
 
 
 async def test_space_promised_to_unfinished_tasks_counts_as_taken(host: Host, monkeypatch) -> None:
     frontend = host.frontend
     assert frontend is not None
-    frontend.submit(parse_task(invert_task(500, 128)), "operator")  # 62.5 MiB, sparse until computed
+    await frontend.submit(parse_task(invert_task(500, 128)), "operator")  # 62.5 MiB, sparse until computed
     usage = shutil.disk_usage(host.state.root)
     monkeypatch.setattr(frontend_module.shutil, "disk_usage", lambda path: usage._replace(free=120 * MiB))
     with pytest.raises(NoSpaceError, match="promised to unfinished tasks"):
-        frontend.submit(parse_task(invert_task(400, 128)), "operator")
+        await frontend.submit(parse_task(invert_task(400, 128)), "operator")
 
 
 async def test_delete_refuses_a_running_task_and_removes_a_finished_one(host: Host) -> None:
     frontend = host.frontend
     assert frontend is not None
-    task_id = frontend.submit(parse_task(invert_task(20, 8)), "operator")
+    task_id = await frontend.submit(parse_task(invert_task(20, 8)), "operator")
     with pytest.raises(FrontEndError, match="cancel it first"):
         await frontend.delete(task_id)
     assert host.state.task_dir(task_id).exists()
@@ -88,7 +88,7 @@ async def test_delete_refuses_a_running_task_and_removes_a_finished_one(host: Ho
 async def test_delete_over_ssh_and_from_the_command_line(host: Host, nodes) -> None:
     frontend = host.frontend
     assert frontend is not None
-    task_id = frontend.submit(parse_task(invert_task(20, 8)), "operator")
+    task_id = await frontend.submit(parse_task(invert_task(20, 8)), "operator")
     refused = await asyncio.to_thread(cli, "delete", task_id, "--state-dir", str(host.state.root))
     assert refused.returncode == 2 and "cancel it first" in refused.stderr
     nodes("n1")
@@ -105,7 +105,8 @@ async def test_keep_results_prunes_finished_tasks_older_than_the_duration(state:
     try:
         frontend = hosting.frontend
         assert frontend is not None
-        old, recent, queued = (frontend.submit(parse_task(invert_task(10, 8, seed)), "operator") for seed in (1, 2, 3))
+        old, recent, queued = [await frontend.submit(parse_task(invert_task(10, 8, seed)), "operator")
+                               for seed in (1, 2, 3)]
         for task_id in (old, recent):
             frontend.cancel(task_id)
             await frontend.wait(task_id)

@@ -40,7 +40,7 @@ async def test_every_operation_is_computed_right_by_real_nodes(host: Host, nodes
     submitted = {}
     for name, document in EVERY_OPERATION.items():
         document = {"name": name, "chunk_size": 7, **document}
-        submitted[frontend.submit(parse_task(document), "operator")] = document
+        submitted[await frontend.submit(parse_task(document), "operator")] = document
     for task_id, document in submitted.items():
         summary = await asyncio.wait_for(frontend.wait(task_id), 60)
         assert summary["state"] == "done", summary
@@ -55,7 +55,7 @@ async def test_tasks_wait_for_nodes_and_a_node_joining_mid_task_gets_work(host: 
     # Far more work than the test waits for: it ends as soon as the late node has helped.
     document = {"name": "long", "operation": "invert", "chunk_size": 10, "return": "norms",
                 "inputs": {"a": generate(100_000, [64, 64], 11)}}
-    task_id = frontend.submit(parse_task(document), "operator")
+    task_id = await frontend.submit(parse_task(document), "operator")
 
     def row():
         return next(r for r in frontend.task_rows() if r.task_id == task_id)
@@ -111,6 +111,7 @@ async def test_an_unknown_key_is_refused_and_listed_as_pending(host: Host, tmp_p
     stranger.write_private_key(tmp_path / "stranger")
     with pytest.raises(asyncssh.PermissionDenied):
         await _connect(host, tmp_path / "stranger", username="node")
+    await wait_until(lambda: host.server.registry.pending(), what="the refused key to be written down")
     pending = host.server.registry.pending()
     assert [p.fingerprint for p in pending] == [stranger.get_fingerprint("sha256")]
 

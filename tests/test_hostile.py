@@ -88,7 +88,7 @@ def _check_background_task(host: Host, call, task_id: str) -> None:
 
 
 async def _submit(host: Host, document: dict) -> str:
-    return host.frontend.submit(parse_task(document), "operator")
+    return await host.frontend.submit(parse_task(document), "operator")
 
 
 async def _connect(host: Host, key, username: str) -> asyncssh.SSHClientConnection:

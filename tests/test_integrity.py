@@ -56,7 +56,7 @@ async def test_hostile_tasks_never_blame_an_honest_node(host: Host, nodes) -> No
     frontend = host.frontend
     for _ in range(2):  # every chunk is checked afresh: twice over makes a lucky pass unlikely
         for document in HOSTILE_TASKS:
-            summary = await asyncio.wait_for(frontend.wait(frontend.submit(parse_task(document), "alice")), 120)
+            summary = await asyncio.wait_for(frontend.wait(await frontend.submit(parse_task(document), "alice")), 120)
             assert summary["state"] in ("done", "failed"), summary
     invalid = [e.message for e in frontend.events if e.kind in ("invalid", "quarantine")]
     assert not invalid, invalid
@@ -88,7 +88,7 @@ async def test_a_lying_node_gets_no_wrong_value_into_a_done_task(host: Host, nod
     try:
         document = {"name": lie, "operation": operation, "chunk_size": 5,
                     "inputs": {name: {"generate": spec} for name, spec in inputs.items()}}
-        task_id = host.frontend.submit(parse_task(document), "alice")
+        task_id = await host.frontend.submit(parse_task(document), "alice")
         await wait_until(lambda: liar.results_sent >= 1, what="the liar's first answer")
         nodes("honest")
         summary = await asyncio.wait_for(host.frontend.wait(task_id), 120)

@@ -115,7 +115,7 @@ async def test_a_key_enrolled_without_a_name_never_takes_the_name_in_its_comment
     entry = host.frontend.registry.add(Role.USER, sneaky.export_public_key().decode())
     assert entry.name != "operator" and entry.name.startswith("key-")
     assert entry.name == "key-" + entry.fingerprint.removeprefix("SHA256:")[:12].replace("+", "-").replace("/", "-")
-    task_id = host.frontend.submit(parse_task({"name": "mine", "operation": "det", "inputs": {
+    task_id = await host.frontend.submit(parse_task({"name": "mine", "operation": "det", "inputs": {
         "a": {"generate": {"count": 2, "shape": [2, 2], "seed": 1}}}}), "operator")
     async with asyncssh.connect(*host.server.address, username="operator", client_keys=[str(tmp_path / "sneaky")],
                                 known_hosts=None, config=None, agent_path=None, gss_host=None) as conn:

@@ -16,8 +16,8 @@ async def test_finished_tasks_leave_the_dispatcher_and_views_do_not_grow_with_th
     frontend = host.frontend
     assert frontend is not None
     dispatcher = frontend.hub.dispatcher
-    ids = [frontend.submit(parse_task(TINY), "operator") for _ in range(60)]
-    live = frontend.submit(parse_task(TINY), "someone")
+    ids = [await frontend.submit(parse_task(TINY), "operator") for _ in range(60)]
+    live = await frontend.submit(parse_task(TINY), "someone")
     assert len(dispatcher.snapshot(frontend.now()).tasks) == 61
     for task_id in ids:
         frontend.cancel(task_id)

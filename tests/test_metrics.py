@@ -40,7 +40,7 @@ async def test_a_scrape_shows_nodes_tasks_events_round_trips_and_loop_lag(tmp_pa
     async with Host(state, ServerSettings(port=0), local_nodes=1, metrics=("127.0.0.1", 0)) as host:
         assert host.frontend is not None and host.metrics_server is not None
         await wait_until(lambda: any(r.state == "idle" for r in host.frontend.node_rows()), 30, "the node to join")
-        task_id = host.frontend.submit(parse_task(TASK), "operator")
+        task_id = await host.frontend.submit(parse_task(TASK), "operator")
         await asyncio.wait_for(host.frontend.wait(task_id), 60)
 
         status, body = await _get(host.metrics_server.address, "/metrics")

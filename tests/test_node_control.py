@@ -37,7 +37,7 @@ async def test_drain_and_kick_from_the_cli(host: Host, nodes) -> None:
     kicked = nodes("kicked")
     nodes("stays")
     document = _task(6000, 81)
-    task_id = host.frontend.submit(parse_task(document), "operator")
+    task_id = await host.frontend.submit(parse_task(document), "operator")
     await wait_until(lambda: all(r.items_done > 0 for r in host.frontend.node_rows()) and
                      len(host.frontend.node_rows()) == 3, timeout=60, what="three busy nodes")
 
@@ -86,7 +86,7 @@ async def test_an_overdue_chunk_is_reissued_and_the_first_answer_wins(host: Host
     await sitter.start()
     try:
         document = {**_task(40, 83, chunk=10, n=16), "return": "full"}
-        task_id = host.frontend.submit(parse_task(document), "operator")
+        task_id = await host.frontend.submit(parse_task(document), "operator")
         await wait_until(lambda: any(r.name == "sitter" and r.in_flight > 0 for r in host.frontend.node_rows()),
                          what="the sitter to take chunks and sit on them")
         nodes("worker")

@@ -36,8 +36,8 @@ GENERATED = {"name": "generated", "operation": "invert", "chunk_size": 5,
 async def _queue_two(state: StateDir) -> tuple[str, str]:
     """Submit a task with array inputs and one with generated inputs; stop before any node computes."""
     async with Host(state, ServerSettings(port=0)) as host:
-        arrays = host.frontend.submit(parse_task(ARRAYS), "operator")
-        generated = host.frontend.submit(parse_task(GENERATED), "operator")
+        arrays = await host.frontend.submit(parse_task(ARRAYS), "operator")
+        generated = await host.frontend.submit(parse_task(GENERATED), "operator")
     return arrays, generated
 
 
@@ -120,10 +120,10 @@ async def test_a_crash_while_the_inputs_are_written_leaves_no_half_task(state: S
         raise Crash
 
     async with Host(state, ServerSettings(port=0)) as host:
-        generated = host.frontend.submit(parse_task(GENERATED), "operator")
+        generated = await host.frontend.submit(parse_task(GENERATED), "operator")
         monkeypatch.setattr(journal_module, "_write_array", crash_half_way)
         with pytest.raises(Crash):
-            host.frontend.submit(parse_task(ARRAYS), "operator")
+            await host.frontend.submit(parse_task(ARRAYS), "operator")
         monkeypatch.undo()
         row = sqlite3.connect(state.journal).execute("SELECT task_id, state FROM tasks ORDER BY seq").fetchall()
         assert row[1][1] == "submitting"
@@ -144,7 +144,7 @@ async def test_inputs_are_on_disk_before_the_task_is_queued(state: StateDir, mon
 
     monkeypatch.setattr(journal_module.Journal, "set_state", set_state)
     async with Host(state, ServerSettings(port=0)) as host:
-        host.frontend.submit(parse_task(ARRAYS), "operator")
+        await host.frontend.submit(parse_task(ARRAYS), "operator")
     assert seen == [(12, 3, 3)]
 
 

@@ -12,7 +12,7 @@ from protocol.errors import TaskFileError
 from protocol.frames import Frame, encode_frame
 from protocol.messages import Hello, Submit, decode_message, encode_message
 from protocol.taskfile import Task, load_task_file, parse_task
-from protocol.upload import decode_upload, encode_upload, submit_message
+from protocol.upload import UploadReader, decode_upload, encode_upload, submit_message
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_tasks"
 
@@ -63,6 +63,25 @@ def test_the_upload_is_a_message_of_the_protocol() -> None:
     assert header["type"] == "submit" and header["arrays"][0]["name"] == "b"
     decoded = decode_message(Frame(header, b"".join(bytes(p) for p in frame[1:])))
     assert isinstance(decoded, Submit) and decoded == submit_message(task)
+
+
+@pytest.mark.parametrize("sample", ["solve-file.json", "invert-small.json"])
+@pytest.mark.parametrize("piece", [1, 2, 3, 1000])
+def test_an_upload_read_piece_by_piece_is_the_same_task(sample: str, piece: int) -> None:
+    task = load_task_file(SAMPLES / sample)
+    data = upload_of(task)
+    reader = UploadReader()
+    for at in range(0, len(data), piece):
+        reader.feed(data[at:at + piece])
+    assert_same_task(reader.task(), task)
+
+
+def test_json_text_too_large_is_refused_while_it_arrives() -> None:
+    reader = UploadReader()
+    reader.feed(b"{" + b" " * 1024)
+    with pytest.raises(TaskFileError, match="JSON over"):
+        for _ in range(64 * 1024):
+            reader.feed(b" " * 1024)
 
 
 def _frame(header: dict, payload: bytes = b"") -> bytes:

@@ -57,7 +57,7 @@ async def test_a_version_1_node_is_welcomed_in_version_1_and_computes(host: Host
     conn, wire, welcome = await _session(host, Hello(1, "old", 1, 2))
     try:
         assert isinstance(welcome, Welcome) and welcome.protocol_version == 1
-        task_id = host.frontend.submit(parse_task({"name": "v1", "operation": "det", "chunk_size": 4, "inputs": {
+        task_id = await host.frontend.submit(parse_task({"name": "v1", "operation": "det", "chunk_size": 4, "inputs": {
             "a": {"generate": {"count": 8, "shape": [3, 3], "seed": 5}}}}), "operator")
         answered = 0
         while answered < 2:  # two chunks of four

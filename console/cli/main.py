@@ -264,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             await hosting.start()
             try:
                 assert hosting.frontend is not None
-                task_id = hosting.frontend.submit(task, "operator")
+                task_id = await hosting.frontend.submit(task, "operator")
                 progress = Progress(task.name, task.count) if sys.stderr.isatty() else None
                 waiter = asyncio.ensure_future(hosting.frontend.wait(task_id))
                 while not waiter.done():

@@ -31,6 +31,7 @@ from console.engine.results import (
     ResultStore, discard_results, export_npz, result_nbytes, unwritten_bytes, verify_result_files, write_summary,
 )
 from console.engine.statedir import StateDir, make_private_dir
+from console.engine.writer import StoreJob, Writer
 from nodes.hub_shell import ChunkId, HubShell
 from protocol import dispatcher as d
 from protocol import hub as h
@@ -94,6 +95,8 @@ class FrontEnd(HubShell):
         self.prune_every_s = prune_every_s
         self._pruner: asyncio.Task | None = None
         self.journal = Journal(state.journal)
+        self.writer = Writer(self.journal, lambda task_id, message: self.log("error", message, task_id=task_id))
+        """Every journal and result write, in order, off the event loop."""
         self.registry = KeyRegistry(state, report=lambda problem: self.log("warning", problem))
         self.tasks: dict[str, TaskRecord] = {}
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_LOG_SIZE)
@@ -105,6 +108,7 @@ class FrontEnd(HubShell):
         self._link_certificates: dict[str, _CertificateBudget] = {}  # link key → what its reports got
         self._broken: dict[str, str] = {}  # task id → why its results cannot be stored
         self._finishing: set[asyncio.Task] = set()
+        self._submitting: collections.Counter[str] = collections.Counter()  # owner → submits under way
         self._listeners: list[Callable[[Event], None]] = []
         self._assign_listeners: list[Callable[[ChunkId], None]] = []
         self._accept_listeners: list[Callable[[ChunkId], None]] = []
@@ -112,7 +116,8 @@ class FrontEnd(HubShell):
     # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume journaled tasks and start the tick loop."""
+        """Start the writer, resume journaled tasks and start the tick loop."""
+        self.writer.start()
         self._resume()
         self.start_ticking()
         if self.keep_results_s is not None:
@@ -131,31 +136,38 @@ class FrontEnd(HubShell):
                 await task
         for record in self.tasks.values():
             if record.store is not None:
-                record.store.close()
+                with contextlib.suppress(OSError):
+                    await self.writer.call(record.store.close)
                 record.store = None
+        await self.writer.close()
         self.journal.close()
 
     # -- tasks -----------------------------------------------------------------------
 
-    def submit(self, task: Task, owner: str) -> str:
-        """Queue ``task`` for ``owner`` and return its id."""
+    async def submit(self, task: Task, owner: str) -> str:
+        """Queue ``task`` for ``owner`` and return its id; its inputs are written off the loop."""
         unfinished = sum(1 for r in self.tasks.values() if r.owner == owner and not r.finished.is_set())
+        unfinished += self._submitting[owner]
         if unfinished >= self.max_unfinished_per_owner:
             raise FrontEndError(f"{owner} already has {unfinished} unfinished tasks, the most allowed; "
                                 "wait for some to finish or cancel them")
         self.check_space(task)
-        document = task_document(task)
-        # The row is a task only once its inputs are durably on disk (resume fails a
-        # row left SUBMITTING by a crash).
-        task_id = self.journal.new_task(task.name, owner, document, task.count, state=SUBMITTING)
-        folder = self.state.task_dir(task_id)
-        make_private_dir(folder)
-        save_array_inputs(folder, task)
-        self.journal.set_state(task_id, "queued")
-        # From here on the task reads its inputs from its folder, as a resumed one does:
-        # the uploaded arrays need not stay in memory while it waits.
-        task = task_from_document(document, folder)
-        record = self._make_record(task_id, task, owner, time.time())
+        self._submitting[owner] += 1
+        try:
+            document = task_document(task)
+            # The row is a task only once its inputs are durably on disk (resume fails a
+            # row left SUBMITTING by a crash).
+            task_id = await self.writer.call(self.journal.new_task, task.name, owner, document, task.count,
+                                             SUBMITTING)
+            folder = self.state.task_dir(task_id)
+            await asyncio.to_thread(_save_inputs, folder, task)
+            await self.writer.call(self.journal.set_state, task_id, "queued")
+            # From here on the task reads its inputs from its folder, as a resumed one does:
+            # the uploaded arrays need not stay in memory while it waits.
+            task = await asyncio.to_thread(task_from_document, document, folder)
+            record = await asyncio.to_thread(self._make_record, task_id, task, owner, time.time())
+        finally:
+            self._submitting[owner] -= 1
         self.tasks[task_id] = record
         self.log("submitted", f"{task.name}: {task.operation} × {task.count} by {owner}", task_id=task_id)
         self.run(_submitted(task_id, task, owner))
@@ -227,7 +239,7 @@ class FrontEnd(HubShell):
             except (DamagedTask, OSError, ValueError) as exc:
                 reason = f"cannot resume: {exc}"
                 summary = _failed_summary(row, reason)
-                self.journal.set_state(row.task_id, "failed", summary)
+                self.writer.post(self.journal.set_state, row.task_id, "failed", summary, task_id=row.task_id)
                 record = TaskRecord(row.task_id, row.name, row.owner, row.items,
                                     str((row.document or {}).get("operation", "")),
                                     str((row.document or {}).get("return", "full")), row.submitted_at,
@@ -266,7 +278,7 @@ class FrontEnd(HubShell):
         except OSError as exc:
             self.tasks[task_id] = record
             raise FrontEndError(f"cannot delete the files of task {task_id}: {exc}") from None
-        self.journal.delete_task(task_id)
+        await self.writer.call(self.journal.delete_task, task_id)
         self.log("deleted", f"{record.name}: its files and journal rows removed", task_id=task_id)
 
     async def prune(self, older_than_s: float) -> list[str]:
@@ -425,29 +437,36 @@ class FrontEnd(HubShell):
                 arrays[name] = source[action.start:action.stop]
         if record.state == "queued":
             record.state = "running"
-            self.journal.set_state(action.task_id, "running")
+            self.writer.post(self.journal.set_state, action.task_id, "running", task_id=action.task_id)
         for listener in self._assign_listeners:
             listener((action.task_id, action.chunk, action.attempt))
         return Assign(action.task_id, action.chunk, action.attempt, task.operation,
                       action.start, action.stop, task.return_mode, generated, arrays)
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
-        """Only the copy that completed its chunk is written: a copy that lost the race leaves no trace."""
+        """Only the copy that completed its chunk is written: a copy that lost the race leaves no trace.
+
+        The writer stores it and journals it once durable; the task is sealed after that.
+        """
         record = self.tasks[accepted.task_id]
         assert record.store is not None
         values = result.result if result.result is not None else result.norms
-        record.store.write(accepted.start, accepted.stop, result.ok, values)
-        self.journal.chunk_stored(accepted.task_id, accepted.start, accepted.stop, accepted.node_id,
-                                  accepted.items_ok)
+        self.writer.store(StoreJob(accepted.task_id, record.store, accepted.start, accepted.stop,
+                                   accepted.node_id, accepted.items_ok, result.ok, values,
+                                   on_error=lambda exc: self.face_store_failed(accepted, exc)))
         for listener in self._accept_listeners:
             listener((accepted.task_id, accepted.chunk, accepted.attempt))
+
+    async def face_drained(self) -> None:
+        """Wait while the writer's backlog of results is full (the node's session waits too)."""
+        await self.writer.drained()
 
     def face_store_failed(self, accepted: h.ResultAccepted, error: Exception) -> None:
         """A result that cannot be stored fails its task at once; other tasks go on."""
         reason = f"cannot store results: {error}"
         self.log("error", f"task {accepted.task_id}: {reason}", task_id=accepted.task_id)
-        self._broken[accepted.task_id] = reason
-        self.run(d.TaskCancelled(accepted.task_id))
+        self._broken.setdefault(accepted.task_id, reason)
+        self.run(d.TaskCancelled(accepted.task_id))  # ignored when the task already finished: _seal fails it
 
     def face_output(self, output: object) -> None:
         match output:
@@ -460,8 +479,7 @@ class FrontEnd(HubShell):
                 self.log("abandon", f"chunk {task_id}/{chunk} failed for good: {reason}", task_id=task_id)
                 record = self.tasks[task_id]
                 if record.store is not None:
-                    record.store.fail(start, stop)
-                self.journal.chunk_stored(task_id, start, stop, "", 0)
+                    self.writer.store(StoreJob(task_id, record.store, start, stop, "", 0))
             case d.NodeQuarantined(node_id=node_id, reason=reason):
                 self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
             case d.TaskFinished():
@@ -476,12 +494,15 @@ class FrontEnd(HubShell):
     async def _seal(self, record: TaskRecord, action: d.TaskFinished) -> None:
         """Make the results durable, then — only then — report the task finished."""
         state = action.state.value
-        error = self._broken.pop(record.task_id, "")
+        error = ""
         try:
             if record.store is not None:
-                await asyncio.to_thread(record.store.close)
+                # After every range queued before it is durable and journaled, or failed.
+                await self.writer.call(record.store.close)
         except OSError as exc:
-            error = error or f"cannot store results: {exc}"
+            error = f"cannot store results: {exc}"
+        # Store errors queued before the close were reported (on the loop) before it returned.
+        error = self._broken.pop(record.task_id, "") or error
         if error:
             state = "failed"
         self.hub.dispatcher.forget(record.task_id)
@@ -506,8 +527,7 @@ class FrontEnd(HubShell):
         if error:
             record.summary["error"] = error
         try:
-            write_summary(self.state.task_dir(record.task_id), record.summary)
-            self.journal.set_state(record.task_id, state, record.summary)
+            await self.writer.call(self._record_finished, record.task_id, state, record.summary)
         except (OSError, sqlite3.Error) as exc:
             self.log("error", f"task {record.task_id}: cannot record that it finished: {exc}",
                      task_id=record.task_id)
@@ -518,6 +538,11 @@ class FrontEnd(HubShell):
             record.finished.set()
         self.log("finished", f"{record.name} {state}: {action.items_ok}/{record.items} ok in {wall:.2f}s",
                  task_id=record.task_id)
+
+    def _record_finished(self, task_id: str, state: str, summary: dict) -> None:
+        """On the writer: the summary file, then the journal's final state."""
+        write_summary(self.state.task_dir(task_id), summary)
+        self.journal.set_state(task_id, state, summary)
 
     # -- views -----------------------------------------------------------------------
 
@@ -625,6 +650,11 @@ def _failed_summary(row: JournaledTask, reason: str) -> dict:
             "operation": str((row.document or {}).get("operation", "")), "state": "failed",
             "items": row.items, "ok_items": 0, "failed_items": row.items, "wall_s": 0.0,
             "items_per_node": {}, "return": str((row.document or {}).get("return", "full")), "error": reason}
+
+
+def _save_inputs(folder: Path, task: Task) -> None:
+    make_private_dir(folder)
+    save_array_inputs(folder, task)
 
 
 def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int, int], ...] = (),

@@ -3,16 +3,21 @@
 A restarted front-end reads it back to resume unfinished tasks without recomputing
 the chunks it had already stored. SQLite runs in WAL mode: a commit survives the
 process being killed, and readers (``chainconsole tasks``) never block the writer.
+The front-end writes it from its writer thread (``console.engine.writer``) and reads it
+on the loop at start-up; a lock keeps the two from using the connection at once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +106,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         """Open (or create) the journal; ``JournalDamaged`` if the file is not one."""
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
         try:
             os.chmod(path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -112,15 +118,27 @@ class Journal:
             raise JournalDamaged(f"the journal {path} is damaged ({exc}); move it aside to start "
                                  "with an empty one (its tasks are then forgotten)") from None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (the connection autocommits every statement otherwise)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def new_task(self, name: str, owner: str, document: dict, items: int, state: str = "queued") -> str:
         """Record a new task (queued, or ``SUBMITTING`` until its inputs are on disk); return its id."""
         while True:
             task_id = new_task_id()
             try:
-                with self._db:
+                with self._lock, self._transaction():
                     self._db.execute(
                         "INSERT INTO tasks (task_id, name, owner, document, items, state, submitted_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -132,39 +150,48 @@ class Journal:
 
     def set_state(self, task_id: str, state: str, summary: dict | None = None) -> None:
         finished = time.time() if summary is not None else None
-        self._db.execute(
-            "UPDATE tasks SET state = ?, summary = COALESCE(?, summary),"
-            " finished_at = COALESCE(?, finished_at) WHERE task_id = ?",
-            (state, json.dumps(summary) if summary is not None else None, finished, task_id),
-        )
+        with self._lock:
+            self._db.execute(
+                "UPDATE tasks SET state = ?, summary = COALESCE(?, summary),"
+                " finished_at = COALESCE(?, finished_at) WHERE task_id = ?",
+                (state, json.dumps(summary) if summary is not None else None, finished, task_id),
+            )
 
-    def chunk_stored(self, task_id: str, start: int, stop: int, node: str, items_ok: int) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO chunks (task_id, start, stop, node, items_ok) VALUES (?, ?, ?, ?, ?)",
-            (task_id, start, stop, node, items_ok),
-        )
+    def chunks_stored(self, rows: list[tuple[str, int, int, str, int]]) -> None:
+        """Record stored ranges ``(task_id, start, stop, node, items_ok)`` in one transaction.
+
+        Call it only once their values are durable on disk: a row is the journal's word
+        that a resumed task need not compute the range again.
+        """
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO chunks (task_id, start, stop, node, items_ok) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def delete_task(self, task_id: str) -> None:
         """Forget a task: its row and its stored chunk ranges, in one transaction."""
-        with self._db:
+        with self._lock, self._transaction():
             self._db.execute("DELETE FROM chunks WHERE task_id = ?", (task_id,))
             self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
 
     def tasks(self) -> list[JournaledTask]:
-        rows = self._db.execute(
-            "SELECT task_id, name, owner, document, items, state, submitted_at, finished_at, summary"
-            " FROM tasks ORDER BY seq"
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id, name, owner, document, items, state, submitted_at, finished_at, summary"
+                " FROM tasks ORDER BY seq"
+            ).fetchall()
         return [
             JournaledTask(r[0], r[1], r[2], _json_object(r[3]), r[4], r[5], r[6], r[7], _json_object(r[8]))
             for r in rows
         ]
 
     def chunks(self, task_id: str) -> list[StoredChunk]:
-        rows = self._db.execute(
-            "SELECT start, stop, node, items_ok FROM chunks WHERE task_id = ? ORDER BY start",
-            (task_id,),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT start, stop, node, items_ok FROM chunks WHERE task_id = ? ORDER BY start",
+                (task_id,),
+            ).fetchall()
         return [StoredChunk(*r) for r in rows]
 
 

@@ -53,7 +53,8 @@ class FrontEndServer:
     def _authenticate(self, username: str, key: asyncssh.SSHKey, peer: str) -> KeyEntry | None:
         entry = self.registry.lookup(key)
         if entry is None and username == NODE_USERNAME:
-            self.registry.note_refused(key, peer)
+            # Written on every refused login: on the writer, never on the loop.
+            self.frontend.writer.post(self.registry.note_refused, key, peer)
         return entry
 
     def _write_endpoint(self) -> None:

@@ -22,7 +22,7 @@ from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
 from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
-from protocol.upload import MAX_UPLOAD_STREAM, UploadReader, decode_upload
+from protocol.upload import MAX_UPLOAD_STREAM, UploadReader
 
 PROGRESS_EVERY_S = 0.5
 SEND_CHUNK = 1024 * 1024
@@ -101,17 +101,15 @@ class Session:
             raise UsageError(f"expects exactly one {what}")
         return args[0]
 
-    async def _read_stdin(self, limit: int) -> UploadReader:
-        """The upload on stdin, fed to its reader as it arrives (never joined and copied again)."""
+    async def _read_upload(self, limit: int) -> UploadReader:
+        """Stdin, fed piece by piece to an ``UploadReader``: never joined and copied again."""
         upload, size = UploadReader(), 0
-        while True:
-            data = await self.process.stdin.read(SEND_CHUNK)
-            if not data:
-                return upload
+        while data := await self.process.stdin.read(SEND_CHUNK):
             size += len(data)
             if size > limit:
                 raise UsageError(f"input larger than {limit} bytes")
             upload.feed(data)
+        return upload
 
     # -- commands --------------------------------------------------------------------
 
@@ -119,19 +117,27 @@ class Session:
         parser = _Parser(prog="submit", add_help=False)
         parser.add_argument("--detach", action="store_true")
         opts = parser.parse_args(args)
-        data = await self._read_stdin(MAX_UPLOAD_STREAM)
         try:
-            task = decode_upload(data, self.frontend.limits)
+            upload = await self._read_upload(MAX_UPLOAD_STREAM)
+            # Decoding and validating (the symmetry check of a large eigvalsh input takes
+            # seconds) run off the loop, which keeps serving nodes meanwhile.
+            task = await asyncio.to_thread(upload.task, self.frontend.limits)
         except TaskFileError as exc:
             for problem in exc.problems:
                 self.process.stderr.write(f"chainconsole: {problem}\n".encode())
             self.out({"event": "rejected", "problems": exc.problems})
             return ExitStatus.USAGE
-        task_id = self.frontend.submit(task, self.key.name)
+        del upload  # the task holds what it needs of the upload
+        task_id = await self.frontend.submit(task, self.key.name)
+        name, count, uploaded = task.name, task.count, [task]
+        del task
+        # The queued task reads its inputs from its folder now; unmapping the uploaded
+        # ones (hundreds of MB) happens in a thread, with the last reference to them.
+        await asyncio.to_thread(uploaded.clear)
         if opts.detach:
             self.out({"task_id": task_id})
             return ExitStatus.OK
-        self.out({"event": "accepted", "task_id": task_id, "name": task.name, "items": task.count})
+        self.out({"event": "accepted", "task_id": task_id, "name": name, "items": count})
         return await self._follow(task_id)
 
     async def cmd_watch(self, args: list[str]) -> int:

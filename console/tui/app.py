@@ -348,7 +348,7 @@ class ConsoleApp(App[None]):
         except (OSError, ChainconsoleError) as exc:
             self.notify(str(exc), title=f"Cannot read {path.name}", severity="error")
             return
-        task_id = frontend.submit(task, OWNER)
+        task_id = await frontend.submit(task, OWNER)
         self.refresh_views()
         self.main.select_task(task_id)
         self.notify(f"{task.name}: {task.operation} × {task.count:,} submitted as {task_id}")

@@ -74,7 +74,7 @@ async def _one(shape: str, items: int, seed: int) -> float:
             document = {"name": shape, "operation": "invert", "chunk_size": 25, "return": "norms",
                         "inputs": {"a": {"generate": {"count": items, "shape": [384, 384], "seed": seed}}}}
             began = time.perf_counter()
-            task_id = host.frontend.submit(parse_task(document), "operator")
+            task_id = await host.frontend.submit(parse_task(document), "operator")
             summary = await host.frontend.wait(task_id)
             elapsed = time.perf_counter() - began
             assert summary["state"] == "done", summary

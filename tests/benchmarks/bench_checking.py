@@ -47,7 +47,7 @@ async def _one(workload: str, checked: bool, scale: float, seed: int) -> float:
                         "inputs": {"a": {"generate": {"count": max(50, int(count * scale)), "shape": [n, n],
                                                       "seed": seed}}}}
             began = time.perf_counter()
-            summary = await host.frontend.wait(host.frontend.submit(parse_task(document), "operator"))
+            summary = await host.frontend.wait(await host.frontend.submit(parse_task(document), "operator"))
             assert summary["state"] == "done", summary
             return time.perf_counter() - began
         finally:

@@ -240,7 +240,7 @@ async def measure(app: ConsoleApp, pilot: Pilot, nodes: int, chunks: int, rounds
                 "inputs": {"a": {"generate": {"count": chunks * ITEMS_PER_CHUNK, "shape": [4, 4],
                                               "seed": 1, "distribution": "normal"}}}}
     frontend = app.host.frontend
-    task_id = frontend.submit(parse_task(document), "operator")
+    task_id = await frontend.submit(parse_task(document), "operator")
     await until(lambda: app.snapshot.tasks_by_id.get(task_id) is not None
                 and app.snapshot.tasks_by_id[task_id].items_done > 0, 30)
     done_before = app.snapshot.tasks_by_id[task_id].items_done

@@ -97,7 +97,7 @@ class WarmFrontEnd:
         pids = [proc.pid for proc in self.host.nodes]
         cpu_before = fleet_cpu(pids)
         began = time.perf_counter()
-        task_id = frontend.submit(task, "operator")
+        task_id = await frontend.submit(task, "operator")
         waiter = asyncio.ensure_future(frontend.wait(task_id))
         killed_at = None
         if kill_at is not None:
