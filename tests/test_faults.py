@@ -178,3 +178,55 @@ async def test_the_front_end_killed_mid_task_resumes_without_losing_work(tmp_pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.timeout(300)
+async def test_the_front_end_killed_at_ten_random_points_still_gets_every_item_right(tmp_path) -> None:
+    """SIGKILL serve ten times at seeded random points of one task, restarting it each time."""
+    import random
+
+    from tests.test_clients import _cli
+
+    state = StateDir(tmp_path / "state")
+    initialize(state)
+    server = _serve(state, 0)
+    workers = []
+    try:
+        await wait_until(lambda: state.endpoint.exists(), what="the front-end to listen")
+        port = json.loads(state.endpoint.read_text())["port"]
+        workers = [start_local_node(state, ("127.0.0.1", port), f"n{i}") for i in (1, 2)]
+        count = 8000
+        document = norms_task(count, 48, 35, chunk=20)
+        (tmp_path / "task.json").write_text(json.dumps(document))
+        status, out, err = await _cli("submit", str(tmp_path / "task.json"), "--state-dir", str(state.root), "--json")
+        assert status == 0, err
+        task_id = json.loads(out)["task_id"]
+
+        def stored() -> int:
+            return _journal(state, f"SELECT COALESCE(SUM(stop - start), 0) FROM chunks WHERE task_id = '{task_id}'")[0][0]
+
+        def finished() -> bool:
+            return _journal(state, f"SELECT state FROM tasks WHERE task_id = '{task_id}'")[0][0] in ("done", "failed")
+
+        points = sorted(random.Random(13).sample(range(200, count - 1500, 20), 10))
+        kills = 0
+        for point in points:
+            await wait_until(lambda: stored() >= point or finished(), timeout=90, what=f"{point} items stored")
+            if finished():
+                break
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            kills += 1
+            state.endpoint.unlink(missing_ok=True)
+            server = _serve(state, port)
+        await wait_until(finished, timeout=120, what="the task to finish after the last restart")
+        assert kills == 10, f"the task finished after only {kills} kills: make it longer"
+        assert _journal(state, f"SELECT state FROM tasks WHERE task_id = '{task_id}'")[0][0] == "done"
+        status, out, err = await _cli("result", task_id, "-o", str(tmp_path / "out.npz"), "--state-dir", str(state.root))
+        assert status == 0, err
+        check_norms(tmp_path / "out.npz", document, samples=count)  # every single item
+    finally:
+        for proc in (server, *workers):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
