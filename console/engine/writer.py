@@ -29,7 +29,7 @@ from typing import Any
 from console.engine.journal import Journal
 from console.engine.results import ResultStore
 
-DEFAULT_MAX_BACKLOG_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 """Result bytes queued for the writer beyond which a node's session waits to be read further."""
 DEFAULT_MAX_BACKLOG_RANGES = 512
 """Ranges queued for the writer beyond which a node's session waits, however small they are."""
