@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from console.engine.host import Host, start_local_node
-from console.engine.keys import initialize
 from console.engine.statedir import StateDir
 from protocol.taskfile import parse_task
 from tests.conftest import REPO, wait_until
@@ -118,6 +117,20 @@ def _serve(state: StateDir, port: int) -> subprocess.Popen:
          "--listen", f"127.0.0.1:{port}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+async def _two_nodes_and_a_task(state: StateDir, tmp_path, document: dict) -> tuple[int, list, str]:
+    """Once ``serve`` listens: two local nodes, and the task submitted. A restarted front-end
+    must listen where the first one did — the port the OS gave it — for the nodes to find it."""
+    from tests.test_clients import _cli
+
+    await wait_until(lambda: state.endpoint.exists(), what="the front-end to listen")
+    port = json.loads(state.endpoint.read_text())["port"]
+    workers = [start_local_node(state, ("127.0.0.1", port), f"n{i}") for i in (1, 2)]
+    (tmp_path / "task.json").write_text(json.dumps(document))
+    status, out, err = await _cli("submit", str(tmp_path / "task.json"), "--state-dir", str(state.root), "--json")
+    assert status == 0, err
+    return port, workers, json.loads(out)["task_id"]
+
+
 def _journal(state: StateDir, sql: str) -> list[tuple]:
     with sqlite3.connect(state.journal) as db:
         return db.execute(sql).fetchall()
@@ -127,19 +140,10 @@ async def test_the_front_end_killed_mid_task_resumes_without_losing_work(tmp_pat
     from tests.test_clients import _cli
 
     state = StateDir(tmp_path / "state")
-    initialize(state)
-    server = _serve(state, 0)
-    workers = []
+    document = norms_task(6000, 64, 34, chunk=20)
+    server, workers = _serve(state, 0), []
     try:
-        await wait_until(lambda: state.endpoint.exists(), what="the front-end to listen")
-        # The restarted front-end listens where the first one did: the port the OS gave it.
-        port = json.loads(state.endpoint.read_text())["port"]
-        workers = [start_local_node(state, ("127.0.0.1", port), f"n{i}") for i in (1, 2)]
-        document = norms_task(6000, 64, 34, chunk=20)
-        (tmp_path / "task.json").write_text(__import__("json").dumps(document))
-        status, out, err = await _cli("submit", str(tmp_path / "task.json"), "--state-dir", str(state.root), "--json")
-        assert status == 0, err
-        task_id = __import__("json").loads(out)["task_id"]
+        port, workers, task_id = await _two_nodes_and_a_task(state, tmp_path, document)
 
         def stored() -> int:
             return _journal(state, f"SELECT COALESCE(SUM(stop - start), 0) FROM chunks WHERE task_id = '{task_id}'")[0][0]
@@ -188,19 +192,11 @@ async def test_the_front_end_killed_at_ten_random_points_still_gets_every_item_r
     from tests.test_clients import _cli
 
     state = StateDir(tmp_path / "state")
-    initialize(state)
-    server = _serve(state, 0)
-    workers = []
+    count = 8000
+    document = norms_task(count, 48, 35, chunk=20)
+    server, workers = _serve(state, 0), []
     try:
-        await wait_until(lambda: state.endpoint.exists(), what="the front-end to listen")
-        port = json.loads(state.endpoint.read_text())["port"]
-        workers = [start_local_node(state, ("127.0.0.1", port), f"n{i}") for i in (1, 2)]
-        count = 8000
-        document = norms_task(count, 48, 35, chunk=20)
-        (tmp_path / "task.json").write_text(json.dumps(document))
-        status, out, err = await _cli("submit", str(tmp_path / "task.json"), "--state-dir", str(state.root), "--json")
-        assert status == 0, err
-        task_id = json.loads(out)["task_id"]
+        port, workers, task_id = await _two_nodes_and_a_task(state, tmp_path, document)
 
         def stored() -> int:
             return _journal(state, f"SELECT COALESCE(SUM(stop - start), 0) FROM chunks WHERE task_id = '{task_id}'")[0][0]
