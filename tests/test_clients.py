@@ -184,3 +184,13 @@ async def test_an_upload_of_array_inputs_runs_and_a_broken_one_is_refused(host: 
         assert b"Traceback" not in err and len(err.strip().splitlines()) == 1
         assert err.startswith(b"chainconsole: upload: ")
         assert json.loads(out)["event"] == "rejected"
+
+
+@pytest.mark.parametrize("command", ["submit", "run"])
+def test_a_missing_task_file_is_named_in_one_line(command: str, tmp_path) -> None:
+    from tests.conftest import cli
+
+    missing = tmp_path / "nope.json"
+    done = cli(command, str(missing), *(["--state-dir", str(tmp_path / "state")] if command == "submit" else []))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"chainconsole: {missing}: no such file"

@@ -333,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = COMMANDS[args.command](args)
     except TaskFileError as exc:
+        task = getattr(args, "task", None)  # submit and run: say which file the problems are in
         for problem in exc.problems:
-            print(f"chainconsole: {problem}", file=sys.stderr)
+            print(f"chainconsole: {task}: {problem}" if task else f"chainconsole: {problem}", file=sys.stderr)
         status = ExitStatus.USAGE
     except ChainconsoleError as exc:
         print(f"chainconsole: {exc}", file=sys.stderr)
