@@ -194,3 +194,18 @@ def test_a_missing_task_file_is_named_in_one_line(command: str, tmp_path) -> Non
     done = cli(command, str(missing), *(["--state-dir", str(tmp_path / "state")] if command == "submit" else []))
     assert done.returncode == 2
     assert done.stderr.strip() == f"chainconsole: {missing}: no such file"
+
+
+def test_every_subcommand_help_says_what_it_does() -> None:
+    from console.cli.main import build_parser
+
+    def commands(parser, path=()):
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from commands(sub, (*path, name))
+
+    found = dict(commands(build_parser()))
+    assert {("serve",), ("run",), ("submit",), ("result",), ("keys", "approve")} <= set(found)
+    for path, parser in found.items():
+        assert parser.description and parser.description.strip(), f"chainconsole {' '.join(path)} --help"

@@ -65,6 +65,12 @@ def duration(text: str) -> float:
     return value * DURATION_UNITS[unit]
 
 
+def _command(commands: argparse._SubParsersAction, name: str, *, help: str, **options) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` opens with what it does (its one-line help, as a sentence)."""
+    options.setdefault("description", help[:1].upper() + help[1:] + ".")
+    return commands.add_parser(name, help=help, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainconsole",
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _limit_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="the front-end without the console; stops on SIGINT/SIGTERM",
+    p = _command(sub, "serve", help="the front-end without the console; stops on SIGINT/SIGTERM",
                        description="Run the front-end without the console, logging one line per event to "
                                    "stderr, until SIGINT, SIGTERM or SIGHUP.")
     _hosting_options(p)
@@ -85,17 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-results", type=duration, metavar="DURATION", default=None,
                    help="delete finished tasks older than this (30m, 12h, 7d); default: keep them")
 
-    p = sub.add_parser("run", help="one shot: a private front-end and local nodes run one task")
+    p = _command(sub, "run", help="one shot: a private front-end and local nodes run one task")
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--local-nodes", type=_count, default=os.cpu_count() or 1, metavar="N",
                    help="node processes to start (default: one per core)")
     _output_options(p)
     _limit_options(p)
 
-    p = sub.add_parser("node", help="run a compute node")
+    p = _command(sub, "node", help="run a compute node")
     node_arguments(p)
 
-    p = sub.add_parser("submit", help="submit a task to a running front-end")
+    p = _command(sub, "submit", help="submit a task to a running front-end")
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--wait", action="store_true", help="follow the task until it ends (implied by -o)")
     _client_options(p)
@@ -103,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     _limit_options(p)
 
     for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes")):
-        p = sub.add_parser(name, help=help_text)
+        p = _command(sub, name, help=help_text)
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         _client_options(p)
 
-    p = sub.add_parser("result", help="download a finished task's results")
+    p = _command(sub, "result", help="download a finished task's results")
     p.add_argument("task_id", metavar="ID")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     _client_options(p)
@@ -117,32 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("drain", "NODE", "drain a node"),
                                   ("kick", "NODE", "disconnect a node now"),
                                   ("release", "NODE", "release a quarantined node")):
-        p = sub.add_parser(name, help=help_text)
+        p = _command(sub, name, help=help_text)
         p.add_argument("target", metavar=what)
         _client_options(p)
 
-    p = sub.add_parser("validate", help="check a task file, run nothing")
+    p = _command(sub, "validate", help="check a task file, run nothing")
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
                    help="warn when the task would not fit this state folder's free space (default: the usual one)")
     _limit_options(p)
 
-    keys = sub.add_parser("keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
+    keys = _command(sub, "keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
-    p = keys.add_parser("show", help="paths and fingerprints")
+    p = _command(keys, "show", help="paths and fingerprints")
     p.add_argument("--json", action="store_true")
     for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key")):
-        p = keys.add_parser(name, help=help_text)
+        p = _command(keys, name, help=help_text)
         p.add_argument("pubkey", metavar="PUBKEY", help="a public key line, or a .pub file")
         p.add_argument("--name", default="")
         if name == "add-user":
             p.add_argument("--operator", action="store_true", help="authorize as an operator")
-    p = keys.add_parser("pending", help="node keys that were refused and wait for approval")
+    p = _command(keys, "pending", help="node keys that were refused and wait for approval")
     p.add_argument("--json", action="store_true")
-    p = keys.add_parser("approve", help="authorize a pending node key")
+    p = _command(keys, "approve", help="authorize a pending node key")
     p.add_argument("fingerprint", metavar="FINGERPRINT")
     p.add_argument("--name", default="")
-    p = keys.add_parser("remove", help="remove a key from every authorized list")
+    p = _command(keys, "remove", help="remove a key from every authorized list")
     p.add_argument("fingerprint", metavar="FINGERPRINT")
     for p in (*keys.choices.values(),):
         p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
