@@ -122,13 +122,6 @@ class Invalid:
         return self.reason
 
 
-def check_result(task: ChunkSource, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
-                 recompute_fraction: float = DEFAULT_RECOMPUTE_FRACTION) -> str:
-    """Return "" when ``result`` is right for items ``start..stop-1``, else the problem (see ``judge``)."""
-    problem = judge(task, start, stop, result, sample=sample, recompute_fraction=recompute_fraction)
-    return "" if problem is None else problem.reason
-
-
 def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: int = DEFAULT_SAMPLE,
           recompute_fraction: float = DEFAULT_RECOMPUTE_FRACTION) -> Invalid | None:
     """None when ``result`` passes every check for items ``start..stop-1``, else why not.
