@@ -24,6 +24,8 @@ from console.engine.statedir import StateDir
 from protocol.dispatch_events import ChunkState, ChunkView
 
 SIZE = (120, 36)
+SMALL = (80, 24)
+LARGE = (200, 60)
 T0 = 1_700_000_000.0
 
 NODES = [
@@ -150,3 +152,20 @@ def test_kick_confirmation_names_the_node(snap_compare, tmp_path: Path) -> None:
 
 def test_help_lists_every_key(snap_compare, tmp_path: Path) -> None:
     assert snap_compare(still_app(tmp_path), press=["question_mark"], terminal_size=SIZE)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x60"])
+def test_main_screen_at_the_smallest_and_a_large_size(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:
+    # At 80x24 the footer keeps quit, help, filter and the palette, the header's totals keep
+    # their line, and the tables drop their least useful columns.
+    assert snap_compare(still_app(tmp_path), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x60"])
+def test_task_detail_screen_at_the_smallest_and_a_large_size(snap_compare, tmp_path: Path,
+                                                              size: tuple[int, int]) -> None:
+    assert snap_compare(still_app(tmp_path), press=["tab", "down", "enter"], terminal_size=size)
+
+
+def test_a_task_without_its_map_says_so_in_full_at_80x24(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(still_app(tmp_path), press=["tab", "enter"], terminal_size=SMALL)

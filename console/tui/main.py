@@ -11,14 +11,19 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, RichLog, Sparkline
+from textual.widgets import DataTable, Input, RichLog, Sparkline
 
 from console.engine.records import Event
+from console.tui.footer import FittedFooter
 from console.tui.snapshot import ConsoleSnapshot
 from console.tui.status import ClusterTotals, HostIdentity, StatusHeader
 from console.tui.tables import NodesTable, TasksTable
 
 EVENT_LINES = 1000
+SHORT_BELOW = 32
+"""Under this many lines the events panel shrinks so the tables keep several rows each."""
+NARROW_BELOW = 100
+"""Under this many columns the sparkline gives its room to the events (the header has the rate)."""
 EVENT_STYLE = {
     "join": "green",
     "leave": "yellow",
@@ -62,6 +67,12 @@ class MainScreen(Screen[None]):
     }
     MainScreen #bottom {
         height: 9;
+    }
+    MainScreen.-short #bottom {
+        height: 6;
+    }
+    MainScreen.-narrow #throughput-box {
+        display: none;
     }
     MainScreen RichLog {
         width: 2fr;
@@ -112,7 +123,7 @@ class MainScreen(Screen[None]):
                 box.border_title = "Items/s, last minute"
                 yield Sparkline([], id="throughput")
         yield Input(placeholder="filter rows (esc clears)", id="filter")
-        yield Footer()
+        yield FittedFooter()
 
     def on_mount(self) -> None:
         self.query_one(NodesTable).focus()
@@ -120,6 +131,10 @@ class MainScreen(Screen[None]):
         # second brings the first snapshot.
         self.ready = True
         self.post_message(self.Ready())
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height < SHORT_BELOW, "-short")
+        self.set_class(self.size.width < NARROW_BELOW, "-narrow")
 
     def on_screen_resume(self) -> None:
         # Back from a task's screen: the App skipped this screen meanwhile; ask for a snapshot now.

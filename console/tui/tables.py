@@ -5,14 +5,16 @@ A refresh never clears a table. Rows are keyed by node or task id: a new id gets
 whose text changed — so the cursor, the scroll position and the cost of a refresh stay
 put however many rows there are (Memray's ``AllocationTable``, Dolphie's process list).
 Columns have fixed widths for the same reason: a width that follows the content would
-make every refresh re-measure every row. Cells are compared as plain ``(text, style)``
+make every refresh re-measure every row. A table too narrow for every column drops the
+least useful ones first (each column's ``drop`` rank) and brings them back when it grows;
+that happens on a resize, never on a refresh. Cells are compared as plain ``(text, style)``
 pairs and become Rich ``Text`` only when they change: with 200 nodes, building and
 comparing styled text for every cell on every refresh cost more than drawing the table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -47,6 +49,11 @@ TASK_STATE_STYLE = {
 FINISHED_TASK_STATES = frozenset({"done", "failed", "cancelled"})
 LIVE_TASK_STATES = frozenset({"queued", "running"})
 CONNECTED_NODE_STATES = frozenset({"idle", "busy", "draining", "quarantined"})
+PROGRESS_BAR_WIDTH = 12
+
+
+SCROLLBAR_WIDTH = 2
+"""Kept free at the right of a table for its vertical scrollbar."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,23 @@ class Column:
     label: str
     width: int
     right: bool = False
+    drop: int = 0
+    """When the table is too narrow, columns with the highest rank go first; 0: never dropped."""
+
+    @property
+    def cost(self) -> int:
+        """Cells the column takes on screen: its width and a padding cell on each side."""
+        return self.width + 2
+
+
+def fitting_columns(columns: Sequence[Column], width: int) -> tuple[Column, ...]:
+    """The columns that fit in ``width`` cells, dropping the highest ``drop`` ranks first."""
+    shown = list(columns)
+    for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
+        if sum(c.cost for c in shown) <= width:
+            break
+        shown.remove(column)
+    return tuple(shown)
 
 
 class KeyedTable(DataTable):
@@ -67,9 +91,45 @@ class KeyedTable(DataTable):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._shown: dict[str, Cells] = {}
+        self._visible: tuple[Column, ...] = self.COLUMNS
         for column in self.COLUMNS:
-            label = Text(column.label, justify="right" if column.right else "left")
-            self.add_column(label, width=column.width, key=column.key)
+            self.add_column(self._label(column), width=column.width, key=column.key)
+
+    def _label(self, column: Column) -> Text:
+        return Text(column.label, justify="right" if column.right else "left")
+
+    @property
+    def visible_columns(self) -> tuple[str, ...]:
+        """The keys of the columns shown, in order."""
+        return tuple(c.key for c in self._visible)
+
+    def on_resize(self) -> None:
+        self.fit_columns(self.size.width - SCROLLBAR_WIDTH)
+
+    def fit_columns(self, width: int) -> None:
+        """Show the columns that fit in ``width`` cells; the rows keep their cells and cursor."""
+        visible = fitting_columns(self.COLUMNS, width)
+        if visible == self._visible:
+            return
+        selected = self.selected_key
+        for column in self._visible:
+            self.remove_column(column.key)
+        self._visible = visible
+        for column in visible:
+            self.add_column(self._label(column), width=column.width, key=column.key)
+        for key, cells in self._shown.items():
+            for column, cell in self._cells_shown(cells):
+                self.update_cell(key, column.key, self._text(column, cell))
+        self.relabel()
+        if selected is not None:
+            self.select_key(selected)
+
+    def _cells_shown(self, cells: Cells) -> list[tuple[Column, Cell]]:
+        shown = set(self._visible)
+        return [(column, cell) for column, cell in zip(self.COLUMNS, cells) if column in shown]
+
+    def relabel(self) -> None:
+        """Redraw the column labels (a subclass marks the sort column in its label)."""
 
     def reconcile(self, rows: Mapping[str, Cells], query: str = "") -> bool:
         """Make the table show ``rows`` (those matching ``query``); True if anything changed."""
@@ -85,11 +145,12 @@ class KeyedTable(DataTable):
         for key, cells in rows.items():
             before = self._shown.get(key)
             if before is None:
-                self.add_row(*(self._text(column, cell) for column, cell in zip(self.COLUMNS, cells)), key=key)
+                self.add_row(*(self._text(column, cell) for column, cell in self._cells_shown(cells)), key=key)
                 changed = True
             elif before != cells:
+                shown = set(self._visible)
                 for column, old, new in zip(self.COLUMNS, before, cells):
-                    if old != new:
+                    if old != new and column in shown:
                         self.update_cell(key, column.key, self._text(column, new))
                 changed = True
             self._shown[key] = cells
@@ -128,13 +189,13 @@ class NodesTable(KeyedTable):
 
     COLUMNS = (
         Column("name", "Node", 16),
-        Column("via", "Chain", 18),
+        Column("via", "Chain", 18, drop=3),
         Column("state", "State", 11),
-        Column("slots", "Slots", 5, right=True),
+        Column("slots", "Slots", 5, right=True, drop=2),
         Column("in_flight", "In flight", 9, right=True),
         Column("items_done", "Items done", 11, right=True),
-        Column("rate", "Items/s", 9, right=True),
-        Column("heartbeat", "Heartbeat", 9, right=True),
+        Column("rate", "Items/s", 8, right=True),
+        Column("heartbeat", "Heartbeat", 9, right=True, drop=1),
         Column("errors", "Errors", 6, right=True),
     )
 
@@ -171,12 +232,12 @@ class TasksTable(KeyedTable):
     COLUMNS = (
         Column("task_id", "ID", 5),
         Column("name", "Task", 16),
-        Column("owner", "Owner", 9),
+        Column("owner", "Owner", 9, drop=3),
         Column("state", "State", 9),
-        Column("progress", "Progress", 21),
-        Column("done", "Done/Total", 15, right=True),
+        Column("progress", "Progress", PROGRESS_BAR_WIDTH + 5),
+        Column("done", "Done/Total", 15, right=True, drop=2),
         Column("failed", "Failed", 6, right=True),
-        Column("rate", "Items/s", 8, right=True),
+        Column("rate", "Items/s", 8, right=True, drop=1),
         Column("eta", "ETA", 7, right=True),
     )
 
@@ -194,7 +255,8 @@ def task_rate(row: TaskRow) -> float:
 def task_cells(row: TaskRow) -> Cells:
     """One task's cells, in ``TasksTable.COLUMNS`` order."""
     style = TASK_STATE_STYLE.get(row.state, "")
-    progress = f"{fmt.progress_bar(row.items_done, row.items)} {fmt.percent(row.items_done, row.items):>4}"
+    progress = (f"{fmt.progress_bar(row.items_done, row.items, PROGRESS_BAR_WIDTH)} "
+                f"{fmt.percent(row.items_done, row.items):>4}")
     live = row.state in LIVE_TASK_STATES
     return (
         (row.task_id, ""),
