@@ -122,6 +122,12 @@ class ScriptedHost:
     async def stop(self) -> None:
         pass
 
+    def is_local(self, name: str) -> bool:
+        return name.startswith("gpu-")
+
+    def local_running(self, name: str) -> bool:
+        return True
+
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -53,6 +53,9 @@ OWNER = "operator"
 """Who the console's submissions belong to: the operator, like the operator key's tasks."""
 MASK = "•••"
 DRAINABLE_NODE_STATES = frozenset({"idle", "busy"})
+WORKING_NODE_STATES = DRAINABLE_NODE_STATES
+"""Nodes that take new work: when none is left, live tasks stall."""
+DEPARTED_NODE_STATES = frozenset({"left", "drained", "kicked", "lost"})
 
 TASK_FILES = Filters(
     ("Task files (*.json)", lambda p: p.suffix.lower() == ".json"),
@@ -80,6 +83,10 @@ KEY_ACTIONS = (
     KeyAction("d", "drain", "Drain", "drain the selected node: it finishes what it holds, then leaves"),
     KeyAction("k", "kick", "Kick", "kick the selected node now; its chunks go back to the queue (asks first)"),
     KeyAction("u", "release", "Release", "release the selected quarantined node: it gets work again"),
+    KeyAction("plus", "add_node", "Add node", "start one more local node on this machine", "+"),
+    KeyAction("minus", "remove_node", "Remove node",
+              "remove a local node (the selected one, else the newest): it finishes what it holds, then leaves", "-"),
+    KeyAction("t", "restart_node", "Restart", "start the selected local node again after it was drained, kicked or lost"),
     KeyAction("c", "cancel_task", "Cancel", "cancel the selected task (asks first)"),
     KeyAction("x", "delete_task", "Delete", "delete the selected finished task: its files and journal rows (asks first)"),
     KeyAction("r", "save_results", "Results", "save the selected finished task's results as an .npz file"),
@@ -284,7 +291,32 @@ class ConsoleApp(App[None]):
                 return task is not None and task.state in FINISHED_TASK_STATES
             case "approve":
                 return self.snapshot.pending_keys > 0
+            case "add_node":
+                return True
+            case "remove_node":
+                return self._local_node_to_remove(node) is not None
+            case "restart_node":
+                return (node is not None and node.state in DEPARTED_NODE_STATES and self.host.is_local(node.node_id)
+                        and not self.host.local_running(node.node_id))
         return True
+
+    def _local_node_to_remove(self, node: NodeRow | None) -> NodeRow | None:
+        """The selected node if it is a working local one, else the newest working local node."""
+        local = [n for n in self.snapshot.nodes if n.state in DRAINABLE_NODE_STATES and self.host.is_local(n.node_id)]
+        if node is not None and node in local:
+            return node
+        return local[-1] if local else None
+
+    def stall_warning(self, leaving: Iterable[str]) -> str:
+        """What the operator is told before the last nodes that take work leave: which tasks stall."""
+        gone = set(leaving)
+        staying = [n for n in self.snapshot.nodes if n.state in WORKING_NODE_STATES and n.node_id not in gone]
+        live = [t for t in self.snapshot.tasks if t.state in LIVE_TASK_STATES]
+        if staying or not live:
+            return ""
+        ids = ", ".join(t.task_id for t in live[:5]) + (", …" if len(live) > 5 else "")
+        return (f"No other node takes work: {len(live)} task{'s' if len(live) != 1 else ''} ({ids}) "
+                "will stall until a node joins.")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action not in CONSOLE_ACTIONS:
@@ -308,6 +340,9 @@ class ConsoleApp(App[None]):
             "save_results": f"Save results of task {task_name}",
             "delete_task": f"Delete task {task_name}",
             "approve": "Approve a pending node key",
+            "add_node": "Add a local node",
+            "remove_node": f"Remove local node {getattr(self._local_node_to_remove(node), 'node_id', '')}",
+            "restart_node": f"Restart local node {node_name}",
             "filter": "Filter rows",
             "help": "Help: console keys",
             "open_task": f"Open task {task_name}",
@@ -355,11 +390,34 @@ class ConsoleApp(App[None]):
 
     def action_drain(self) -> None:
         node = self.selected_node()
+        if node is not None:
+            self._drain(node, "Drain")
+
+    @work(group="dialogs")
+    async def _drain(self, node: NodeRow, verb: str) -> None:
+        stall = self.stall_warning([node.node_id])
+        if stall:
+            question = f"{verb} node {node.node_id}?\n\n{stall}"
+            if not await self.push_screen_wait(ConfirmModal(f"{verb} {node.node_id}", question, verb)):
+                return
         frontend = self.host.frontend
-        if node is None or frontend is None:
-            return
-        if self._call("drain", partial(frontend.drain, node.node_id, by="the console")):
+        if frontend is not None and self._call("drain", partial(frontend.drain, node.node_id, by="the console")):
             self.notify(f"{node.node_id} is draining: it finishes what it holds, then leaves")
+
+    def action_add_node(self) -> None:
+        names: list[str] = []
+        if self._call("add a node", lambda: names.append(self.host.add_local_node())):
+            self.notify(f"{names[0]} started on this machine: it joins in a moment")
+
+    def action_remove_node(self) -> None:
+        node = self._local_node_to_remove(self.selected_node())
+        if node is not None:
+            self._drain(node, "Remove")
+
+    def action_restart_node(self) -> None:
+        node = self.selected_node()
+        if node is not None and self._call("restart", partial(self.host.restart_local_node, node.node_id)):
+            self.notify(f"{node.node_id} started again: it joins in a moment")
 
     def action_release(self) -> None:
         node = self.selected_node()
@@ -379,6 +437,9 @@ class ConsoleApp(App[None]):
         via = f" via {fmt.chain(node.via)}" if node.via else ""
         question = (f"Kick node {node.node_id} at {node.address}{via}?\n\n"
                     f"Its session closes now and its {node.in_flight} chunks in flight go back to the queue.")
+        stall = self.stall_warning([node.node_id])
+        if stall:
+            question += f"\n\n{stall}"
         if not await self.push_screen_wait(ConfirmModal(f"Kick {node.node_id}", question, "Kick")):
             return
         frontend = self.host.frontend
