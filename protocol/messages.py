@@ -34,6 +34,7 @@ from protocol.fields import (  # noqa: F401  (re-exported: the limits are part o
     MAX_KEY_TEXT,
     MAX_NAME,
     MAX_NODE_KEYS,
+    MAX_PRIORITY,
     MAX_SPEC_DEPTH,
     MAX_SUBTREE,
     MAX_TEXT,
@@ -421,6 +422,8 @@ class Submit(_ArrayMessage):
     max_attempts: int = _field(check.integer(1, MAX_INDEX))
     chunk_size: int | None = _field(check.optional(check.integer(1, MAX_INDEX)), default=None)
     """Items per chunk; None: sized from measured speed ("auto")."""
+    priority: int = _field(check.integer(-MAX_PRIORITY, MAX_PRIORITY), default=0)
+    """Tasks of higher priority get nodes first (the task file's ``priority``)."""
 
     def _check_together(self) -> None:
         if both := self.generated.keys() & self.arrays.keys():

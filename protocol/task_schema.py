@@ -17,6 +17,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from protocol.errors import TaskFileError
+from protocol.fields import MAX_PRIORITY
 from protocol.inputs import DISTRIBUTIONS, DTYPES, MAX_ITEM_DIMS, MAX_SEED, show_json
 from protocol.operations import OPERATIONS, RETURN_MODES
 
@@ -110,6 +111,12 @@ class TaskModel(_Model):
         ge=1,
         le=MAX_ATTEMPTS_LIMIT,
         description="How many times one chunk may be tried before its items are marked failed.",
+    )
+    priority: int = Field(
+        0,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Tasks of higher priority get nodes first; tasks of equal priority share them. Default 0.",
     )
 
     @field_validator("name")

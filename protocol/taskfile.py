@@ -243,6 +243,8 @@ class Task:
     return_mode: str
     """One of RETURN_MODES: "full" or "norms"."""
     max_attempts: int
+    priority: int = 0
+    """Higher goes first; tasks of one priority share the nodes."""
 
     def item_shape(self, name: str) -> tuple[int, ...]:
         """The shape of one item of input ``name``."""
@@ -292,6 +294,7 @@ class Task:
             "chunk_size": self.chunk_size if self.chunk_size is not None else "auto",
             "return": self.return_mode,
             "max_attempts": self.max_attempts,
+            "priority": self.priority,
         }
 
     def describe_inputs(self) -> dict[str, dict[str, Any]]:
@@ -390,6 +393,7 @@ def _build(
         chunk_size=chunk_size,
         return_mode=model.return_mode,
         max_attempts=model.max_attempts,
+        priority=model.priority,
     )
 
 
@@ -462,6 +466,7 @@ def task_from_parts(
     return_mode: str,
     max_attempts: int,
     *,
+    priority: int = 0,
     limits: TaskLimits = DEFAULT_LIMITS,
 ) -> Task:
     """Rebuild a Task from its parts, validating them the way parse_task does.
@@ -480,5 +485,6 @@ def task_from_parts(
         "chunk_size": "auto" if chunk_size is None else chunk_size,
         "return": return_mode,
         "max_attempts": max_attempts,
+        "priority": priority,
     }
     return _build(document, arrays, base_dir=None, limits=limits, allow_files=False, default_name="task")
