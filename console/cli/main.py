@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from console.cli.report import Progress, report
+from console.cli.report import TaskProgress, report
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
 from nodes.cli import add_arguments as node_arguments, address_argument
@@ -271,16 +271,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 assert hosting.frontend is not None
                 task_id = await hosting.frontend.submit(task, "operator")
-                progress = Progress(task.name, task.count) if sys.stderr.isatty() else None
                 waiter = asyncio.ensure_future(hosting.frontend.wait(task_id))
-                while not waiter.done():
-                    await asyncio.wait([waiter], timeout=0.25)
-                    if progress:
+                with TaskProgress(task.name, task.count) as progress:
+                    while not waiter.done():
+                        await asyncio.wait([waiter], timeout=0.25)
                         row = hosting.frontend.task_row(task_id)
                         if row is not None:
                             progress.show(row.items_done)
-                if progress:
-                    progress.end()
                 summary = waiter.result()
                 if args.output:
                     folder = hosting.state.task_dir(task_id)
@@ -317,9 +314,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from console.cli.remote import run_remote
+    from console.cli.remote import Interrupted, run_remote
+    from console.engine.host import on_stop_signals
 
-    return asyncio.run(run_remote(state_dir(args), args, limits_from(args)))
+    stopped_by: list[signal.Signals] = []
+    follow: dict[str, str] = {}  # what the command is waiting for: the task id, once known
+
+    async def client() -> int:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        on_stop_signals(lambda sig: (stopped_by.append(sig), main_task.cancel()))
+        return await run_remote(state_dir(args), args, limits_from(args), follow)
+
+    try:
+        return asyncio.run(client())
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        raise Interrupted(stopped_by[0], follow.get("task_id")) from None
 
 
 COMMANDS = {
@@ -347,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chainconsole: {exc}", file=sys.stderr)
         status = getattr(exc, "status", ExitStatus.USAGE)
     except KeyboardInterrupt:
+        print("chainconsole: interrupted", file=sys.stderr)
         status = ExitStatus.INTERRUPTED
     except BrokenPipeError:
         status = ExitStatus.OK
