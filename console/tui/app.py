@@ -26,7 +26,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable
-from textual_fspicker import FileOpen, FileSave, Filters
+from textual_fspicker import FileSave, Filters
 
 from console.tui import formatting as fmt
 from console.engine.eventlog import EventLog, open_event_log
@@ -37,6 +37,7 @@ from console.engine.keys import KeyError_, fingerprint
 from console.ssh.server import ServerSettings
 from console.engine.statedir import StateDir
 from console.tui.detail import TaskDetailScreen
+from console.tui.picker import TaskFileOpen
 from console.tui.keys import PendingKeysModal
 from console.tui.main import MainScreen
 from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
@@ -275,7 +276,9 @@ class ConsoleApp(App[None]):
             return action in ("help", "quit")
         node, task = self.selected_node(screen), self.selected_task(screen)
         match action:
-            case "submit" | "filter":
+            case "submit":
+                return isinstance(screen, (MainScreen, TaskDetailScreen))
+            case "filter":
                 return isinstance(screen, MainScreen)
             case "open_task":
                 return isinstance(screen, MainScreen) and task is not None
@@ -370,7 +373,7 @@ class ConsoleApp(App[None]):
 
     @work(group="dialogs")
     async def _submit(self) -> None:
-        path = await self.push_screen_wait(FileOpen(Path.cwd(), "Submit a task file", filters=TASK_FILES))
+        path = await self.push_screen_wait(TaskFileOpen(Path.cwd(), "Submit a task file", filters=TASK_FILES))
         frontend = self.host.frontend
         if path is None or frontend is None or not self._host_running:
             return
