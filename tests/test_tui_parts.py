@@ -301,3 +301,8 @@ def test_the_footer_keeps_quit_help_and_the_palette_and_fills_up_with_keys_that_
     assert [k.action for k in tight] == ["submit", "kick", "help", "quit", "app.command_palette"]
     tiny = keys_that_fit(keys, 10, True)
     assert [k.action for k in tiny] == ["help", "quit", "app.command_palette"]
+    # The filter key, when it applies, goes before the other keys.
+    with_filter = [*keys[:3], key("/", "filter", "Filter"), *keys[3:]]
+    room = sum(key_width(k, True) for k in with_filter if k.action in ("help", "quit", "filter")) + 12 + 9
+    assert [k.action for k in keys_that_fit(with_filter, room, True)] == [
+        "submit", "filter", "help", "quit", "app.command_palette"]

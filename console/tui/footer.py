@@ -2,8 +2,9 @@
 
 Textual's footer shows every binding in order and cuts what does not fit, so on an
 80-column terminal quit, help and the command palette were the first to go. This one
-keeps the keys named in ``ALWAYS`` and the command palette, then adds the others in the
-order they are bound, the ones that apply now before the dimmed ones, while they fit.
+keeps the keys named in ``ALWAYS`` and the command palette, then adds those in ``FIRST``
+that apply, then the others in the order they are bound, the ones that apply now before
+the dimmed ones, while they fit.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from textual.app import ComposeResult
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
-ALWAYS = ("quit", "help", "filter")
+ALWAYS = ("quit", "help")
 """Actions whose keys the footer never leaves out."""
+FIRST = ("filter", "app.pop_screen")
+"""Actions whose keys come next, when they apply: the way to find rows and the way back."""
 COMPACT_BELOW = 120
 """Under this many columns the footer drops the spaces around each key."""
 PALETTE = "command_palette"
@@ -32,8 +35,10 @@ def keys_that_fit(keys: list[FooterKey], width: int, compact: bool) -> list[Foot
     chosen: set[int] = set()
     always = [k for k in others if k.action in ALWAYS]
     applying = [k for k in others if k not in always and not k.has_class("-disabled")]
+    first = [k for k in applying if k.action in FIRST]
+    applying = [k for k in applying if k not in first]
     dimmed = [k for k in others if k not in always and k.has_class("-disabled")]
-    for key in always + applying + dimmed:
+    for key in always + first + applying + dimmed:
         cost = key_width(key, compact)
         if cost <= room or key in always:
             chosen.add(id(key))
