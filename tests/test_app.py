@@ -354,7 +354,8 @@ async def test_actions_that_cannot_apply_are_dimmed_and_come_back_with_a_selecti
         await pilot.pause()
         state = enabled(app)
         assert {a for a, on in state.items() if not on} == {"drain", "kick", "release", "cancel_task",
-                                                            "save_results", "delete_task", "approve"}
+                                                            "save_results", "delete_task", "approve",
+                                                            "mark", "remove_node", "restart_node"}
         await submit(app)
         await pilot.pause()
         state = enabled(app)

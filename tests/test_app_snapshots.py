@@ -51,6 +51,7 @@ EVENTS = [
     Event(T0 + 5, "submitted", "eigvalsh-sym: eigvalsh × 20000 by bob", task_id="t2"),
     Event(T0 + 9, "lost", "laptop: connection lost: no heartbeat for 5.0s", node_id="laptop"),
     Event(T0 + 9, "requeue", "chunk t2/17 from laptop: node lost", task_id="t2", node_id="laptop"),
+    Event(T0 + 11, "invalid", "old-box chunk t3/4: item 31 is off by 2.1e-03", node_id="old-box", task_id="t3"),
     Event(T0 + 12, "quarantine", "old-box quarantined: 3 invalid results", node_id="old-box"),
     Event(T0 + 14, "drain", "edge-08 draining", node_id="edge-08"),
     Event(T0 + 20, "finished", "invert-256 done: 5000/5000 ok in 41.20s", task_id="t1"),
@@ -175,3 +176,13 @@ def test_task_detail_screen_at_the_smallest_and_a_large_size(snap_compare, tmp_p
 
 def test_a_task_without_its_map_says_so_in_full_at_80x24(snap_compare, tmp_path: Path) -> None:
     assert snap_compare(still_app(tmp_path), press=["tab", "enter"], terminal_size=SMALL)
+
+
+def test_node_detail_screen_shows_its_chain_standing_and_events(snap_compare, tmp_path: Path) -> None:
+    # edge-07 sits behind relay-a; enter opens it.
+    assert snap_compare(still_app(tmp_path), press=["down", "down", "down", "enter"], terminal_size=SMALL)
+
+
+def test_marked_nodes_and_a_sorted_table(snap_compare, tmp_path: Path) -> None:
+    # Two nodes marked (space), the nodes sorted by their second column, then the first (o o o).
+    assert snap_compare(still_app(tmp_path), press=["space", "down", "space", "o", "o", "o"], terminal_size=SIZE)

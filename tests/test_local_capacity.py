@@ -71,3 +71,23 @@ async def test_kicking_the_last_node_says_which_tasks_stall_and_asks(tmp_path: P
         assert not isinstance(app.screen, ConfirmModal)
         assert app.host.frontend is not None
         app.host.frontend.cancel(task_id)
+
+
+async def test_marked_nodes_are_drained_together_after_one_question(tmp_path: Path) -> None:
+    app = make_app(tmp_path, local_nodes=3)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(lambda: all(node_state(app, f"local{i}") == "idle" for i in (1, 2, 3)), 30, "three nodes")
+        await shown(pilot, lambda: app.main.query_one(NodesTable).row_count == 3, "three rows")
+        table = app.main.query_one(NodesTable)
+        for name in ("local1", "local2"):
+            table.select_key(name)
+            await pilot.press("space")
+        await pilot.press("d")
+        await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the drain question")
+        question = app.screen.question
+        assert "local1" in question and "local2" in question and "local3" not in question
+        await pilot.press("y")
+        await wait_until(lambda: all(node_state(app, f"local{i}") in ("draining", "drained") for i in (1, 2)),
+                         10, "both to drain")
+        assert node_state(app, "local3") == "idle"
+        assert app.main.marked == set()

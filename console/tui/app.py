@@ -29,7 +29,7 @@ from textual.widgets import DataTable
 from textual_fspicker import FileSave, Filters
 
 from console.tui import formatting as fmt
-from console.engine.eventlog import EventLog, open_event_log
+from console.engine.eventlog import EventLog, format_event, open_event_log
 from console.engine.frontend import FrontEndError
 from console.engine.records import Event, NodeRow, TaskRow
 from console.engine.host import Host, on_stop_signals
@@ -37,6 +37,7 @@ from console.engine.keys import KeyError_, fingerprint
 from console.ssh.server import ServerSettings
 from console.engine.statedir import StateDir
 from console.tui.detail import TaskDetailScreen
+from console.tui.node_detail import NodeDetailScreen
 from console.tui.picker import TaskFileOpen
 from console.tui.keys import PendingKeysModal
 from console.tui.main import MainScreen
@@ -77,6 +78,8 @@ class KeyAction:
     label: str
     help: str
     key_display: str | None = None
+    show: bool = True
+    """In the footer (when it fits); every key is in the help and the palette either way."""
 
 
 KEY_ACTIONS = (
@@ -92,25 +95,32 @@ KEY_ACTIONS = (
     KeyAction("x", "delete_task", "Delete", "delete the selected finished task: its files and journal rows (asks first)"),
     KeyAction("r", "save_results", "Results", "save the selected finished task's results as an .npz file"),
     KeyAction("a", "approve", "Approve", "approve a node key that was refused and waits for approval"),
-    KeyAction("slash", "filter", "Filter", "filter the nodes and tasks rows by any text they show", "/"),
+    KeyAction("space", "mark", "Mark", "mark or unmark the selected node: drain and kick then apply to every marked node",
+              "space"),
+    KeyAction("o", "sort", "Sort", "sort the focused table by its next column (a click on a header sorts by it)"),
+    KeyAction("O", "reverse_sort", "Reverse", "turn the focused table's sort order round", "O", show=False),
+    KeyAction("slash", "filter", "Filter", "filter the nodes, tasks and events by any text they show", "/"),
+    KeyAction("e", "export_events", "Export", "save the events shown (the filter applies) to a text file",
+              show=False),
     KeyAction("question_mark", "help", "Help", "show this list of keys", "?"),
     KeyAction("q", "quit", "Quit", "quit; asks first while tasks run; the front-end stops cleanly"),
 )
 OTHER_KEYS = (
-    ("enter", "open the selected task: its chunk map and each node's share"),
-    ("escape", "back from a task's screen; clear the filter"),
+    ("enter", "open the selected task (its chunk map and each node's share) or node (its chain, errors, events)"),
+    ("escape", "back from a task's or node's screen; clear the filter; then clear the marks"),
     ("tab, shift+tab", "move between the nodes and the tasks table"),
-    ("↑ ↓ pgup pgdn home end", "move the selection"),
+    ("↑ ↓ pgup pgdn", "move the selection"),
+    ("home end", "the first or the last row"),
     ("ctrl+p", "command palette: every action by name"),
 )
-CONSOLE_ACTIONS = frozenset(a.action for a in KEY_ACTIONS) | {"open_task"}
+CONSOLE_ACTIONS = frozenset(a.action for a in KEY_ACTIONS) | {"open_task", "open_node"}
 
 
 class ConsoleApp(App[None]):
     """The operator console around one Host."""
 
     TITLE = "chainconsole"
-    BINDINGS = [Binding(a.key, a.action, a.label, key_display=a.key_display) for a in KEY_ACTIONS]
+    BINDINGS = [Binding(a.key, a.action, a.label, key_display=a.key_display, show=a.show) for a in KEY_ACTIONS]
 
     def __init__(self, host: Host, *, live: bool = True, refresh_s: float = DEFAULT_REFRESH_S,
                  handle_signals: bool = False) -> None:
@@ -219,7 +229,20 @@ class ConsoleApp(App[None]):
         screen = self.screen
         if isinstance(screen, TaskDetailScreen):
             self._show_detail(screen)
+        elif isinstance(screen, NodeDetailScreen):
+            self._show_node(screen)
         self._refresh_bindings_if_changed()
+
+    def on_node_detail_screen_ready(self, message: NodeDetailScreen.Ready) -> None:
+        stack = self.screen_stack
+        if stack and isinstance(stack[-1], NodeDetailScreen):
+            self._show_node(stack[-1])
+
+    def _show_node(self, screen: NodeDetailScreen) -> None:
+        frontend = self.host.frontend
+        if not (self._host_running and screen.ready) or frontend is None:
+            return
+        screen.show(self.snapshot.nodes_by_id.get(screen.node_id), list(frontend.events))
 
     def on_task_detail_screen_ready(self, message: TaskDetailScreen.Ready) -> None:
         # The screen may already be gone (popped, or the console quitting) when this arrives.
@@ -255,7 +278,7 @@ class ConsoleApp(App[None]):
 
     def selected_node(self, screen: Screen | None = None) -> NodeRow | None:
         screen = screen or self.screen
-        if isinstance(screen, (MainScreen, TaskDetailScreen)):
+        if isinstance(screen, (MainScreen, TaskDetailScreen, NodeDetailScreen)):
             node_id = screen.selected_node_id
             return self.snapshot.nodes_by_id.get(node_id) if node_id else None
         return None
@@ -282,10 +305,14 @@ class ConsoleApp(App[None]):
                 return isinstance(screen, MainScreen)
             case "open_task":
                 return isinstance(screen, MainScreen) and task is not None
+            case "open_node" | "mark":
+                return isinstance(screen, MainScreen) and node is not None
+            case "sort" | "reverse_sort" | "export_events":
+                return isinstance(screen, MainScreen)
             case "drain":
-                return node is not None and node.state in DRAINABLE_NODE_STATES
+                return any(n.state in DRAINABLE_NODE_STATES for n in self.nodes_to_act_on(screen))
             case "kick":
-                return node is not None and node.state in CONNECTED_NODE_STATES
+                return any(n.state in CONNECTED_NODE_STATES for n in self.nodes_to_act_on(screen))
             case "release":
                 return node is not None and node.state == "quarantined"
             case "cancel_task":
@@ -302,6 +329,14 @@ class ConsoleApp(App[None]):
                 return (node is not None and node.state in DEPARTED_NODE_STATES and self.host.is_local(node.node_id)
                         and not self.host.local_running(node.node_id))
         return True
+
+    def nodes_to_act_on(self, screen: Screen | None = None) -> list[NodeRow]:
+        """The marked nodes on the main screen if any are marked, else the selected node."""
+        screen = screen or self.screen
+        if isinstance(screen, MainScreen) and screen.marked:
+            return [n for n in self.snapshot.nodes if n.node_id in screen.marked]
+        node = self.selected_node(screen)
+        return [node] if node is not None else []
 
     def _local_node_to_remove(self, node: NodeRow | None) -> NodeRow | None:
         """The selected node if it is a working local one, else the newest working local node."""
@@ -334,10 +369,17 @@ class ConsoleApp(App[None]):
         node, task = self.selected_node(screen), self.selected_task(screen)
         node_name = node.node_id if node else ""
         task_name = f"{task.task_id} ({task.name})" if task else ""
+        targets = self.nodes_to_act_on(screen)
+        several = f"{len(targets)} marked nodes" if len(targets) > 1 else f"node {node_name}"
         titles = {
             "submit": "Submit a task file",
-            "drain": f"Drain node {node_name}",
-            "kick": f"Kick node {node_name}",
+            "drain": f"Drain {several}",
+            "kick": f"Kick {several}",
+            "mark": f"Mark or unmark node {node_name}",
+            "open_node": f"Open node {node_name}",
+            "sort": "Sort the focused table by its next column",
+            "reverse_sort": "Reverse the focused table's sort order",
+            "export_events": "Export the events shown to a file",
             "release": f"Release node {node_name} from quarantine",
             "cancel_task": f"Cancel task {task_name}",
             "save_results": f"Save results of task {task_name}",
@@ -350,7 +392,7 @@ class ConsoleApp(App[None]):
             "help": "Help: console keys",
             "open_task": f"Open task {task_name}",
         }
-        helps = {a.action: a.help for a in KEY_ACTIONS} | {"open_task": OTHER_KEYS[0][1]}
+        helps = {a.action: a.help for a in KEY_ACTIONS} | {"open_task": OTHER_KEYS[0][1], "open_node": OTHER_KEYS[0][1]}
         for action, title in titles.items():
             if self.applies(action, screen):
                 yield SystemCommand(title, helps[action].capitalize(), partial(self.run_action, action))
@@ -392,20 +434,28 @@ class ConsoleApp(App[None]):
         self.notify(f"{task.name}: {task.operation} × {task.count:,} submitted as {task_id}")
 
     def action_drain(self) -> None:
-        node = self.selected_node()
-        if node is not None:
-            self._drain(node, "Drain")
+        nodes = [n for n in self.nodes_to_act_on() if n.state in DRAINABLE_NODE_STATES]
+        if nodes:
+            self._drain(nodes, "Drain")
 
     @work(group="dialogs")
-    async def _drain(self, node: NodeRow, verb: str) -> None:
-        stall = self.stall_warning([node.node_id])
-        if stall:
-            question = f"{verb} node {node.node_id}?\n\n{stall}"
-            if not await self.push_screen_wait(ConfirmModal(f"{verb} {node.node_id}", question, verb)):
+    async def _drain(self, nodes: list[NodeRow], verb: str) -> None:
+        names = _names(nodes)
+        stall = self.stall_warning(n.node_id for n in nodes)
+        if stall or len(nodes) > 1:
+            question = f"{verb} {names}?\n\nEach finishes what it holds, then leaves."
+            question += f"\n\n{stall}" if stall else ""
+            if not await self.push_screen_wait(ConfirmModal(f"{verb} {_count_nodes(nodes)}", question, verb)):
                 return
         frontend = self.host.frontend
-        if frontend is not None and self._call("drain", partial(frontend.drain, node.node_id, by="the console")):
-            self.notify(f"{node.node_id} is draining: it finishes what it holds, then leaves")
+        if frontend is None:
+            return
+        done = [n for n in nodes if self._call("drain", partial(frontend.drain, n.node_id, by="the console"))]
+        self.main.clear_marks()
+        if done:
+            self.notify(f"{_names(done)} {'is' if len(done) == 1 else 'are'} draining: "
+                        "finishing what they hold, then leaving" if len(done) > 1 else
+                        f"{done[0].node_id} is draining: it finishes what it holds, then leaves")
 
     def action_add_node(self) -> None:
         names: list[str] = []
@@ -415,7 +465,7 @@ class ConsoleApp(App[None]):
     def action_remove_node(self) -> None:
         node = self._local_node_to_remove(self.selected_node())
         if node is not None:
-            self._drain(node, "Remove")
+            self._drain([node], "Remove")
 
     def action_restart_node(self) -> None:
         node = self.selected_node()
@@ -431,23 +481,32 @@ class ConsoleApp(App[None]):
             self.notify(f"{node.node_id} released from quarantine: it gets work again")
 
     def action_kick(self) -> None:
-        node = self.selected_node()
-        if node is not None:
-            self._kick(node)
+        nodes = [n for n in self.nodes_to_act_on() if n.state in CONNECTED_NODE_STATES]
+        if nodes:
+            self._kick(nodes)
 
     @work(group="dialogs")
-    async def _kick(self, node: NodeRow) -> None:
-        via = f" via {fmt.chain(node.via)}" if node.via else ""
-        question = (f"Kick node {node.node_id} at {node.address}{via}?\n\n"
-                    f"Its session closes now and its {node.in_flight} chunks in flight go back to the queue.")
-        stall = self.stall_warning([node.node_id])
+    async def _kick(self, nodes: list[NodeRow]) -> None:
+        if len(nodes) == 1:
+            node = nodes[0]
+            via = f" via {fmt.chain(node.via)}" if node.via else ""
+            question = (f"Kick node {node.node_id} at {node.address}{via}?\n\n"
+                        f"Its session closes now and its {node.in_flight} chunks in flight go back to the queue.")
+        else:
+            question = (f"Kick {_names(nodes)}?\n\nTheir sessions close now and their "
+                        f"{sum(n.in_flight for n in nodes)} chunks in flight go back to the queue.")
+        stall = self.stall_warning(n.node_id for n in nodes)
         if stall:
             question += f"\n\n{stall}"
-        if not await self.push_screen_wait(ConfirmModal(f"Kick {node.node_id}", question, "Kick")):
+        if not await self.push_screen_wait(ConfirmModal(f"Kick {_count_nodes(nodes)}", question, "Kick")):
             return
         frontend = self.host.frontend
-        if frontend is not None and self._call("kick", partial(frontend.kick, node.node_id, by="the console")):
-            self.notify(f"{node.node_id} kicked")
+        if frontend is None:
+            return
+        done = [n for n in nodes if self._call("kick", partial(frontend.kick, n.node_id, by="the console"))]
+        self.main.clear_marks()
+        if done:
+            self.notify(f"{_names(done)} kicked")
 
     def action_cancel_task(self) -> None:
         task = self.selected_task()
@@ -530,6 +589,40 @@ class ConsoleApp(App[None]):
     def action_filter(self) -> None:
         self.main.open_filter()
 
+    def action_mark(self) -> None:
+        self.main.toggle_mark()
+        self._refresh_bindings_if_changed()
+
+    def action_sort(self) -> None:
+        self.main.sort_next()
+
+    def action_reverse_sort(self) -> None:
+        self.main.sort_next(reverse=True)
+
+    def action_open_node(self) -> None:
+        node = self.selected_node()
+        if node is not None:
+            self.push_screen(NodeDetailScreen(node.node_id))
+
+    def action_export_events(self) -> None:
+        self._export_events()
+
+    @work(group="dialogs")
+    async def _export_events(self) -> None:
+        events = self.main.shown_events
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dialog = FileSave(Path.cwd(), f"Save {len(events)} events", default_file=f"events-{stamp}.log")
+        target = await self.push_screen_wait(dialog)
+        if target is None:
+            return
+        text = "".join(format_event(event) + "\n" for event in events)
+        try:
+            await asyncio.to_thread(target.write_text, text, encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"{target}: {exc.strerror or exc}", title="Cannot save", severity="error")
+            return
+        self.notify(f"{len(events)} events saved to {target}")
+
     def action_help(self) -> None:
         keys = [(a.key_display or a.key, a.help) for a in KEY_ACTIONS] + list(OTHER_KEYS)
         self.push_screen(HelpModal(keys))
@@ -556,6 +649,19 @@ class ConsoleApp(App[None]):
         self.notify("Stopping the front-end…", timeout=30)
         await self._stop_host()
         self.exit(return_code=ExitStatus.OK)
+
+
+def _names(nodes: list[NodeRow]) -> str:
+    """``node gpu-01`` or ``nodes gpu-01, gpu-02 and edge-07`` (the first few, then how many more)."""
+    ids = [n.node_id for n in nodes]
+    if len(ids) == 1:
+        return f"node {ids[0]}"
+    shown = ids[:6] if len(ids) <= 6 else [*ids[:5], f"{len(ids) - 5} more"]
+    return f"nodes {', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _count_nodes(nodes: list[NodeRow]) -> str:
+    return nodes[0].node_id if len(nodes) == 1 else f"{len(nodes)} nodes"
 
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,

@@ -14,11 +14,13 @@ comparing styled text for every cell on every refresh cost more than drawing the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.message import Message
 from textual.widgets import DataTable
 
 from console.tui import formatting as fmt
@@ -84,7 +86,11 @@ def fitting_columns(columns: Sequence[Column], width: int) -> tuple[Column, ...]
 
 
 class KeyedTable(DataTable):
-    """A row-cursor DataTable whose rows follow a mapping of row key to cells."""
+    """A row-cursor DataTable whose rows follow a mapping of row key to cells.
+
+    Rows show in the order given, or sorted by one column (``sort_by``): the order is
+    applied only when it changed, so a steady table costs nothing to keep sorted.
+    """
 
     COLUMNS: ClassVar[tuple[Column, ...]] = ()
 
@@ -92,6 +98,10 @@ class KeyedTable(DataTable):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._shown: dict[str, Cells] = {}
         self._visible: tuple[Column, ...] = self.COLUMNS
+        self.sort_column: str | None = None
+        """The key of the column rows are sorted by; None: in the order they are given."""
+        self.sort_reverse = False
+        """Sorted the other way round from the column's first direction."""
         for column in self.COLUMNS:
             self.add_column(self._label(column), width=column.width, key=column.key)
 
@@ -131,8 +141,9 @@ class KeyedTable(DataTable):
     def relabel(self) -> None:
         """Redraw the column labels (a subclass marks the sort column in its label)."""
 
-    def reconcile(self, rows: Mapping[str, Cells], query: str = "") -> bool:
-        """Make the table show ``rows`` (those matching ``query``); True if anything changed."""
+    def reconcile(self, rows: Mapping[str, Cells], query: str = "", order: Sequence[str] | None = None) -> bool:
+        """Make the table show ``rows`` (those matching ``query``) in ``order`` (default: as given);
+        True if anything changed."""
         if query:
             needle = query.casefold()
             rows = {key: cells for key, cells in rows.items() if _matches(cells, needle)}
@@ -154,11 +165,67 @@ class KeyedTable(DataTable):
                         self.update_cell(key, column.key, self._text(column, new))
                 changed = True
             self._shown[key] = cells
+        wanted = [key for key in (order if order is not None else rows) if key in self._shown]
+        if wanted != [row.key.value for row in self.ordered_rows]:
+            self._put_in_order(wanted)
+            changed = True
         # Removing a row above the cursor would leave the cursor on the next row's index:
         # keep it on the row the operator selected.
         if selected in self._shown and self.selected_key != selected:
             self.select_key(selected)
         return changed
+
+    def _put_in_order(self, keys: list[str]) -> None:
+        # DataTable sorts by cell values; each row's first cell is its own object, so its
+        # identity says which row it is.
+        first = self.ordered_columns[0].key if self.ordered_columns else None
+        if first is None:
+            return
+        rank = {id(self.get_cell(key, first)): i for i, key in enumerate(keys)}
+        self.sort(first, key=lambda cell: rank.get(id(cell), len(rank)))
+
+    def sort_by(self, column: str | None, reverse: bool = False) -> None:
+        """Sort rows by ``column`` from the next refresh on (None: in the order given)."""
+        self.sort_column, self.sort_reverse = column, reverse
+
+    def next_sort(self) -> None:
+        """Sort by the next shown column, then by none: what the sort key steps through."""
+        keys = [None, *self.visible_columns]
+        position = keys.index(self.sort_column) if self.sort_column in keys else 0
+        self.sort_by(keys[(position + 1) % len(keys)])
+
+    @property
+    def sort_label(self) -> str:
+        """``by Items done ▼`` for the table's title; "" when rows are in their own order."""
+        column = next((c for c in self.COLUMNS if c.key == self.sort_column), None)
+        if column is None:
+            return ""
+        descending = column.right != self.sort_reverse  # numbers go biggest first
+        return f"by {column.label} {'▼' if descending else '▲'}"
+
+    def sorted_keys(self, records: Mapping[str, Any], values: Mapping[str, Callable[[Any], Any]]) -> list[str] | None:
+        """The row keys of ``records`` sorted by the sort column's value, or None when unsorted."""
+        column = next((c for c in self.COLUMNS if c.key == self.sort_column), None)
+        value = values.get(self.sort_column or "")
+        if column is None or value is None:
+            return None
+        descending = column.right != self.sort_reverse
+        # Ties keep the order given (sorted() is stable, also when reversed).
+        return sorted(records, key=lambda key: value(records[key]), reverse=descending)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        """A click on a column's header sorts by it; a second click turns the order round."""
+        event.stop()
+        key = event.column_key.value
+        self.sort_by(key, reverse=not self.sort_reverse if key == self.sort_column else False)
+        self.post_message(self.SortChanged(self))
+
+    class SortChanged(Message):
+        """The operator chose how the table is sorted: redraw it now."""
+
+        def __init__(self, table: KeyedTable) -> None:
+            super().__init__()
+            self.table = table
 
     @staticmethod
     def _text(column: Column, cell: Cell) -> Text:
@@ -199,15 +266,38 @@ class NodesTable(KeyedTable):
         Column("errors", "Errors", 6, right=True),
     )
 
-    def show(self, rows: list[NodeRow], query: str = "") -> bool:
-        return self.reconcile({row.node_id: node_cells(row) for row in rows}, query)
+    def show(self, rows: list[NodeRow], query: str = "", marked: frozenset[str] = frozenset()) -> bool:
+        records = {row.node_id: row for row in rows}
+        cells = {key: node_cells(row, key in marked) for key, row in records.items()}
+        return self.reconcile(cells, query, self.sorted_keys(records, NODE_SORT))
 
 
-def node_cells(row: NodeRow) -> Cells:
+NODE_STATE_ORDER = {state: i for i, state in enumerate(
+    ("busy", "idle", "draining", "connecting", "quarantined", "lost", "kicked", "drained", "left"))}
+NODE_SORT: dict[str, Callable[[NodeRow], Any]] = {
+    "name": lambda n: n.node_id.casefold(),
+    "via": lambda n: fmt.chain(n.via).casefold(),
+    "state": lambda n: NODE_STATE_ORDER.get(n.state, len(NODE_STATE_ORDER)),
+    "slots": lambda n: n.slots,
+    "in_flight": lambda n: n.in_flight,
+    "items_done": lambda n: n.items_done,
+    "rate": lambda n: n.items_per_s,
+    "heartbeat": lambda n: math.inf if n.heartbeat_age_s is None else n.heartbeat_age_s,
+    "errors": lambda n: n.errors,
+}
+"""What each column sorts by: the value, not its text (``12,480`` after ``9,000``)."""
+
+
+MARK = "● "
+"""Before the name of a node marked for an action on several nodes (space marks it)."""
+
+
+def node_cells(row: NodeRow, marked: bool = False) -> Cells:
     """One node's cells, in ``NodesTable.COLUMNS`` order."""
     connected = row.state in CONNECTED_NODE_STATES
+    name = row.name if row.name == row.node_id else f"{row.node_id} ({row.name})"
     return (
-        (row.name if row.name == row.node_id else f"{row.node_id} ({row.name})", ""),
+        (MARK + name if marked else name, "bold magenta" if marked else ""),
         (fmt.chain(row.via), "" if row.via else "dim"),
         (row.state, NODE_STATE_STYLE.get(row.state, "")),
         (str(row.slots), ""),
@@ -242,7 +332,23 @@ class TasksTable(KeyedTable):
     )
 
     def show(self, rows: list[TaskRow], query: str = "") -> bool:
-        return self.reconcile({row.task_id: task_cells(row) for row in rows}, query)
+        records = {row.task_id: row for row in rows}
+        cells = {key: task_cells(row) for key, row in records.items()}
+        return self.reconcile(cells, query, self.sorted_keys(records, TASK_SORT))
+
+
+TASK_STATE_ORDER = {state: i for i, state in enumerate(("running", "queued", "failed", "cancelled", "done"))}
+TASK_SORT: dict[str, Callable[[TaskRow], Any]] = {
+    "task_id": lambda t: t.submitted_at,
+    "name": lambda t: t.name.casefold(),
+    "owner": lambda t: t.owner.casefold(),
+    "state": lambda t: TASK_STATE_ORDER.get(t.state, len(TASK_STATE_ORDER)),
+    "progress": lambda t: t.items_done / t.items if t.items else 1.0,
+    "done": lambda t: t.items_done,
+    "failed": lambda t: t.items_failed,
+    "rate": lambda t: task_rate(t),
+    "eta": lambda t: (t.items - t.items_done) / t.items_per_s if t.items_per_s > 0 else math.inf,
+}
 
 
 def task_rate(row: TaskRow) -> float:
