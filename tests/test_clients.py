@@ -258,3 +258,28 @@ def test_run_and_submit_show_one_bar_with_rate_elapsed_time_and_eta() -> None:
     with TaskProgress("inv", 1000, file=quiet, terminal=False) as progress:
         progress.show(500)
     assert quiet.getvalue() == ""  # not a terminal: scripts see only the summary
+
+
+def test_every_option_of_every_subcommand_has_help_text() -> None:
+    from console.cli.main import build_parser
+
+    def parsers(parser, path=("chainconsole",)):
+        yield path, parser
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            for name, sub in action.choices.items():
+                yield from parsers(sub, (*path, name))
+
+    missing = [f"{' '.join(path)} {action.option_strings[0]}"
+               for path, parser in parsers(build_parser()) for action in parser._actions
+               if action.option_strings and not action.help]
+    assert missing == []
+
+
+def test_the_console_without_a_terminal_says_so_in_one_line(tmp_path) -> None:
+    from tests.conftest import cli
+
+    done = cli("--state-dir", str(tmp_path / "state"), input=b"")
+    assert done.returncode == 2
+    assert done.stderr.decode().strip().splitlines() == [
+        "chainconsole: the console needs a terminal; `chainconsole serve` runs the front-end without one"]
+    assert b"\x1b[" not in done.stdout and not (tmp_path / "state").exists()

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "result", help="download a finished task's results")
     p.add_argument("task_id", metavar="ID")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="write the results here (.npz: ok, and result or norms)")
     _client_options(p)
 
     for name, what, help_text in (("cancel", "ID", "cancel a task"),
@@ -136,22 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     keys = _command(sub, "keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
     p = _command(keys, "show", help="paths and fingerprints")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key")):
         p = _command(keys, name, help=help_text)
         p.add_argument("pubkey", metavar="PUBKEY", help="a public key line, or a .pub file")
-        p.add_argument("--name", default="")
+        p.add_argument("--name", default="", help="the name it goes by (default: key- and its fingerprint's start)")
         if name == "add-user":
             p.add_argument("--operator", action="store_true", help="authorize as an operator")
     p = _command(keys, "pending", help="node keys that were refused and wait for approval")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p = _command(keys, "approve", help="authorize a pending node key")
-    p.add_argument("fingerprint", metavar="FINGERPRINT")
-    p.add_argument("--name", default="")
+    p.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:… as keys pending lists it")
+    p.add_argument("--name", default="", help="the name the node goes by (default: key- and its fingerprint's start)")
     p = _command(keys, "remove", help="remove a key from every authorized list")
-    p.add_argument("fingerprint", metavar="FINGERPRINT")
+    p.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:… as keys show lists it")
     for p in (*keys.choices.values(),):
-        p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+        p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                       help="state folder (default: the platform's user data folder)")
     return parser
 
 
@@ -168,7 +169,8 @@ def _hosting_options(p: argparse.ArgumentParser) -> None:
 
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", metavar="HOST:PORT", help="front-end address (default: the one running on the state dir)")
-    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="state folder whose operator key, host key and address to use (default: the usual one)")
     p.add_argument("--key", metavar="FILE", help="private key to log in with (default: the operator key)")
     p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
 
@@ -200,6 +202,9 @@ def state_dir(args: argparse.Namespace) -> StateDir:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Without a terminal the console would only write escape sequences nobody sees.
+        raise CliError("the console needs a terminal; `chainconsole serve` runs the front-end without one")
     from console.tui.app import run_console
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
