@@ -453,9 +453,10 @@ class ConsoleApp(App[None]):
         done = [n for n in nodes if self._call("drain", partial(frontend.drain, n.node_id, by="the console"))]
         self.main.clear_marks()
         if done:
-            self.notify(f"{_names(done)} {'is' if len(done) == 1 else 'are'} draining: "
-                        "finishing what they hold, then leaving" if len(done) > 1 else
-                        f"{done[0].node_id} is draining: it finishes what it holds, then leaves")
+            if len(done) == 1:
+                self.notify(f"{done[0].node_id} is draining: it finishes what it holds, then leaves")
+            else:
+                self.notify(f"{_names(done)} are draining: each finishes what it holds, then leaves")
 
     def action_add_node(self) -> None:
         names: list[str] = []
