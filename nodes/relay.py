@@ -194,6 +194,9 @@ class Relay(HubShell):
 
     def _from_own_pool(self, message: object) -> None:
         """The link's own pool answered: trusted, no check."""
+        if isinstance(message, Credit):  # its executor grew or shrank (a Dask cluster)
+            self.carry_out(self.hub.credit(self.name, message.window, message.slots, self.now()))
+            return
         if not isinstance(message, (Result, Failed)):
             return
         chunk = self.face_chunk(self.name, message)
