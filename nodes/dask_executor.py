@@ -36,6 +36,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 DEFAULT_POLL_S = 2.0
 """How often the cluster's thread count is read, to follow it as it scales."""
 CLOSE_TIMEOUT_S = 5.0
+CANCELLED_KEPT = 4096
 
 
 def _probe() -> str:
@@ -65,7 +66,8 @@ class DaskExecutor:
         self._slots = slots or 0
         self._client: distributed.Client | None = None
         self._following: asyncio.Task | None = None
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, None] = {}
+        """Keys of the chunks this node cancelled (oldest first, at most ``CANCELLED_KEPT``)."""
         self._pending_cancels: set[asyncio.Task] = set()
 
     @property
@@ -85,7 +87,7 @@ class DaskExecutor:
             self._slots = threads
             self._following = asyncio.get_running_loop().create_task(self._follow(resized))
         self._say(f"computing on the Dask cluster at {self._client.scheduler.address}: "
-                  f"{threads} threads, {self._slots} slots"
+                  f"{_threads(threads)}, {self._slots} slots"
                   + ("" if self.fixed_slots is not None else " (following the cluster as it scales)"))
 
     async def _threads(self) -> int:
@@ -110,7 +112,7 @@ class DaskExecutor:
             except OSError:
                 continue  # the scheduler is away for now; the client reconnects on its own
             if threads != self._slots:
-                self._say(f"the Dask cluster now has {threads} threads (was {self._slots})")
+                self._say(f"the Dask cluster now has {_threads(threads)} (was {self._slots})")
                 self._slots = threads
                 resized(threads)
 
@@ -119,7 +121,9 @@ class DaskExecutor:
 
     def cancel(self, future: distributed.Future) -> bool:
         """Drop the chunk on the cluster; its answer is never awaited (a running task's is discarded)."""
-        self._cancelled.add(future.key)
+        self._cancelled[future.key] = None
+        while len(self._cancelled) > CANCELLED_KEPT:
+            del self._cancelled[next(iter(self._cancelled))]
         task = asyncio.get_running_loop().create_task(self._cancel(future))
         self._pending_cancels.add(task)
         task.add_done_callback(self._pending_cancels.discard)
@@ -128,17 +132,17 @@ class DaskExecutor:
     async def _cancel(self, future: distributed.Future) -> None:
         with contextlib.suppress(OSError):
             await self._client.cancel([future])
-        self._cancelled.discard(future.key)
 
     async def result(self, future: distributed.Future) -> ChunkDone:
         try:
             return await future
         except FutureCancelledError:
-            if future.key in self._cancelled:
+            if future.key in self._cancelled:  # cancelled here, on purpose
+                del self._cancelled[future.key]
                 raise asyncio.CancelledError from None
             raise WorkerCrashed("the Dask cluster dropped this chunk") from None
-        except KilledWorker as exc:
-            raise WorkerCrashed(f"Dask workers kept dying while computing this chunk: {exc}") from None
+        except KilledWorker:
+            raise WorkerCrashed("the Dask workers computing this chunk died (KilledWorker)") from None
         except ImportError as exc:
             raise WorkerCrashed(f"a Dask worker cannot compute chunks: {exc}") from None
         except OSError as exc:  # the scheduler or a worker went away (CommClosedError is one)
@@ -166,3 +170,7 @@ def _scheduler_argument(scheduler: str) -> dict[str, str]:
         return {"address": scheduler}
     raise ExecutorUnavailable(f"--scheduler {scheduler}: neither an address (tcp://HOST:PORT) "
                               "nor an existing scheduler file", ExitStatus.USAGE)
+
+
+def _threads(count: int) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")

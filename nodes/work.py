@@ -135,7 +135,7 @@ class LocalWork:
             return
         except WorkerCrashed as exc:
             if self._held.pop(key, None) is not None:
-                self._emit(Failed(a.task_id, a.chunk, a.attempt, str(exc), True))
+                self._emit(Failed(a.task_id, a.chunk, a.attempt, clean_reason(str(exc)), True))
             return
         except Exception as exc:  # a kernel bug: report it, never die of it
             if self._held.pop(key, None) is not None:
