@@ -77,13 +77,19 @@ def executed(client) -> int:
     return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
 
 
+def clients(client) -> int:
+    """Clients the scheduler knows now."""
+    return len(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients)))
+
+
 def generate(count: int, shape: list[int], seed: int, distribution: str = "normal") -> dict:
     return {"generate": {"count": count, "shape": shape, "seed": seed, "distribution": distribution}}
 
 
 async def test_a_node_on_a_dask_cluster_computes_a_task_right(host: Host, cluster, dask_client, tmp_path) -> None:
     before = await asyncio.to_thread(executed, dask_client)
-    start_dask_node(host, cluster.scheduler_address, "dask", tmp_path / "node.log")
+    clients_before = await asyncio.to_thread(clients, dask_client)
+    node = start_dask_node(host, cluster.scheduler_address, "dask", tmp_path / "node.log")
     frontend = host.frontend
     await wait_until(lambda: any(n.name == "dask" for n in frontend.node_rows()), 60, "the dask node to join")
     row = next(n for n in frontend.node_rows() if n.name == "dask")
@@ -98,6 +104,13 @@ async def test_a_node_on_a_dask_cluster_computes_a_task_right(host: Host, cluste
     assert check_npz(frontend.result_file(task_id), document, rtol=1e-8) == 150
     # The chunks ran on the cluster's workers, not in worker processes of the node.
     assert await asyncio.to_thread(executed, dask_client) - before >= 15
+
+    # SIGTERM: the node stops cleanly and lets go of the cluster, which keeps running.
+    assert await asyncio.to_thread(clients, dask_client) > clients_before
+    node.terminate()
+    assert await asyncio.to_thread(node.wait, 30) == 0
+    await wait_until(lambda: clients(dask_client) == clients_before, 30, "the node's Dask client to close")
+    assert len(dask_client.nthreads()) == WORKERS
 
 
 async def test_the_node_follows_the_cluster_as_it_scales(host: Host, cluster, dask_client, tmp_path) -> None:
