@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.required = True
     p = _command(keys, "show", help="paths and fingerprints")
     p.add_argument("--json", action="store_true")
-    for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key")):
+    for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key"),
+                            ("add-observer", "authorize a key that sees everything and may change nothing")):
         p = _command(keys, name, help=help_text)
         p.add_argument("pubkey", metavar="PUBKEY", help="a public key line, or a .pub file")
         p.add_argument("--name", default="")
