@@ -127,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("target", metavar=what)
         _client_options(p)
 
+    p = _command(sub, "attach", help="the console, attached over SSH to a running serve or console",
+                 description="Open the console on a front-end that runs elsewhere (serve, or another "
+                             "console), over SSH with the operator key (or an observer's). Quitting "
+                             "leaves the front-end running.")
+    p.add_argument("address", nargs="?", metavar="HOST:PORT",
+                   help="the front-end (default: the one running on the state folder)")
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+    p.add_argument("--key", metavar="FILE", help="private key to log in with (default: D/operator_key)")
+    p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
+
     p = _command(sub, "validate", help="check a task file, run nothing")
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
@@ -317,6 +327,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return run_keys(state_dir(args), args)
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    from console.cli.attach import run_attach
+    from console.cli.client import resolve_endpoint
+
+    return run_attach(resolve_endpoint(state_dir(args), args.address, args.key, args.host_key))
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from console.cli.remote import run_remote
 
@@ -324,7 +341,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
+    None: cmd_console, "serve": cmd_serve, "attach": cmd_attach, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
     "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
     "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
     "release": cmd_client,
