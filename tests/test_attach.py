@@ -219,6 +219,22 @@ async def test_the_console_stream_over_stock_openssh(host: Host, nodes, tmp_path
     await wait_until(lambda: len(host.frontend._listeners) == 0, 10, "the stream to end")
 
 
+def test_the_documented_stream_example_is_what_the_console_reads() -> None:
+    from console.engine import console_stream as stream
+
+    text = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
+    section = text[text.index("## The console stream"):]
+    block = section[section.index("```text") + len("```text"):]
+    lines = [json.loads(line) for line in block[: block.index("```")].strip().splitlines()]
+    assert [line["type"] for line in lines] == ["hello", "event", "state"]
+    hello, event, state = lines
+    assert hello["stream"] == stream.STREAM_VERSION and stream.read_limits(hello["limits"]).max_items > 0
+    assert stream.read_event(event).node_id == "gpu01"
+    assert stream.read_nodes(state["nodes"])[0].via == ()
+    assert stream.read_tasks(state["tasks"])[0].items_done == 1200
+    assert stream.read_pending(state["pending_keys"]) == []
+
+
 # -- against a real serve ------------------------------------------------------------------------
 
 
