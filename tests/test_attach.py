@@ -181,6 +181,13 @@ async def test_a_user_key_may_not_watch_the_whole_front_end(host: Host, tmp_path
     assert app.return_code == 3
 
 
+async def test_a_key_that_is_not_there_ends_the_attached_console_with_status_3(host: Host, tmp_path) -> None:
+    app = attached(host, tmp_path / "no_such_key")
+    async with app.run_test(size=SIZE):
+        await wait_until(lambda: not app.is_running, 20, "the console to give up")
+    assert app.return_code == 3
+
+
 # -- the stream, for any program -------------------------------------------------------------------
 
 
@@ -238,17 +245,25 @@ def test_the_documented_stream_example_is_what_the_console_reads() -> None:
 # -- against a real serve ------------------------------------------------------------------------
 
 
+def start_serve(state: StateDir) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from console.cli.main import main; main()", "serve",
+                             "--state-dir", str(state.root), "--listen", "127.0.0.1:0"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+async def attached_to_serve(state: StateDir) -> ConsoleApp:
+    await wait_until(lambda: state.endpoint.exists(), 30, "serve to listen")
+    port = json.loads(state.endpoint.read_text())["port"]
+    return ConsoleApp(source=AttachedFrontEnd(Endpoint("127.0.0.1", port, state.operator_key, state.host_key_pub)),
+                      refresh_s=0.1)
+
+
 def test_quitting_an_attached_console_leaves_serve_running(tmp_path) -> None:
     state = StateDir(tmp_path / "state")
-    serve = subprocess.Popen([sys.executable, "-c", "from console.cli.main import main; main()", "serve",
-                              "--state-dir", str(state.root), "--listen", "127.0.0.1:0"],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    serve = start_serve(state)
     try:
         async def attach_and_quit() -> ConsoleApp:
-            await wait_until(lambda: state.endpoint.exists(), 30, "serve to listen")
-            port = json.loads(state.endpoint.read_text())["port"]
-            app = ConsoleApp(source=AttachedFrontEnd(Endpoint("127.0.0.1", port, state.operator_key,
-                                                              state.host_key_pub)), refresh_s=0.1)
+            app = await attached_to_serve(state)
             async with app.run_test(size=SIZE) as pilot:
                 await wait_until(lambda: app.source.started_at > 0, 20, "the stream's hello")
                 await pilot.press("q")
@@ -264,3 +279,25 @@ def test_quitting_an_attached_console_leaves_serve_running(tmp_path) -> None:
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=30)
     assert serve.returncode == 0, err
+
+
+def test_an_attached_console_ends_with_status_3_when_serve_stops(tmp_path) -> None:
+    state = StateDir(tmp_path / "state")
+    serve = start_serve(state)
+    try:
+        async def attach_until_serve_stops() -> ConsoleApp:
+            app = await attached_to_serve(state)
+            async with app.run_test(size=SIZE):
+                await wait_until(lambda: app.source.started_at > 0, 20, "the stream's hello")
+                serve.send_signal(signal.SIGTERM)
+                await wait_until(lambda: not app.is_running, 30, "the console to see serve go")
+            return app
+
+        app = asyncio.run(attach_until_serve_stops())
+        assert app.return_code == 3
+        assert "127.0.0.1" in app.source.ended
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=30)
+

@@ -123,6 +123,8 @@ class ConsoleApp(App[None]):
         self._new_events: collections.deque[Event] = collections.deque(maxlen=1000)
         self._host_running = False
         self._stopped = False
+        self._ending: tuple[int, str] | None = None
+        """An exit asked for before the main screen was up: taken when it is."""
         self._binding_state: tuple = ()
 
     def get_default_screen(self) -> Screen:
@@ -137,7 +139,7 @@ class ConsoleApp(App[None]):
             identity = await self.source.start()
         except ChainconsoleError as exc:  # the state folder is in use, the address taken, no way in
             await self._stop_host()
-            self.exit(return_code=getattr(exc, "status", ExitStatus.CONNECT), message=f"chainconsole: {exc}")
+            self._end(getattr(exc, "status", ExitStatus.CONNECT), f"chainconsole: {exc}")
             return
         self._host_running = True
         self.identity = self._identify(identity)
@@ -167,12 +169,24 @@ class ConsoleApp(App[None]):
     async def on_unmount(self) -> None:
         await self._stop_host()
 
+    def _end(self, status: int, message: str) -> None:
+        """Exit with one line; once the main screen is up (a start that fails at once comes first)."""
+        if self.main.ready:
+            self.exit(return_code=status, message=message)
+        else:
+            self._ending = (status, message)
+
     def _on_stop_signal(self, sig) -> None:
         self.exit(return_code=128 + sig, message=f"chainconsole: stopped by {sig.name}")
 
     # -- reading the front-end ----------------------------------------------------------------
 
     def on_main_screen_ready(self, message: MainScreen.Ready) -> None:
+        if self._ending is not None:
+            status, text = self._ending
+            self._ending = None  # the screen says it is ready more than once
+            self.exit(return_code=status, message=text)
+            return
         self.refresh_views()
 
     def refresh_views(self) -> None:
@@ -183,7 +197,7 @@ class ConsoleApp(App[None]):
             return
         if self.source.ended:  # an attached front-end went away
             self._host_running = False
-            self.exit(return_code=ExitStatus.CONNECT, message=f"chainconsole: {self.source.ended}")
+            self._end(ExitStatus.CONNECT, f"chainconsole: {self.source.ended}")
             return
         self.snapshot = self.source.snapshot()
         now = time.monotonic()
