@@ -24,6 +24,7 @@ from console.engine.keys import Role, public_key_line
 from console.engine.statedir import StateDir
 from console.tui.app import KEY_ACTIONS, ConsoleApp
 from console.tui.detail import TaskDetailScreen
+from console.tui.modals import ConfirmModal
 from console.tui.tables import NodesTable, TasksTable
 from protocol.taskfile import parse_task
 from tests.conftest import REPO, cli, wait_until
@@ -76,10 +77,10 @@ async def ssh_run(host: Host, key, command: str) -> asyncssh.SSHCompletedProcess
 # -- the console, attached -----------------------------------------------------------------------
 
 
-async def test_an_attached_console_shows_nodes_and_tasks_and_drains_a_node(host: Host, nodes, tmp_path) -> None:
+async def test_an_attached_console_shows_nodes_and_tasks_drains_and_kicks(host: Host, nodes, tmp_path) -> None:
     nodes("n1")
-    await wait_until(lambda: any(n.node_id == "n1" and n.state == "idle" for n in host.frontend.node_rows()),
-                     30, "the node to join")
+    nodes("n2")
+    await wait_until(lambda: sum(n.state == "idle" for n in host.frontend.node_rows()) == 2, 30, "the nodes to join")
     task_id = await host.frontend.submit(parse_task(TASK), "alice")
     await asyncio.wait_for(host.frontend.wait(task_id), 30)
     running = await host.frontend.submit(parse_task(LONG), "operator")
@@ -89,7 +90,7 @@ async def test_an_attached_console_shows_nodes_and_tasks_and_drains_a_node(host:
                          20, "the attached console to read the front-end")
         await pilot.pause()
         nodes_table, tasks_table = app.main.query_one(NodesTable), app.main.query_one(TasksTable)
-        await wait_until(lambda: nodes_table.row_count == 1 and tasks_table.row_count == 2, 10, "the rows drawn")
+        await wait_until(lambda: nodes_table.row_count == 2 and tasks_table.row_count == 2, 10, "the rows drawn")
         assert app.snapshot.tasks_by_id[task_id].state == "done"
         assert app.snapshot.tasks_by_id[task_id].items_done == 40
         await wait_until(lambda: app.snapshot.tasks_by_id[running].items_done > 0, 20, "the running task's progress")
@@ -103,17 +104,27 @@ async def test_an_attached_console_shows_nodes_and_tasks_and_drains_a_node(host:
         await wait_until(lambda: app.source.detail(running).chunks is not None, 10, "the chunk map")
         detail = app.source.detail(running)
         assert sum(c.stop - c.start for c in detail.chunks) == 200_000
-        assert any(c.state == "done" for c in detail.chunks) and set(detail.shares) == {"n1"}
+        assert any(c.state == "done" for c in detail.chunks) and set(detail.shares) <= {"n1", "n2"}
         await pilot.press("escape")
         await wait_until(lambda: not isinstance(app.screen, TaskDetailScreen), 10, "back to the main screen")
 
-        # Drain, over the attachment, by the operator key.
-        app.main.query_one(NodesTable).focus()
+        # Drain and kick, over the attachment, by the operator key.
+        nodes_table.focus()
+        nodes_table.select_key("n1")
         await pilot.pause()
         assert enabled(app)["drain"] is True
         await pilot.press("d")
         await wait_until(lambda: "n1" in events_of(host, "drain"), 10, "the front-end to drain n1")
-        await wait_until(lambda: app.snapshot.nodes_by_id["n1"].state != "idle", 10, "the console to see it")
+        await wait_until(lambda: app.snapshot.nodes_by_id["n1"].state not in ("idle", "busy"), 10,
+                         "the console to see it")
+        nodes_table.select_key("n2")
+        await pilot.pause()
+        await pilot.press("k")
+        await wait_until(lambda: isinstance(app.screen, ConfirmModal), 10, "the kick confirmation")
+        assert "Kick node n2" in app.screen.question
+        await pilot.press("y")
+        await wait_until(lambda: "n2" in events_of(host, "kick"), 10, "the front-end to kick n2")
+        await wait_until(lambda: app.snapshot.nodes_by_id["n2"].state == "kicked", 10, "the console to see it")
         await pilot.press("q")
         await wait_until(lambda: not app.is_running, 10, "the attached console to quit")
     assert app.return_code == 0
@@ -186,6 +197,17 @@ async def test_a_key_that_is_not_there_ends_the_attached_console_with_status_3(h
     async with app.run_test(size=SIZE):
         await wait_until(lambda: not app.is_running, 20, "the console to give up")
     assert app.return_code == 3
+
+
+def test_keys_add_observer_enrols_a_key_that_may_watch(tmp_path) -> None:
+    state = tmp_path / "state"
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "watcher.pub").write_bytes(key.export_public_key("openssh"))
+    added = cli("keys", "add-observer", str(tmp_path / "watcher.pub"), "--name", "night-shift", "--state-dir", str(state))
+    assert added.returncode == 0 and "as observer" in added.stdout
+    shown = json.loads(cli("keys", "show", "--json", "--state-dir", str(state)).stdout)
+    assert {"role": "observer", "name": "night-shift", "fingerprint": key.get_fingerprint("sha256")} in shown["authorized"]
+    assert (state / "authorized_observers").read_text().strip().endswith("night-shift")
 
 
 # -- the stream, for any program -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from console.engine.keys import KeyEntry
 from console.engine.records import Event
 
 PENDING_EVENTS = 5000
-"""Events kept for a watcher that reads slowly; older ones are dropped, with a note."""
+"""Events kept for a watcher that reads slowly; beyond that the oldest are dropped (``state`` lines carry on)."""
 
 
 async def stream_console(frontend: FrontEnd, process: asyncssh.SSHServerProcess, key: KeyEntry) -> int:
