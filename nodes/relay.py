@@ -34,7 +34,7 @@ from protocol import hub as h
 from protocol.messages import (
     Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Rejected, Result, Subtree, Welcome,
 )
-from protocol.verify import AssignedChunk
+from protocol.verify import AssignedChunk, replicated
 
 RELAY_ATTEMPTS = 2
 """Tries of one upstream chunk inside this link before it is handed back as failed."""
@@ -144,7 +144,8 @@ class Relay(HubShell):
         self._by_task[task_id] = assign
         self._by_key[key] = task_id
         n = assign.stop - assign.start
-        self.run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS))
+        self.run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS,
+                                 replicate=replicated(assign.operation, assign.return_mode)))
 
     def cancel(self, key: ChunkKey) -> None:
         task_id = self._by_key.get(key)

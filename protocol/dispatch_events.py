@@ -92,6 +92,13 @@ class ResultReceived:
     blame: bool = True
     """Whether an invalid result counts against `node_id`: False when the node is a chain
     link that only forwarded it and the error is counted against the node behind it."""
+    held_valid: bool | None = None
+    """The verdict on the chunk's held result this one was compared with (None: no comparison)."""
+    held_blame: bool = True
+    """Whether a wrong held result counts against the node that sent it (like `blame`)."""
+    confirmed: bool = False
+    """The comparison proved this result: it agrees with the held one, or the front-end's own
+    recomputation settled every item where they differ in its favour."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,18 @@ class ErrorCounted:
 
     node_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldChecked:
+    """The shell computed a held result's chunk itself (``ConfirmHeld``): right, or wrong."""
+
+    task_id: str
+    chunk: int
+    attempt: int
+    valid: bool
+    blame: bool = True
+    """Whether a wrong result counts against the node that sent it (see `ResultReceived.blame`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +192,8 @@ class TaskSubmitted:
     completed: tuple[tuple[int, int], ...] = ()
     completed_failed: int = 0
     max_chunk_size: int | None = None
+    replicate: bool = False
+    """Its results have no cheap check of every item: they are confirmed by a second node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +215,7 @@ Event: TypeAlias = (
     | ResultReceived
     | ChunkFailed
     | ErrorCounted
+    | HeldChecked
     | NodeLeft
     | NodeLost
     | DrainRequested
@@ -254,6 +276,43 @@ class ChunkCompleted:
     stop: int
     attempt: int
     node_id: str
+    items_ok: int = 0
+    held: bool = False
+    """The completing result is one held earlier (``ResultHeld``), not the one being handled."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultHeld:
+    """Keep this valid result aside, unstored: a second node computes the chunk to confirm it."""
+
+    node_id: str
+    task_id: str
+    chunk: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmHeld:
+    """No other node can confirm the held result of this attempt: compute the chunk here and
+    answer with ``HeldChecked``."""
+
+    node_id: str
+    task_id: str
+    chunk: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReopened:
+    """A completed chunk's result is no longer trusted (its node was caught lying): it is
+    computed again, and items [start, stop) count as not done until then."""
+
+    task_id: str
+    chunk: int
+    start: int
+    stop: int
+    node_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +364,9 @@ Action: TypeAlias = (
     | CloseNode
     | NodeDrained
     | ChunkCompleted
+    | ResultHeld
+    | ConfirmHeld
+    | ChunkReopened
     | ChunkRequeued
     | ChunkAbandoned
     | NodeQuarantined

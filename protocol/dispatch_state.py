@@ -24,7 +24,7 @@ class TrackedNode:
 
     __slots__ = (
         "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
-        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping",
+        "chunks_done", "errors", "proven", "draining", "quarantined", "gone", "in_hungry", "in_topping",
     )
 
     def __init__(self, node_id: str, now: float) -> None:
@@ -38,6 +38,7 @@ class TrackedNode:
         self.items_done = 0
         self.chunks_done = 0
         self.errors = 0
+        self.proven = 0  # results of it a second node confirmed since its last error
         self.draining = False
         self.quarantined = False
         self.gone = False
@@ -80,7 +81,7 @@ class TrackedTask:
     __slots__ = (
         "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
         "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
-        "items_by_node", "running_chunks", "runnable", "live",
+        "items_by_node", "running_chunks", "runnable", "live", "replicate", "unproven",
     )
 
     def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
@@ -105,6 +106,8 @@ class TrackedTask:
         self.running_chunks = 0
         self.runnable = False
         self.live = True  # still wants results (not done, failed or cancelled)
+        self.replicate = event.replicate
+        self.unproven: dict[int, tuple[str, int]] = {}  # chunk → (node, items ok): done, never confirmed
 
     @property
     def items_failed(self) -> int:

@@ -25,6 +25,17 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   running, the chunk is abandoned and its items fail. A failure reported as not
   retryable uses up every attempt at once. Clean goodbyes, kicks and quarantines are not
   the chunk's fault and do not count.
+- Replication: a task whose results have no cheap check of every item (``replicate``)
+  has each result held, unstored, until a second node's result for the chunk confirms it
+  (``ResultHeld``; the shell compares them and, where they differ, recomputes the items to
+  say who is wrong). Every result of a node on probation (fewer than ``probation``
+  confirmed results since its last error) is held; after that, a ``replica_rate`` share
+  at random. A held result no other node can confirm (none is connected, or the copies
+  failed) is computed by the shell itself (``ConfirmHeld``, answered by ``HeldChecked``).
+  Results stored unconfirmed stay on their task's books until it ends: when their node is
+  caught with a wrong result, they are reopened and computed again.
+- Standing follows the node: its errors and confirmed results outlive its sessions (the
+  hub binds node ids to keys), until the operator releases it or the hub forgets the id.
 - Quarantine: invalid results count against their node (unless the node is a chain link
   that only forwarded them: `ResultReceived.blame`), and so do errors caught upstream
   (`ErrorCounted`); at `max_node_errors` it gets no more work and what it holds is
@@ -40,7 +51,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+import random
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -53,7 +65,9 @@ from protocol.dispatch_events import (
     ChunkAbandoned,
     ChunkCompleted,
     ChunkFailed,
+    ChunkReopened,
     ChunkRequeued,
+    ConfirmHeld,
     ChunkView,
     CloseNode,
     CreditChanged,
@@ -62,6 +76,7 @@ from protocol.dispatch_events import (
     ErrorCounted,
     Event,
     HeartbeatReceived,
+    HeldChecked,
     KickRequested,
     NodeDrained,
     NodeJoined,
@@ -69,6 +84,7 @@ from protocol.dispatch_events import (
     NodeLost,
     NodeQuarantined,
     QuarantineReleased,
+    ResultHeld,
     ResultReceived,
     TaskCancelled,
     TaskFinished,
@@ -93,6 +109,12 @@ DEFAULT_MIN_LEASE_S = 10.0
 """... but never before it has run this long."""
 DEFAULT_MAX_NODE_ERRORS = 3
 """Invalid results after which a node is quarantined."""
+DEFAULT_PROBATION = 5
+"""Confirmed results a node needs before only a sample of its results is replicated."""
+DEFAULT_REPLICA_RATE = 0.1
+"""Share of a proven node's results of replicated tasks that a second node confirms."""
+STANDING_KEPT = 10_000
+"""Departed nodes whose errors and confirmed results are remembered."""
 
 _FROM_NODES = frozenset({NodeJoined, CreditChanged, HeartbeatReceived, ResultReceived, ChunkFailed, NodeLeft})
 
@@ -109,6 +131,9 @@ class Dispatcher:
         straggler_factor: float = DEFAULT_STRAGGLER_FACTOR,
         min_lease_s: float = DEFAULT_MIN_LEASE_S,
         max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
+        probation: int = DEFAULT_PROBATION,
+        replica_rate: float = DEFAULT_REPLICA_RATE,
+        chance: Callable[[], float] = random.random,
     ) -> None:
         self._prefetch = max(0, prefetch)
         self._heartbeat_timeout_s = heartbeat_timeout_s
@@ -116,6 +141,12 @@ class Dispatcher:
         self._straggler_factor = straggler_factor
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
+        self._probation = max(0, probation)
+        self._replica_rate = replica_rate
+        self._chance = chance
+        self._standing: OrderedDict[str, tuple[int, int]] = OrderedDict()  # departed: (errors, proven)
+        self._holds: dict[Chunk, TrackedTask] = {}  # chunks whose result waits for a second node's
+        self._confirming: set[Chunk] = set()  # held chunks the shell is computing itself
         self._nodes: dict[str, TrackedNode] = {}
         self._tasks: dict[str, TrackedTask] = {}  # in submission order
         self._runnable: deque[TrackedTask] = deque()
@@ -137,6 +168,7 @@ class Dispatcher:
             ResultReceived: self._result_received,
             ChunkFailed: self._chunk_failed,
             ErrorCounted: self._error_counted,
+            HeldChecked: self._held_checked,
             NodeLeft: self._node_left,
             NodeLost: self._node_lost,
             DrainRequested: self._drain_requested,
@@ -181,6 +213,17 @@ class Dispatcher:
         lease = open_chunk.lease(attempt) if open_chunk is not None else None
         return lease is not None and not lease.ended and lease.node_id == node_id
 
+    def held_attempt(self, task_id: str, chunk: int) -> int | None:
+        """The attempt whose result the chunk holds for confirmation, if any."""
+        task = self._tasks.get(task_id)
+        open_chunk = task.chunks.open_chunk(chunk) if task is not None and task.live else None
+        held = open_chunk.held if open_chunk is not None else None
+        return None if held is None else held.attempt  # type: ignore[attr-defined]
+
+    def forget_node(self, node_id: str) -> None:
+        """Drop a departed node's standing (released by the operator, or its id given to another key)."""
+        self._standing.pop(node_id, None)
+
     def forget(self, task_id: str) -> None:
         """Drop what is kept of a finished task (a chain link makes a task per upstream chunk)."""
         task = self._tasks.get(task_id)
@@ -213,6 +256,7 @@ class Dispatcher:
         node = self._nodes.get(event.node_id)
         if node is None:
             node = self._nodes[event.node_id] = TrackedNode(event.node_id, now)
+            node.errors, node.proven = self._standing.pop(event.node_id, (0, 0))
             self._watch_silence(node, now)
         else:
             # The same node opened a new session: what the old session held went with it.
@@ -256,6 +300,9 @@ class Dispatcher:
         self._account(node, -1)
         node.gone = True
         del self._nodes[node_id]
+        self._standing[node_id] = (node.errors, node.proven)
+        while len(self._standing) > STANDING_KEPT:
+            self._standing.popitem(last=False)
         self._release_leases(node, reason, counts, now, out)
 
     def _drain_requested(self, event: DrainRequested, now: float, out: list[Action]) -> None:
@@ -286,6 +333,7 @@ class Dispatcher:
             return
         node.quarantined = False
         node.errors = 0  # a fresh start, or the next slip would quarantine it again
+        node.proven = 0  # on probation again
         self._account(node, +1)
         self._room.offer(node, len(self._nodes))
 
@@ -325,13 +373,29 @@ class Dispatcher:
         task = self._tasks.get(event.task_id)
         chunk = task.chunks.open_chunk(event.chunk) if task is not None and task.live else None
         lease = chunk.lease(event.attempt) if chunk is not None else None
-        if task is None or chunk is None or lease is None or lease.node_id != event.node_id:
+        if task is None or chunk is None or lease is None or lease.node_id != event.node_id or chunk.held is lease:
             return
         node = self._nodes.get(event.node_id)
         if node is not None and node.quarantined:
             return  # its answers are not trusted until the operator releases it
+        held = chunk.held if event.held_valid is not None else None  # what this result was compared with
+        if held is not None and not event.held_valid:
+            self._release_hold(chunk)
+            if event.held_blame:
+                self._blame(held.node_id, now, out)
         if event.valid:
-            self._complete(task, chunk, node, event, now, out)
+            items_ok = min(max(0, event.items_ok), chunk.size)  # a count from the network
+            task.sizer.observe(chunk.size, event.elapsed_s)
+            if held is not None and event.confirmed:
+                if event.held_valid:
+                    self._prove(held.node_id)
+                self._prove(event.node_id)
+                self._complete(task, chunk, node, event.node_id, event.attempt, items_ok, now, out, proven=True)
+            elif task.replicate and (held is not None or self._replica_wanted(node)):
+                self._hold(task, chunk, lease, items_ok, out)
+            else:
+                self._complete(task, chunk, node, event.node_id, event.attempt, items_ok, now, out,
+                               proven=not task.replicate)
         elif not lease.ended and node is not None:
             # (an invalid copy that already ended was counted when its node went)
             chunk.failures += 1
@@ -342,30 +406,143 @@ class Dispatcher:
 
     def _count_error(self, node: TrackedNode, now: float, out: list[Action]) -> None:
         node.errors += 1
+        node.proven = 0
+        self._reopen_unproven(node.node_id, out)
         if node.errors >= self._max_node_errors and not node.quarantined:
             self._quarantine(node, now, out)
+
+    def _blame(self, node_id: str, now: float, out: list[Action]) -> None:
+        """Count an error against a node, connected or departed."""
+        node = self._nodes.get(node_id)
+        if node is not None:
+            self._count_error(node, now, out)
+            return
+        errors = self._standing.pop(node_id, (0, 0))[0] + 1
+        self._standing[node_id] = (errors, 0)
+        self._reopen_unproven(node_id, out)
+        if errors == self._max_node_errors:
+            out.append(NodeQuarantined(node_id, f"{errors} invalid results"))
 
     def _error_counted(self, event: ErrorCounted, now: float, out: list[Action]) -> None:
         node = self._nodes.get(event.node_id)
         if node is not None:
             self._count_error(node, now, out)
 
+    # --- replication --------------------------------------------------------------------------
+
+    def _replica_wanted(self, node: TrackedNode | None) -> bool:
+        return node is None or node.proven < self._probation or self._chance() < self._replica_rate
+
+    def _can_replicate(self, node: TrackedNode | None) -> bool:
+        """Whether a node other than ``node`` may take work now."""
+        own = 1 if node is not None and node.assignable and node.capacity else 0
+        return self._open_nodes - own > 0
+
+    def _prove(self, node_id: str) -> None:
+        node = self._nodes.get(node_id)
+        if node is not None:
+            node.proven += 1
+        elif node_id in self._standing:
+            errors, proven = self._standing[node_id]
+            self._standing[node_id] = (errors, proven + 1)
+
+    def _hold(self, task: TrackedTask, chunk: Chunk, lease: Lease, items_ok: int, out: list[Action]) -> None:
+        """Keep a valid result aside and line the chunk up for a second node."""
+        self._release_hold(chunk)
+        chunk.held = lease
+        chunk.held_ok = items_ok
+        self._holds[chunk] = task
+        out.append(ResultHeld(lease.node_id, task.task_id, chunk.number, lease.attempt))
+        if not lease.ended:
+            self._end(lease, out)
+        if not chunk.live:
+            task.chunks.requeue(chunk, avoid=lease.node_id)
+            self._wake(task)
+        if not self._can_replicate(self._nodes.get(lease.node_id)):
+            self._confirm_here(task, chunk, out)
+
+    def _release_hold(self, chunk: Chunk) -> None:
+        chunk.held = None
+        self._holds.pop(chunk, None)
+        self._confirming.discard(chunk)
+
+    def _confirm_here(self, task: TrackedTask, chunk: Chunk, out: list[Action]) -> None:
+        held = chunk.held
+        if held is not None and chunk not in self._confirming:
+            self._confirming.add(chunk)
+            out.append(ConfirmHeld(held.node_id, task.task_id, chunk.number, held.attempt))  # type: ignore[attr-defined]
+
+    def _confirm_unreplicable(self, out: list[Action]) -> None:
+        """Held results no other node can confirm now (it left) are confirmed by the shell."""
+        for chunk, task in list(self._holds.items()):
+            held = chunk.held
+            if held is not None and not chunk.live and task.live and chunk not in self._confirming \
+                    and not self._can_replicate(self._nodes.get(held.node_id)):
+                self._confirm_here(task, chunk, out)
+
+    def _held_checked(self, event: HeldChecked, now: float, out: list[Action]) -> None:
+        task = self._tasks.get(event.task_id)
+        chunk = task.chunks.open_chunk(event.chunk) if task is not None and task.live else None
+        held = chunk.held if chunk is not None else None
+        if task is None or chunk is None or held is None or held.attempt != event.attempt:  # type: ignore[attr-defined]
+            return
+        self._confirming.discard(chunk)
+        if event.valid:
+            self._prove(held.node_id)
+            self._complete(task, chunk, self._nodes.get(held.node_id), held.node_id, event.attempt, chunk.held_ok,
+                           now, out, proven=True, held=True)
+            return
+        self._release_hold(chunk)
+        if event.blame:
+            self._blame(held.node_id, now, out)
+        if not chunk.live:
+            task.chunks.requeue(chunk, avoid=held.node_id)
+            self._wake(task)
+
+    def _reopen_unproven(self, node_id: str, out: list[Action]) -> None:
+        """A node was caught: compute again what it completed that nobody confirmed, and drop its holds."""
+        for chunk, task in list(self._holds.items()):
+            if chunk.held is not None and chunk.held.node_id == node_id:
+                self._release_hold(chunk)
+        for task in self._tasks.values():
+            if not task.live or not task.unproven:
+                continue
+            for number, (owner, items_ok) in list(task.unproven.items()):
+                if owner != node_id:
+                    continue
+                del task.unproven[number]
+                chunk = task.chunks.reopen(number)
+                size = chunk.size
+                task.items_resolved -= size
+                task.items_bad -= size - items_ok
+                task.items_computed -= size
+                task.items_by_node[node_id] -= size
+                if not task.items_by_node[node_id]:
+                    del task.items_by_node[node_id]
+                task.chunks.requeue(chunk, avoid=node_id)
+                out.append(ChunkReopened(task.task_id, number, chunk.start, chunk.stop, node_id,
+                                         "its node was caught with a wrong result"))
+                self._wake(task)
+
     def _complete(
-        self, task: TrackedTask, chunk: Chunk, node: TrackedNode | None, event: ResultReceived, now: float, out: list[Action],
+        self, task: TrackedTask, chunk: Chunk, node: TrackedNode | None, node_id: str, attempt: int, items_ok: int,
+        now: float, out: list[Action], *, proven: bool, held: bool = False,
     ) -> None:
         size = chunk.size
-        items_ok = min(max(0, event.items_ok), size)  # a count from the network
-        out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, event.attempt, event.node_id))
+        out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, attempt, node_id,
+                                  items_ok, held))
         for lease in chunk.live_leases():
-            if lease.attempt != event.attempt:
+            if lease.attempt != attempt:
                 out.append(CancelChunk(lease.node_id, task.task_id, chunk.number, lease.attempt))
             self._end(lease, out)
+        self._release_hold(chunk)
+        if not proven:
+            task.unproven[chunk.number] = (node_id, items_ok)
         task.chunks.close(chunk, Outcome.DONE_AFTER_FAILURE if chunk.failures else Outcome.DONE)
-        task.sizer.observe(size, event.elapsed_s)
         task.items_resolved += size
         task.items_bad += size - items_ok
         task.items_computed += size
-        task.items_by_node[event.node_id] = task.items_by_node.get(event.node_id, 0) + size
+        task.items_by_node[node_id] = task.items_by_node.get(node_id, 0) + size
         if node is not None:
             node.items_done += size
             node.chunks_done += 1
@@ -394,6 +571,9 @@ class Dispatcher:
         task.state = state
         task.live = False
         task.finished_at = now
+        task.unproven.clear()
+        for chunk in [chunk for chunk, holder in self._holds.items() if holder is task]:
+            self._release_hold(chunk)
         items_ok = task.items_resolved - task.items_bad
         out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed,
                                 MappingProxyType(dict(task.items_by_node))))
@@ -454,6 +634,9 @@ class Dispatcher:
                     out.append(ChunkRequeued(task.task_id, chunk.number, chunk.start, chunk.stop, node_id, reason))
                     self._wake(task)
             return
+        if chunk.failures >= task.max_attempts and chunk.held is not None:
+            self._confirm_here(task, chunk, out)  # no second node could confirm it: the shell does
+            return
         if chunk.failures >= task.max_attempts:
             task.chunks.close(chunk, Outcome.ABANDONED)
             task.items_abandoned += chunk.size
@@ -470,6 +653,8 @@ class Dispatcher:
     def _tick(self, event: Tick, now: float, out: list[Action]) -> None:
         self._close_silent(now, out)
         self._back_up_overdue(now, out)
+        if self._holds:
+            self._confirm_unreplicable(out)
 
     def _close_silent(self, now: float, out: list[Action]) -> None:
         deadlines = self._silence_deadlines

@@ -9,7 +9,9 @@ Every result is checked for shape, dtype and length, and every value of an item 
   and Rayleigh bounds (O(n²)); ``sample`` items per chunk also by the next power sum
   (Σλ³ = tr a³, Σσ⁴ = ‖aᵀa‖²); in ``norms`` mode every item by ‖λ‖ = ‖a‖_F;
 - ``det`` and the other ``norms`` results: one item, in a ``recompute_fraction`` of the
-  chunks, computed again and compared;
+  chunks, computed again and compared; and these results are replicated (``replicated``):
+  a second node's result is compared with the first (``compare``), and every item where
+  they differ beyond rounding is computed again here to say which is wrong;
 - items reported failed (``ok`` false): up to ``DEFAULT_FAILED_SAMPLE`` per chunk are
   computed again in the task's dtype; a failure numpy shares is honest.
 
@@ -164,6 +166,63 @@ def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: i
         return None
     index = int(_rng.choice(indexes))
     return check.recompute(index, values[index])
+
+
+AGREEMENT = 64
+"""Two results agree on an item within this many τ of its larger value; beyond, it is recomputed."""
+ARBITRATED_ITEMS = 8
+"""Items where two results differ that are computed again to say which is wrong."""
+
+
+def replicated(operation: str, return_mode: str) -> bool:
+    """Whether results of this kind have no cheap check of every item, so a second node confirms them."""
+    return operation == "det" or (return_mode == "norms" and operation in ("invert", "solve", "matmul"))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two results of one chunk, compared: what is wrong with either, and whether that settles it."""
+
+    first: Invalid | None
+    second: Invalid | None
+    settled: bool
+    """Every item where they differ was computed again (or none differs)."""
+
+
+def compare(task: ChunkSource, start: int, stop: int, first: Result, second: Result) -> Comparison:
+    """Compare two results that each passed ``judge``; items that differ are computed again.
+
+    Two results agree on an item within ``AGREEMENT``·τ of the larger value (τ from
+    ``TOLERANCES``); honest ones mostly do, and where they don't, the recomputation clears both. An item beyond that, or ok in one result and failed in the other, is
+    judged on its own against a float64 recomputation, within the same bounds ``judge`` uses.
+    """
+    count = stop - start
+    full = task.return_mode == "full"
+    values = [(r.result if full else r.norms).reshape(count, -1).astype(np.float64) for r in (first, second)]
+    rtol = AGREEMENT * TOLERANCES[task.operation][task.result_dtype.name]
+    with np.errstate(all="ignore"):
+        a, b = values
+        close = np.all(np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b)), axis=1)
+    same = (first.ok == second.ok) & (close | ~first.ok)
+    differing = np.flatnonzero(~same)
+    if not differing.size:
+        return Comparison(None, None, True)
+    check = _Check(task, start, stop, _tau(task))
+    problems: list[Invalid | None] = [None, None]
+    for offset in differing[:ARBITRATED_ITEMS]:
+        for side, result in enumerate((first, second)):
+            if problems[side] is None:
+                problems[side] = _item_problem(check, int(offset), result, full)
+    return Comparison(problems[0], problems[1], differing.size <= ARBITRATED_ITEMS)
+
+
+def _item_problem(check: _Check, offset: int, result: Result, full: bool) -> Invalid | None:
+    if not result.ok[offset]:
+        if check._may_fail(offset):
+            return None
+        return Invalid(f"item {check.start + offset}: reported failed but it computes")
+    values = result.result if full else result.norms
+    return check.recompute(offset, values[offset])
 
 
 def _tau(task: ChunkSource) -> float:

@@ -173,6 +173,16 @@ def scale_invert(assign: Assign, result: Result) -> Result:
     return _with_values(result, (_values(result) * (1 + 1e-5)).astype(_values(result).dtype))
 
 
+def scale_slightly(assign: Assign, result: Result) -> Result:
+    """Every value ×1.001: det and norms have no cheap check of every item."""
+    return _with_values(result, (_values(result) * 1.001).astype(_values(result).dtype))
+
+
+def some_chunks(assign: Assign, result: Result) -> Result:
+    """Every value ×1.001 in one chunk of three, honest in the others."""
+    return scale_slightly(assign, result) if assign.chunk % 3 == 1 else result
+
+
 def keep_power_sums(assign: Assign, result: Result) -> Result:
     """Eigenvalues or singular values changed, keeping each item's sum, sum of squares and order.
 

@@ -40,7 +40,7 @@ from protocol.hub import HubError
 from protocol.inputs import GeneratedInput, format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
-from protocol.verify import DEFAULT_SAMPLE
+from protocol.verify import DEFAULT_SAMPLE, replicated
 
 CERTIFICATE_DAYS = 365
 MAX_CERTIFICATES_PER_LINK = 64
@@ -480,6 +480,10 @@ class FrontEnd(HubShell):
                 record = self.tasks[task_id]
                 if record.store is not None:
                     self.writer.store(StoreJob(task_id, record.store, start, stop, "", 0))
+            case d.ChunkReopened(task_id=task_id, chunk=chunk, start=start, node_id=node_id, reason=reason):
+                self.log("reopen", f"chunk {task_id}/{chunk} of {node_id} computed again: {reason}",
+                         task_id=task_id, node_id=node_id)
+                self.writer.post(self.journal.chunk_reopened, task_id, start, task_id=task_id)
             case d.NodeQuarantined(node_id=node_id, reason=reason):
                 self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
             case d.TaskFinished():
@@ -662,4 +666,5 @@ def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int,
     """The Dispatcher's view of a task: automatic chunks stay within one frame's size."""
     return d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner,
                            completed=completed, completed_failed=failed,
-                           max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)))
+                           max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)),
+                           replicate=replicated(task.operation, task.return_mode))

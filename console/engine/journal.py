@@ -169,6 +169,11 @@ class Journal:
                 rows,
             )
 
+    def chunk_reopened(self, task_id: str, start: int) -> None:
+        """Forget a stored range whose result is no longer trusted: a resumed task computes it again."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM chunks WHERE task_id = ? AND start = ?", (task_id, start))
+
     def delete_task(self, task_id: str) -> None:
         """Forget a task: its row and its stored chunk ranges, in one transaction."""
         with self._lock, self._transaction():
