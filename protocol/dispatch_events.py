@@ -279,6 +279,8 @@ class ChunkCompleted:
     items_ok: int = 0
     held: bool = False
     """The completing result is one held earlier (``ResultHeld``), not the one being handled."""
+    confirmed: bool = True
+    """False for a result of a replicated task stored without a second computation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +315,17 @@ class ChunkReopened:
     stop: int
     node_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDistrusted:
+    """A node was caught with a wrong result: what it stored unconfirmed is no longer trusted.
+
+    Its unconfirmed chunks of running tasks are reopened here (``ChunkReopened``); those of
+    tasks that already finished are the shell's to reopen.
+    """
+
+    node_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +380,7 @@ Action: TypeAlias = (
     | ResultHeld
     | ConfirmHeld
     | ChunkReopened
+    | NodeDistrusted
     | ChunkRequeued
     | ChunkAbandoned
     | NodeQuarantined

@@ -28,12 +28,12 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
 - Replication: a task whose results have no cheap check of every item (``replicate``)
   has each result held, unstored, until a second node's result for the chunk confirms it
   (``ResultHeld``; the shell compares them and, where they differ, recomputes the items to
-  say who is wrong). Every result of a node on probation (fewer than ``probation``
-  confirmed results since its last error) is held; after that, a ``replica_rate`` share
-  at random. A held result no other node can confirm (none is connected, or the copies
-  failed) is computed by the shell itself (``ConfirmHeld``, answered by ``HeldChecked``).
-  Results stored unconfirmed stay on their task's books until it ends: when their node is
-  caught with a wrong result, they are reopened and computed again.
+  say who is wrong); ``replication`` says which results are held. A held result no other
+  node can confirm (none is connected, or the copies failed) is computed by the shell
+  itself (``ConfirmHeld``, answered by ``HeldChecked``). Results stored unconfirmed stay
+  on their task's books until it ends: when their node is caught with a wrong result,
+  they are reopened and computed again (``NodeDistrusted`` tells the shell, which keeps
+  the books of finished tasks).
 - Standing follows the node: its errors and confirmed results outlive its sessions (the
   hub binds node ids to keys), until the operator releases it or the hub forgets the id.
 - Quarantine: invalid results count against their node (unless the node is a chain link
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from types import MappingProxyType
@@ -78,6 +77,7 @@ from protocol.dispatch_events import (
     HeartbeatReceived,
     HeldChecked,
     KickRequested,
+    NodeDistrusted,
     NodeDrained,
     NodeJoined,
     NodeLeft,
@@ -93,6 +93,7 @@ from protocol.dispatch_events import (
     TaskSubmitted,
     Tick,
 )
+from protocol.replication import ReplicationPolicy
 from protocol.dispatch_state import (
     COMPACT_SLACK, NodesWithRoom, Lease, TrackedNode, TrackedTask, node_view, task_view,
 )
@@ -109,10 +110,6 @@ DEFAULT_MIN_LEASE_S = 10.0
 """... but never before it has run this long."""
 DEFAULT_MAX_NODE_ERRORS = 3
 """Invalid results after which a node is quarantined."""
-DEFAULT_PROBATION = 5
-"""Confirmed results a node needs before only a sample of its results is replicated."""
-DEFAULT_REPLICA_RATE = 0.1
-"""Share of a proven node's results of replicated tasks that a second node confirms."""
 STANDING_KEPT = 10_000
 """Departed nodes whose errors and confirmed results are remembered."""
 
@@ -131,9 +128,7 @@ class Dispatcher:
         straggler_factor: float = DEFAULT_STRAGGLER_FACTOR,
         min_lease_s: float = DEFAULT_MIN_LEASE_S,
         max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
-        probation: int = DEFAULT_PROBATION,
-        replica_rate: float = DEFAULT_REPLICA_RATE,
-        chance: Callable[[], float] = random.random,
+        replication: ReplicationPolicy = ReplicationPolicy(),
     ) -> None:
         self._prefetch = max(0, prefetch)
         self._heartbeat_timeout_s = heartbeat_timeout_s
@@ -141,9 +136,8 @@ class Dispatcher:
         self._straggler_factor = straggler_factor
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
-        self._probation = max(0, probation)
-        self._replica_rate = replica_rate
-        self._chance = chance
+        self.replication = replication
+        """Which results of replicated tasks wait for a second computation (may be changed at any time)."""
         self._standing: OrderedDict[str, tuple[int, int]] = OrderedDict()  # departed: (errors, proven)
         self._holds: dict[Chunk, TrackedTask] = {}  # chunks whose result waits for a second node's
         self._confirming: set[Chunk] = set()  # held chunks the shell is computing itself
@@ -405,6 +399,8 @@ class Dispatcher:
                 self._count_error(node, now, out)
 
     def _count_error(self, node: TrackedNode, now: float, out: list[Action]) -> None:
+        if node.quarantined:
+            return  # its answers are ignored already; what it had stored was distrusted then
         node.errors += 1
         node.proven = 0
         self._reopen_unproven(node.node_id, out)
@@ -431,7 +427,7 @@ class Dispatcher:
     # --- replication --------------------------------------------------------------------------
 
     def _replica_wanted(self, node: TrackedNode | None) -> bool:
-        return node is None or node.proven < self._probation or self._chance() < self._replica_rate
+        return node is None or self.replication.wanted(node.proven)
 
     def _can_replicate(self, node: TrackedNode | None) -> bool:
         """Whether a node other than ``node`` may take work now."""
@@ -501,6 +497,7 @@ class Dispatcher:
 
     def _reopen_unproven(self, node_id: str, out: list[Action]) -> None:
         """A node was caught: compute again what it completed that nobody confirmed, and drop its holds."""
+        out.append(NodeDistrusted(node_id))
         for chunk, task in list(self._holds.items()):
             if chunk.held is not None and chunk.held.node_id == node_id:
                 self._release_hold(chunk)
@@ -530,7 +527,7 @@ class Dispatcher:
     ) -> None:
         size = chunk.size
         out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, attempt, node_id,
-                                  items_ok, held))
+                                  items_ok, held, proven))
         for lease in chunk.live_leases():
             if lease.attempt != attempt:
                 out.append(CancelChunk(lease.node_id, task.task_id, chunk.number, lease.attempt))

@@ -108,6 +108,8 @@ class ResultAccepted:
     items_ok: int
     held: bool = False
     """The result to store is the one the shell held for confirmation, not the one being handled."""
+    confirmed: bool = True
+    """False for a replicated result stored without a second computation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +339,8 @@ class Hub:
         for output in self.handle(event, now):
             if isinstance(output, d.ChunkCompleted) and not output.held and \
                     (output.task_id, output.chunk, output.attempt) == (task_id, chunk, attempt):
-                out.append(ResultAccepted(node_id, task_id, chunk, attempt, output.start, output.stop, items_ok))
+                out.append(ResultAccepted(node_id, task_id, chunk, attempt, output.start, output.stop, items_ok,
+                                          confirmed=output.confirmed))
             out.append(output)
         return out
 
@@ -391,7 +394,8 @@ class Hub:
                         record.rate.add(now, stop - start)
                     if action.held:
                         out.append(ResultAccepted(node_id, action.task_id, action.chunk, action.attempt,
-                                                  start, stop, action.items_ok, held=True))
+                                                  start, stop, action.items_ok, held=True,
+                                                  confirmed=action.confirmed))
                     out.append(action)
                 case d.NodeQuarantined(node_id=node_id):
                     # A draining node's last, invalid result drains it before it is quarantined.

@@ -22,6 +22,7 @@ from protocol.dispatch_events import (
     ErrorCounted,
     HeartbeatReceived,
     KickRequested,
+    NodeDistrusted,
     NodeDrained,
     NodeJoined,
     NodeLeft,
@@ -500,10 +501,11 @@ def test_errors_caught_upstream_count_towards_quarantine() -> None:
     d = Dispatcher(prefetch=0, max_node_errors=2)
     d.handle(task(items=4), 0)
     held, = assigned(d.handle(NodeJoined("b", 1, 1), 0))
-    assert d.handle(ErrorCounted("b", "caught upstream"), 1) == []
+    assert d.handle(ErrorCounted("b", "caught upstream"), 1) == [NodeDistrusted("b")]
     assert d.snapshot(1).nodes[0].errors == 1
     actions = d.handle(ErrorCounted("b", "caught upstream"), 2)
-    assert actions[:2] == [NodeQuarantined("b", "2 invalid results"), CancelChunk("b", "t", held[2], held[5])]
+    assert actions[:3] == [NodeDistrusted("b"), NodeQuarantined("b", "2 invalid results"),
+                           CancelChunk("b", "t", held[2], held[5])]
     assert d.handle(ErrorCounted("b", "again"), 3) == []  # already quarantined
     assert d.handle(ErrorCounted("nobody", "x"), 3) == []
 
@@ -519,6 +521,7 @@ def test_invalid_results_requeue_and_quarantine_the_node() -> None:
     actions = d.handle(result("a", second, valid=False), 2)
     assert actions == [
         ChunkRequeued("t", 1, 2, 4, "a", "invalid result"),
+        NodeDistrusted("a"),
         NodeQuarantined("a", "2 invalid results"),
         CancelChunk("a", "t", third[2], 1),
         ChunkRequeued("t", third[2], third[3], third[4], "a", "node quarantined"),

@@ -22,6 +22,7 @@ from protocol.dispatch_events import (
     Tick,
 )
 from protocol.dispatcher import Dispatcher
+from protocol.replication import ReplicationPolicy
 from tests.test_dispatcher import assigned, of_type, result, task
 
 
@@ -111,7 +112,7 @@ def test_a_wrong_result_found_by_the_shell_is_computed_again() -> None:
 
 def test_after_probation_only_a_sample_is_replicated() -> None:
     rolls = iter([0.5] * 100)
-    d = Dispatcher(prefetch=0, probation=2, replica_rate=0.1, chance=lambda: next(rolls))
+    d = Dispatcher(prefetch=0, replication=ReplicationPolicy(2, 0.1, lambda: next(rolls)))
     d.handle(NodeJoined("a", 1, 1), 0)
     d.handle(NodeJoined("b", 1, 1), 0)
     work = assigned(d.handle(replicated(items=40), 0))
@@ -136,7 +137,7 @@ def test_after_probation_only_a_sample_is_replicated() -> None:
 
 def test_a_caught_node_has_its_unconfirmed_results_computed_again() -> None:
     rolls = iter([0.5] * 100)
-    d = Dispatcher(prefetch=0, probation=0, chance=lambda: next(rolls), max_node_errors=5)
+    d = Dispatcher(prefetch=0, replication=ReplicationPolicy(0, 0.1, lambda: next(rolls)), max_node_errors=5)
     d.handle(NodeJoined("a", 1, 1), 0)
     d.handle(NodeJoined("b", 1, 1), 0)
     work = assigned(d.handle(replicated(items=8), 0))
