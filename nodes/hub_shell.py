@@ -130,14 +130,20 @@ class HubShell:
         if self.sessions.pop(node_id, None) is not None:
             self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
 
-    async def result(self, node_id: str, result: Result) -> None:
-        """Check a result off the event loop, settle it, then wait while the face's store is behind."""
+    async def result(self, node_id: str, result: Result, *, trusted: bool = False) -> None:
+        """Check a result off the event loop, settle it, then wait while the face's store is behind.
+
+        A ``trusted`` result (a chain link's own pool) skips the checks but still settles a held
+        result of its chunk: it confirms it, or proves it wrong.
+        """
         chunk = self.face_chunk(node_id, result)
         if chunk is None or not self.hub.wants(*chunk):
             self.run(d.HeartbeatReceived(node_id))
             return
         target, start, stop = self.face_check_target(chunk)
-        problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
+        problem = None
+        if not trusted:
+            problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
         verdict = None
         held = self._held.get(chunk[:2])
         if (problem is None and held is not None and held[0] != chunk[2]
@@ -152,11 +158,11 @@ class HubShell:
                                       comparison.second.tolerance)
                 verdict = h.HeldVerdict(held_node, held_result.computed_by, valid=not comparison.first,
                                         confirmed=not comparison.second and comparison.settled)
-        self.settle(node_id, chunk, result, problem, verdict)
+        self.settle(node_id, chunk, result, problem, verdict, trusted=trusted)
         await self.face_drained()
 
     def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None,
-               held: h.HeldVerdict | None = None) -> None:
+               held: h.HeldVerdict | None = None, *, trusted: bool = False) -> None:
         """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk.
 
         The node that sent a wrong result is told why, if its version has ``rejected``.
@@ -165,7 +171,8 @@ class HubShell:
             self._reject(node_id, result, problem)
         items_ok = 0 if problem else int(result.ok.sum())
         outputs = self.hub.result(node_id, *chunk, items_ok=items_ok, elapsed_s=result.elapsed_s,
-                                  valid=not problem, now=self.now(), computed_by=result.computed_by, held=held)
+                                  valid=not problem, now=self.now(), computed_by=result.computed_by, held=held,
+                                  trusted=trusted)
         self.carry_out(outputs, result)
 
     def _reject(self, node_id: str, result: Result, problem: Invalid) -> None:

@@ -94,6 +94,7 @@ class Relay(HubShell):
         self._by_key: dict[ChunkKey, str] = {}
         self._holders: dict[tuple[str, ChunkKey], int] = {}  # (node, upstream chunk) → attempt here
         self._certified: set[str] = set()
+        self._own_results: set[asyncio.Task] = set()
         self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
         self._seq = 0
         self._last_capacity = (-1, -1)
@@ -129,6 +130,8 @@ class Relay(HubShell):
         self.start_ticking()
 
     async def close(self) -> None:
+        for job in list(self._own_results):
+            job.cancel()
         await self.stop_ticking()
         self.close_sessions("link shutting down")
         if self.server is not None:
@@ -194,16 +197,13 @@ class Relay(HubShell):
         return True
 
     def _from_own_pool(self, message: object) -> None:
-        """The link's own pool answered: trusted, no check."""
-        if not isinstance(message, (Result, Failed)):
-            return
-        chunk = self.face_chunk(self.name, message)
-        if chunk is None:
-            return
-        if isinstance(message, Failed):
+        """The link's own pool answered: trusted, no check (but it settles a held result of its chunk)."""
+        if isinstance(message, Result):
+            job = asyncio.get_running_loop().create_task(self.result(self.name, message, trusted=True))
+            self._own_results.add(job)
+            job.add_done_callback(self._own_results.discard)
+        elif isinstance(message, Failed) and (chunk := self.face_chunk(self.name, message)) is not None:
             self.run(d.ChunkFailed(self.name, *chunk, message.reason, message.retryable))
-        elif self.hub.wants(*chunk):
-            self.settle(self.name, chunk, message)
 
     # -- the face: what only a link does -----------------------------------------------------
 

@@ -97,8 +97,9 @@ class ResultReceived:
     held_blame: bool = True
     """Whether a wrong held result counts against the node that sent it (like `blame`)."""
     confirmed: bool = False
-    """The comparison proved this result: it agrees with the held one, or the front-end's own
-    recomputation settled every item where they differ in its favour."""
+    """This result needs no second computation: the comparison with the held one proved it
+    (they agree, or the recomputation settled every item where they differ in its favour),
+    or it comes from a source the shell trusts (a chain link's own pool)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -380,10 +380,11 @@ class Dispatcher:
         if event.valid:
             items_ok = min(max(0, event.items_ok), chunk.size)  # a count from the network
             task.sizer.observe(chunk.size, event.elapsed_s)
-            if held is not None and event.confirmed:
-                if event.held_valid:
-                    self._prove(held.node_id)
-                self._prove(event.node_id)
+            if event.confirmed:
+                if held is not None:
+                    if event.held_valid:
+                        self._prove(held.node_id)
+                    self._prove(event.node_id)
                 self._complete(task, chunk, node, event.node_id, event.attempt, items_ok, now, out, proven=True)
             elif task.replicate and (held is not None or self._replica_wanted(node)):
                 self._hold(task, chunk, lease, items_ok, out)

@@ -316,20 +316,21 @@ class Hub:
 
     def result(self, node_id: str, task_id: str, chunk: int, attempt: int, *, items_ok: int,
                elapsed_s: float, valid: bool, now: float, computed_by: str = "",
-               held: HeldVerdict | None = None) -> list[Output]:
+               held: HeldVerdict | None = None, trusted: bool = False) -> list[Output]:
         """A checked result: ``ResultAccepted`` precedes its chunk's completion if this copy wins.
 
         An invalid result is blamed on ``computed_by`` when a link forwarded it from a node
         it reports; otherwise on the node that sent it. ``held`` is the verdict of comparing
-        it with the chunk's held result, whose wrong values are blamed the same way.
+        it with the chunk's held result, whose wrong values are blamed the same way. A
+        ``trusted`` result needs no confirmation.
         """
         out: list[Output] = []
         culprit = self.culprit(node_id, computed_by) if not valid else node_id
         if culprit != node_id and self.dispatcher.lease_running(node_id, task_id, chunk, attempt):
             out += self._pass_blame(node_id, culprit, task_id, chunk)
-        held_valid, held_blame, confirmed = None, True, False
+        held_valid, held_blame, confirmed = None, True, trusted
         if held is not None:
-            held_valid, confirmed = held.valid, held.confirmed
+            held_valid, confirmed = held.valid, held.confirmed or trusted
             if not held.valid and (held_culprit := self.culprit(held.node_id, held.computed_by)) != held.node_id:
                 held_blame = False
                 out += self._pass_blame(held.node_id, held_culprit, task_id, chunk)
