@@ -19,7 +19,7 @@ from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
-    MAX_NODE_KEYS, PROTOCOL_VERSION, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Rejected, Result,
+    MAX_NODE_KEYS, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Rejected, Result,
     Subtree, Welcome,
 )
 from nodes.kernels import compute
