@@ -23,6 +23,7 @@ from protocol.messages import (
     Subtree, Welcome,
 )
 from nodes.kernels import compute
+from protocol.replication import ReplicationPolicy
 from protocol.verify import DEFAULT_SAMPLE, Invalid, compare, judge
 
 DEFAULT_TICK_S = 0.5
@@ -53,6 +54,9 @@ class HubShell:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.tick_s = tick_s
         self.verify_sample = verify_sample
+        """Items per chunk for the sampled checks; 0 turns checking off (shapes only, no replicas)."""
+        if verify_sample <= 0:
+            self.hub.dispatcher.replication = ReplicationPolicy(probation=0, rate=0.0)
         self.sessions: dict[str, NodeLink] = {}
         self._held: dict[tuple[str, int], tuple[int, str, Result]] = {}  # (task, chunk) → (attempt, node, result)
         self._confirmations: set[asyncio.Task] = set()
