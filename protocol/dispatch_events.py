@@ -55,11 +55,16 @@ class ChunkState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class NodeJoined:
-    """A node opened a session: it has `slots` workers and wants `window` chunks held."""
+    """A node opened a session: it has `slots` workers and wants `window` chunks held.
+
+    `operations` names the installed operations it can run beyond the built-ins, and
+    `resources` what a task may require of it (``gpu: 1``)."""
 
     node_id: str
     slots: int
     window: int
+    operations: frozenset[str] = frozenset()
+    resources: Mapping[str, str | float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,10 @@ class TaskSubmitted:
     max_chunk_size: int | None = None
     replicate: bool = False
     """Its results have no cheap check of every item: they are confirmed by a second node."""
+    operation: str = ""
+    """An installed operation its chunks need (only nodes that have it get them); "" for a built-in."""
+    requires: Mapping[str, str | float] = field(default_factory=lambda: MappingProxyType({}))
+    """What a node must have to get its chunks: at least this number, or exactly this name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +432,8 @@ class TaskView:
     finished_at: float | None
     items_per_s: float
     items_by_node: Mapping[str, int]
+    waiting: str = ""
+    """Why no connected node gets its chunks (no node has its operation or requirements), or ""."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from protocol.chunking import Chunk
 from protocol.dispatch_events import Action, ChunkReopened, ConfirmHeld, HeldChecked, NodeDistrusted, ResultHeld
-from protocol.dispatch_state import Lease, TrackedNode, TrackedTask
+from protocol.dispatch_state import Lease, TrackedNode, TrackedTask, suits
 from protocol.replication import ReplicationPolicy
 
 
@@ -37,8 +37,11 @@ class Replicas:
     def _replica_wanted(self, node: TrackedNode | None) -> bool:
         return node is None or self.replication.wanted(node.proven)
 
-    def _can_replicate(self, node: TrackedNode | None) -> bool:
-        """Whether a node other than ``node`` may take work now."""
+    def _can_replicate(self, task: TrackedTask, node: TrackedNode | None) -> bool:
+        """Whether a node other than ``node`` may take the task's work now."""
+        if task.operation or task.requires:
+            return any(other is not node and other.assignable and other.capacity and suits(task, other)
+                       for other in self._nodes.values())
         own = 1 if node is not None and node.assignable and node.capacity else 0
         return self._open_nodes - own > 0
 
@@ -62,7 +65,7 @@ class Replicas:
         if not chunk.live:
             task.chunks.requeue(chunk, avoid=lease.node_id)
             self._wake(task)
-        if not self._can_replicate(self._nodes.get(lease.node_id)):
+        if not self._can_replicate(task, self._nodes.get(lease.node_id)):
             self._confirm_here(task, chunk, out)
 
     def _release_hold(self, chunk: Chunk) -> None:
@@ -81,7 +84,7 @@ class Replicas:
         for chunk, task in list(self._holds.items()):
             held = chunk.held
             if held is not None and not chunk.live and task.live and chunk not in self._confirming \
-                    and not self._can_replicate(self._nodes.get(held.node_id)):
+                    and not self._can_replicate(task, self._nodes.get(held.node_id)):
                 self._confirm_here(task, chunk, out)
 
     def _held_checked(self, event: HeldChecked, now: float, out: list[Action]) -> None:

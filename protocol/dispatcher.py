@@ -97,7 +97,7 @@ from protocol.dispatch_events import (
 from protocol.dispatch_replicas import Replicas
 from protocol.replication import ReplicationPolicy
 from protocol.dispatch_state import (
-    COMPACT_SLACK, NodesWithRoom, Lease, TrackedNode, TrackedTask, node_view, task_view,
+    COMPACT_SLACK, NodesWithRoom, Lease, TrackedNode, TrackedTask, node_view, suits, task_view, unmet,
 )
 
 DEFAULT_PREFETCH = 1
@@ -234,13 +234,21 @@ class Dispatcher(Replicas):
         """Every connected node and every task, as immutable views."""
         return DispatcherSnapshot(
             nodes=tuple(node_view(node) for node in self._nodes.values()),
-            tasks=tuple(task_view(task, now) for task in self._tasks.values()),
+            tasks=tuple(task_view(task, now, self._waiting(task)) for task in self._tasks.values()),
         )
 
     def task_view(self, task_id: str, now: float) -> TaskView | None:
         """One task's view, or None once it is not held (finished and forgotten, or unknown)."""
         task = self._tasks.get(task_id)
-        return None if task is None else task_view(task, now)
+        return None if task is None else task_view(task, now, self._waiting(task))
+
+    def _waiting(self, task: TrackedTask) -> str:
+        """Why nobody gets the task's chunks, if no assignable node suits it."""
+        if not (task.operation or task.requires) or not task.live or task.running_chunks:
+            return ""
+        if any(node.assignable and suits(task, node) for node in self._nodes.values()):
+            return ""
+        return unmet(task)
 
     def chunk_map(self, task_id: str) -> list[ChunkView]:
         """Every item range of a task in item order, with its state; KeyError for an unknown task."""
@@ -261,6 +269,8 @@ class Dispatcher(Replicas):
         self._account(node, -1)
         node.slots = max(0, event.slots)
         node.window = max(0, event.window)
+        node.operations = frozenset(event.operations)
+        node.resources = dict(event.resources)
         node.capacity = self._capacity(node)
         self._account(node, +1)
         self._room.offer(node, len(self._nodes))
@@ -627,6 +637,9 @@ class Dispatcher(Replicas):
         lone_node = self._open_nodes <= 1
         for _ in range(len(runnable)):
             task = runnable[0]
+            if task.live and (task.operation or task.requires) and not suits(task, node):
+                runnable.rotate(-1)  # not for this node: it stays runnable for others
+                continue
             chunk = task.chunks.take(node.node_id, self._total_slots, lone_node) if task.live else None
             if chunk is None and not (task.live and task.chunks.has_work()):
                 runnable.popleft()

@@ -176,3 +176,33 @@ def test_a_forgotten_node_starts_clean() -> None:
     d.forget_node("a")
     d.handle(NodeJoined("a", 1, 1), 3)
     assert {v.node_id: v.errors for v in d.snapshot(3).nodes}["a"] == 0
+
+
+def test_chunks_needing_an_installed_operation_go_only_to_nodes_that_have_it() -> None:
+    d = Dispatcher(prefetch=0)
+    d.handle(NodeJoined("plain", 2, 2), 0)
+    out = d.handle(task(items=4, operation="cholesky"), 0)
+    assert assigned(out) == []
+    assert d.task_view("t", 0).waiting == "no connected node has operation cholesky"
+    out = d.handle(NodeJoined("gpu", 1, 1, frozenset({"cholesky"}), {"gpu": 1}), 1)
+    assert [w[0] for w in assigned(out)] == ["gpu"]
+    assert d.task_view("t", 1).waiting == ""
+
+
+def test_a_task_requiring_a_resource_waits_for_a_node_that_has_enough() -> None:
+    d = Dispatcher(prefetch=0)
+    d.handle(NodeJoined("small", 1, 1, resources={"memory_gb": 8}), 0)
+    assert assigned(d.handle(task(items=2, requires={"memory_gb": 64}), 0)) == []
+    assert d.task_view("t", 0).waiting == "no connected node has memory_gb ≥ 64"
+    out = d.handle(NodeJoined("big", 1, 1, resources={"memory_gb": 128}), 1)
+    assert [w[0] for w in assigned(out)] == ["big"]
+
+
+def test_a_replica_of_an_installed_operation_needs_a_node_that_has_it() -> None:
+    d = Dispatcher(prefetch=0)
+    d.handle(NodeJoined("a", 1, 1, frozenset({"logdet"})), 0)
+    d.handle(NodeJoined("plain", 1, 1), 0)
+    first = assigned(d.handle(task(items=2, operation="logdet", replicate=True), 0))[0]
+    out = d.handle(result("a", first), 1)
+    # "plain" cannot confirm it: the shell is asked to
+    assert of_type(out, ConfirmHeld) == [ConfirmHeld("a", "t", 0, 1)]
