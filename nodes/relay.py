@@ -34,6 +34,7 @@ from protocol import hub as h
 from protocol.messages import (
     Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Rejected, Result, Subtree, Welcome,
 )
+from protocol.operations import installed_operations
 from protocol.verify import AssignedChunk, replicated
 
 RELAY_ATTEMPTS = 2
@@ -126,7 +127,8 @@ class Relay(HubShell):
         await self.local.start()
         self.hub.admit(self.name, "", address=OWN_POOL, slots=self.local.slots, now=self.now())
         self.sessions[self.name] = _OwnPool(self.local)
-        self.carry_out(self.hub.join(self.name, self.local.slots, self.local.window, self.now()))
+        self.carry_out(self.hub.join(self.name, self.local.slots, self.local.window, self.now(),
+                                     operations=installed_operations()))
         self.start_ticking()
 
     async def close(self) -> None:

@@ -33,7 +33,9 @@ Rules of this module:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeAlias
 
 from protocol import dispatcher as d
@@ -143,6 +145,10 @@ class NodeRow:
     address: str
     heartbeat_age_s: float | None
     items_per_s: float
+    operations: Mapping[str, object] = field(default_factory=dict)
+    """The installed operations it runs beyond the built-ins, with their versions."""
+    resources: Mapping[str, str | float] = field(default_factory=dict)
+    """What it has that a task may require."""
 
 
 @dataclass
@@ -168,6 +174,10 @@ class NodeRecord:
     """Its items per second lately."""
     protocol_version: int = PROTOCOL_VERSION
     """The version its session speaks (what may be sent to it)."""
+    operations: dict[str, object] = field(default_factory=dict)
+    """The installed operations it said it runs, with their versions."""
+    resources: dict[str, str | float] = field(default_factory=dict)
+    """What it said it has (``gpu: 1``)."""
 
     @property
     def is_link(self) -> bool:
@@ -208,14 +218,22 @@ class Hub:
         """Undo ``admit`` for a node that was never welcomed."""
         self.nodes.pop(node_id, None)
 
-    def join(self, node_id: str, slots: int, window: int, now: float) -> list[Output]:
-        """Let the Dispatcher give work to an admitted node (once it has been welcomed)."""
+    def join(self, node_id: str, slots: int, window: int, now: float, *,
+             operations: Mapping[str, object] | None = None, resources: Mapping[str, str | float] | None = None,
+             ) -> list[Output]:
+        """Let the Dispatcher give work to an admitted node (once it has been welcomed).
+
+        ``operations`` are the installed operations it runs (with versions); ``resources`` what it has.
+        """
         record = self.nodes[node_id]
         slots = record.slots = self._granted(record, slots)
         record.window = window
+        record.operations = dict(operations or {})
+        record.resources = dict(resources or {})
         out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
                                           f"with {slots} slots", node_id=node_id)]
-        return out + self.handle(d.NodeJoined(node_id, slots, window), now)
+        return out + self.handle(d.NodeJoined(node_id, slots, window, frozenset(record.operations),
+                                              MappingProxyType(record.resources)), now)
 
     def depart(self, node_id: str, *, clean: bool, reason: str, now: float) -> list[Output]:
         """A node's session ended: its chunks go back in line."""
@@ -422,7 +440,8 @@ class Hub:
             else:
                 rate = record.rate.per_s(now)
                 row = NodeRow(record.node_id, record.name, view.state.value, view.slots, view.in_flight,
-                              view.items_done, view.errors, (), record.address, round(now - view.last_seen, 3), rate)
+                              view.items_done, view.errors, (), record.address, round(now - view.last_seen, 3), rate,
+                              record.operations, record.resources)
             tree.append((row, record.host_key))
             for entry in record.subtree:
                 tree.append((NodeRow(entry["name"], entry["name"], entry["state"], entry["slots"],

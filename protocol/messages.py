@@ -424,6 +424,7 @@ class Submit(_ArrayMessage):
 
     TYPE: ClassVar[str] = "submit"
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("arrays",)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("requires",)
     name: str = _field(check.name())
     operation: str = _field(check.identifier())
     generated: Mapping[str, Mapping[str, object]] = _field(check.generator_specs())
@@ -432,6 +433,8 @@ class Submit(_ArrayMessage):
     max_attempts: int = _field(check.integer(1, MAX_INDEX))
     chunk_size: int | None = _field(check.optional(check.integer(1, MAX_INDEX)), default=None)
     """Items per chunk; None: sized from measured speed ("auto")."""
+    requires: dict[str, str | float] = _field(check.labels(16), default_factory=dict)
+    """Version 3: what a node must have to get the task's chunks."""
 
     def _check_together(self) -> None:
         if both := self.generated.keys() & self.arrays.keys():

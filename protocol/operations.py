@@ -31,9 +31,10 @@ ItemShapes = Mapping[str, Shape]
 Inputs = Mapping[str, np.ndarray]
 Kernel = Callable[[Inputs], np.ndarray]
 """Computes a chunk: every input's items stacked along the first axis in, the result items stacked out."""
-ItemCheck = Callable[[Inputs, np.ndarray], np.ndarray]
-"""A cheap check: the stacked inputs and result items of the items marked ok in, one bool per item out
-(True: the item is right, within the operation's ``tolerance``)."""
+ItemCheck = Callable[[Inputs, np.ndarray, float], np.ndarray]
+"""A cheap check: the stacked inputs and result items of the items marked ok (float64 copies) and
+τ, the relative error to allow (the operation's ``tolerance`` for the result's dtype, plus the
+check's own float64 rounding), in; one bool per item out (True: the item is right)."""
 
 ENTRY_POINT_GROUP = "chainconsole.operations"
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -272,3 +273,8 @@ def _problem_with(op: object) -> str | None:
 
 OPERATIONS = Registry(BUILTINS)
 """Every operation a task may ask for, by name."""
+
+
+def installed_operations() -> dict[str, str | float]:
+    """The installed (not built-in) operations, with their versions, as a node's hello says them."""
+    return {name: op.version for name, op in OPERATIONS.items() if not op.builtin}

@@ -23,6 +23,7 @@ from protocol.operations import OPERATIONS, RETURN_MODES
 MAX_ATTEMPTS_LIMIT = 100
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_NAME_LENGTH = 64
+MAX_REQUIREMENTS = 16
 
 
 def _problem(message: str, **context: object) -> PydanticCustomError:
@@ -113,6 +114,12 @@ class TaskModel(_Model):
         ge=1,
         le=MAX_ATTEMPTS_LIMIT,
         description="How many times one chunk may be tried before its items are marked failed.",
+    )
+    requires: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
+                   Annotated[str, Field(min_length=1, max_length=128)] | int | float] = Field(
+        default_factory=dict, max_length=MAX_REQUIREMENTS,
+        description="What a node must have to get this task's chunks, as its --resource options say it: "
+                    "at least this number, or exactly this name.",
     )
 
     @field_validator("operation")

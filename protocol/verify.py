@@ -414,7 +414,7 @@ class _Check:
         inputs = {name: self._input(name, indexes) for name in self.task.inputs}
         try:
             with np.errstate(all="ignore"):
-                passed = np.asarray(op.check(inputs, values.astype(np.float64)), dtype=bool)  # type: ignore[operator]
+                passed = np.asarray(op.check(inputs, values.astype(np.float64), self.tau), dtype=bool)  # type: ignore[operator]
         except Exception as exc:  # the plugin's own bug: its results cannot be trusted
             return Invalid(f"{op.name}'s check raised {exc!r}", self.tolerance)
         if passed.shape != indexes.shape:

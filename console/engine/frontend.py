@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 from pathlib import Path
+from types import MappingProxyType
 
 import asyncssh
 import numpy as np
@@ -41,6 +42,7 @@ from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.hub import HubError
 from protocol.inputs import GeneratedInput, format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
+from protocol.operations import OPERATIONS
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
 from protocol.verify import DEFAULT_SAMPLE, replicated
 
@@ -604,7 +606,8 @@ class FrontEnd(HubShell):
         if view is not None:
             state = "running" if record.state == "running" else view.state.value
             return TaskRow(record.task_id, record.name, record.owner, state, record.items,
-                           view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s)
+                           view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s,
+                           view.waiting)
         return None
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
@@ -695,4 +698,6 @@ def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int,
     return d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner,
                            completed=completed, completed_failed=failed,
                            max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)),
-                           replicate=replicated(task.operation, task.return_mode))
+                           replicate=replicated(task.operation, task.return_mode),
+                           operation="" if OPERATIONS[task.operation].builtin else task.operation,
+                           requires=MappingProxyType(dict(task.requires)))
