@@ -275,6 +275,14 @@ OPERATIONS = Registry(BUILTINS)
 """Every operation a task may ask for, by name."""
 
 
+def describe(op: Operation) -> dict[str, object]:
+    """An operation as ``chainconsole operations --json`` shows it."""
+    check = op.check if isinstance(op.check, str) else ("its own" if op.check is not None else "replicas")
+    return {"name": op.name, "version": op.version, "source": op.source, "builtin": op.builtin,
+            "inputs": list(op.inputs), "description": op.description, "check": check,
+            "replicated": list(op.replicated)}
+
+
 def installed_operations() -> dict[str, str | float]:
     """The installed (not built-in) operations, with their versions, as a node's hello says them."""
     return {name: op.version for name, op in OPERATIONS.items() if not op.builtin}

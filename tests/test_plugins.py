@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,13 @@ async def test_only_nodes_with_the_operation_get_its_chunks_and_compute_them_rig
     assert check_npz(frontend.result_file(task_id), document, rtol=1e-9) == 24
     able = next(r for r in frontend.node_rows() if r.node_id == "able")
     assert able.operations == {"cholesky": "1.0", "logdet": "1.0"}
+    from tests.test_clients import _cli
+
+    status, out, err = await _cli("operations", "--json", "--state-dir", str(host.state.root))
+    assert status == 0, err
+    known = {op["name"]: op for op in json.loads(out)["operations"]}
+    assert known["cholesky"]["nodes"] == ["able"] and known["cholesky"]["check"] == "its own"
+    assert known["logdet"]["check"] == "replicas" and sorted(known["invert"]["nodes"]) == ["able", "plain"]
 
     # logdet is replicated: with one able node, the front-end confirms its results itself
     document = task("logdet", seed=4)

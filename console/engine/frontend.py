@@ -42,7 +42,7 @@ from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.hub import HubError
 from protocol.inputs import GeneratedInput, format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
-from protocol.operations import OPERATIONS
+from protocol.operations import OPERATIONS, describe
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
 from protocol.verify import DEFAULT_SAMPLE, replicated
 
@@ -646,6 +646,18 @@ class FrontEnd(HubShell):
             return dict(record.summary.get("items_per_node", {}))
         view = self.hub.dispatcher.task_view(task_id, self.now())
         return dict(view.items_by_node) if view is not None else {}
+
+    def operations(self) -> dict:
+        """What this front-end knows to run, and which connected nodes run each (built-ins: all)."""
+        rows = [row for row in self.node_rows() if row.state in ("idle", "busy", "draining")]
+        listed = []
+        for op in OPERATIONS.values():
+            runs = [row.node_id for row in rows if op.builtin or op.name in row.operations]
+            listed.append({**describe(op), "nodes": runs})
+        unknown = sorted({name for row in rows for name in row.operations} - set(OPERATIONS))
+        return {"operations": listed, "problems": list(OPERATIONS.problems),
+                "unknown_here": [{"name": name, "nodes": [r.node_id for r in rows if name in r.operations]}
+                                 for name in unknown]}
 
     def pending_keys(self) -> list:
         """The node keys refused so far and waiting for an operator (``PendingKey`` records)."""
