@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -28,6 +28,7 @@ from nodes.executor import ExecutorUnavailable
 from nodes.pool import WorkerPool
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
+from protocol.operations import installed_operations
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected, Result,
     Welcome,
@@ -66,6 +67,8 @@ class NodeSettings:
     keepalive_count: int = 2
     drain_grace_s: float = 60.0
     """How long a stopping node keeps computing what it holds before handing it back."""
+    resources: dict[str, str | float] = field(default_factory=dict)
+    """What this node has that a task may require (``--resource gpu=1``)."""
 
 
 OUTBOX_LIMIT = 64
@@ -197,7 +200,8 @@ class NodeAgent:
         channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
-                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line))
+                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line,
+                         operations=installed_operations(), resources=s.resources))
         first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)

@@ -62,13 +62,16 @@ def chunks_object(task_id: str, chunks: list[ChunkView] | None, shares: Mapping[
 
 
 def _record(cls: type, data: object, **convert) -> Any:
-    """``cls(**data)`` with exactly its fields; a stream error naming ``cls`` otherwise."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(data, dict) or not set(names) <= set(data):
+    """``cls`` from the fields of ``data`` it has (unknown ones ignored); a stream error if one it needs is missing."""
+    fields = dataclasses.fields(cls)
+    required = {f.name for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if not isinstance(data, dict) or not required <= set(data):
         raise RemoteProtocolError(f"a {cls.__name__} in the console stream lacks fields: {data!r:.200}")
-    values = {name: data[name] for name in names}
+    values = {f.name: data[f.name] for f in fields if f.name in data}
     for name, fix in convert.items():
-        values[name] = fix(values[name])
+        if name in values:
+            values[name] = fix(values[name])
     return cls(**values)
 
 

@@ -36,6 +36,7 @@ USAGE = """commands:
                         operators and observers)
   chunks ID             a task's chunk map and items per node, as JSON
   tasks | nodes         list as JSON
+  operations            what the front-end runs, and which nodes run each (JSON)
   status ID             one task as JSON
   result ID             the results as .npz bytes on stdout
   cancel ID
@@ -200,6 +201,10 @@ class Session:
 
     async def cmd_nodes(self, args: list[str]) -> int:
         self.out([asdict(r) for r in self.frontend.node_rows()])
+        return ExitStatus.OK
+
+    async def cmd_operations(self, args: list[str]) -> int:
+        self.out(self.frontend.operations())
         return ExitStatus.OK
 
     async def cmd_result(self, args: list[str]) -> int:
