@@ -24,6 +24,8 @@ import asyncssh
 from nodes.ssh import NODE_SUBSYSTEM, NODE_USERNAME
 from nodes.ssh.channel import BROKEN, MessageChannel
 from nodes.ssh.client import FIRST_USE, FirstUseTrust, open_connection
+from nodes.executor import ExecutorUnavailable
+from nodes.pool import WorkerPool
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.operations import installed_operations
@@ -80,8 +82,8 @@ class NodeAgent:
     def __init__(self, settings: NodeSettings, work: Work | None = None, *, host_key_line: str = "",
                  out=sys.stderr) -> None:
         self.settings = settings
-        self.work: Work = work or LocalWork(settings.slots, prefetch=settings.prefetch,
-                                            blas_threads=settings.blas_threads)
+        self.work: Work = work or LocalWork(WorkerPool(settings.slots, blas_threads=settings.blas_threads),
+                                            prefetch=settings.prefetch)
         self.work.attach(self._emit)
         self.host_key_line = host_key_line
         """A chain link's public host key, offered to the console for certification."""
@@ -100,9 +102,13 @@ class NodeAgent:
 
     async def run(self) -> int:
         """Work until stopped; return the process exit status."""
-        await self.work.start()
         backoff = self.settings.backoff_initial_s
         try:
+            try:
+                await self.work.start()
+            except ExecutorUnavailable as exc:
+                self.say(str(exc))
+                return exc.status
             while not self.stopping.is_set() and not self._left:
                 for host, port in self.settings.upstreams:
                     if self.stopping.is_set() or self._left:

@@ -200,7 +200,9 @@ class Relay(HubShell):
 
     def _from_own_pool(self, message: object) -> None:
         """The link's own pool answered: trusted, no check (but it settles a held result of its chunk)."""
-        if isinstance(message, Result):
+        if isinstance(message, Credit):  # its executor grew or shrank (a Dask cluster)
+            self.carry_out(self.hub.credit(self.name, message.window, message.slots, self.now()))
+        elif isinstance(message, Result):
             job = asyncio.get_running_loop().create_task(self.result(self.name, message, trusted=True))
             self._own_results.add(job)
             job.add_done_callback(self._own_results.discard)

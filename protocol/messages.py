@@ -214,7 +214,7 @@ class Credit(_Message):
     TYPE: ClassVar[str] = "credit"
     window: int = _field(check.integer(0, MAX_COUNT))
     slots: int | None = _field(check.optional(check.integer(0, MAX_COUNT)), default=None)
-    """A chain link's slots now, counting the nodes behind it; None: unchanged."""
+    """The node's slots now (a chain link's, counting the nodes behind it; a Dask cluster's threads); None: unchanged."""
 
 
 @dataclass(frozen=True, eq=False)

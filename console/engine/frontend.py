@@ -614,6 +614,11 @@ class FrontEnd(HubShell):
         """Call ``listener`` with every event from now on."""
         self._listeners.append(listener)
 
+    def off_event(self, listener: Callable[[Event], None]) -> None:
+        """Stop calling ``listener`` (one that ``on_event`` added)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
     def on_assign(self, listener: Callable[[ChunkId], None]) -> None:
         """Call ``listener`` with (task, chunk, attempt) of every assignment sent."""
         self._assign_listeners.append(listener)
