@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -24,8 +24,11 @@ import asyncssh
 from nodes.ssh import NODE_SUBSYSTEM, NODE_USERNAME
 from nodes.ssh.channel import BROKEN, MessageChannel
 from nodes.ssh.client import FIRST_USE, FirstUseTrust, open_connection
+from nodes.executor import ExecutorUnavailable
+from nodes.pool import WorkerPool
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
+from protocol.operations import installed_operations
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected, Result,
     Welcome,
@@ -64,6 +67,8 @@ class NodeSettings:
     keepalive_count: int = 2
     drain_grace_s: float = 60.0
     """How long a stopping node keeps computing what it holds before handing it back."""
+    resources: dict[str, str | float] = field(default_factory=dict)
+    """What this node has that a task may require (``--resource gpu=1``)."""
 
 
 OUTBOX_LIMIT = 64
@@ -77,8 +82,8 @@ class NodeAgent:
     def __init__(self, settings: NodeSettings, work: Work | None = None, *, host_key_line: str = "",
                  out=sys.stderr) -> None:
         self.settings = settings
-        self.work: Work = work or LocalWork(settings.slots, prefetch=settings.prefetch,
-                                            blas_threads=settings.blas_threads)
+        self.work: Work = work or LocalWork(WorkerPool(settings.slots, blas_threads=settings.blas_threads),
+                                            prefetch=settings.prefetch)
         self.work.attach(self._emit)
         self.host_key_line = host_key_line
         """A chain link's public host key, offered to the console for certification."""
@@ -97,9 +102,13 @@ class NodeAgent:
 
     async def run(self) -> int:
         """Work until stopped; return the process exit status."""
-        await self.work.start()
         backoff = self.settings.backoff_initial_s
         try:
+            try:
+                await self.work.start()
+            except ExecutorUnavailable as exc:
+                self.say(str(exc))
+                return exc.status
             while not self.stopping.is_set() and not self._left:
                 for host, port in self.settings.upstreams:
                     if self.stopping.is_set() or self._left:
@@ -191,7 +200,8 @@ class NodeAgent:
         channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
-                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line))
+                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line,
+                         operations=installed_operations(), resources=s.resources))
         first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import asyncio
 import os
 import socket
@@ -15,6 +16,8 @@ import asyncssh
 import platformdirs
 
 from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
+from nodes.executor import Executor, ExecutorUnavailable
+from nodes.executors import EXECUTORS, make_executor
 from nodes.lifeline import watch_parent
 from nodes.relay import Relay, RelaySettings
 from nodes.work import LocalWork
@@ -41,8 +44,9 @@ def address_argument(*, listening: bool = False) -> Callable[[str], tuple[str, i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", type=address_argument(), action="append", required=True, metavar="HOST:PORT",
                         help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
-    parser.add_argument("--slots", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="chunks computed at once, one worker process each (default: one per core)")
+    parser.add_argument("--slots", type=int, metavar="N",
+                        help="chunks computed at once, one worker process each (default: one per core; "
+                             "with --executor dask: the cluster's threads, followed as it scales)")
     parser.add_argument("--name", default=socket.gethostname(), help="name shown on the console (default: host name)")
     parser.add_argument("--state-dir", type=Path, metavar="D",
                         help="where the node keeps its key (default: the platform's user data folder)")
@@ -53,15 +57,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
     parser.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
+    parser.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
+                        help="what computes the chunks: this machine's worker processes (default), or an "
+                             "existing Dask cluster (needs --scheduler; pip install 'chainconsole[dask]')")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="with --executor dask: the Dask scheduler (tcp://HOST:8786) or its scheduler file")
+    parser.add_argument("--resource", type=_resource, action="append", default=[], metavar="KEY=VALUE",
+                        help="something this node has that a task may require (gpu=1, memory_gb=64); repeatable")
     parser.add_argument("--exit-with", type=int, metavar="PID",
                         help="stop when the parent process PID exits (front-ends start their local nodes so)")
 
 
+def _resource(text: str) -> tuple[str, str | float]:
+    """KEY=VALUE: a number when VALUE reads as one, else a name."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        return key, value
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a finite number")
+    return key, int(number) if number.is_integer() else number
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a node until SIGINT/SIGTERM; return the exit status."""
-    if args.slots < 1 or args.blas_threads < 1 or args.prefetch < 0:
+    if (args.slots is not None and args.slots < 1) or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
         return ExitStatus.USAGE
+    try:
+        executor = make_executor(args.executor, slots=args.slots, blas_threads=args.blas_threads,
+                                 scheduler=args.scheduler, say=lambda text: print(f"[{args.name}] {text}",
+                                                                                  file=sys.stderr, flush=True))
+    except ExecutorUnavailable as exc:
+        print(f"chainconsole node: {exc}", file=sys.stderr)
+        return exc.status
     state = args.state_dir or Path(platformdirs.user_data_dir(APP_NAME))
     key_path = args.key or state / "node_key"
     if args.host_key is not None and not args.host_key.exists():
@@ -81,16 +113,16 @@ def run(args: argparse.Namespace) -> int:
         return ExitStatus.USAGE
     print(f"node {args.name}: key {fingerprint}", file=sys.stderr, flush=True)
     settings = NodeSettings(
-        upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=args.slots,
+        upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=executor.slots,
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
-        blas_threads=args.blas_threads,
+        blas_threads=args.blas_threads, resources=dict(args.resource),
     )
-    return asyncio.run(_main(settings, args.listen, state, args.exit_with))
+    return asyncio.run(_main(settings, executor, args.listen, state, args.exit_with))
 
 
-async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path,
+async def _main(settings: NodeSettings, executor: Executor, listen: tuple[str, int] | None, state: Path,
                 exit_with: int | None = None) -> int:
-    local = LocalWork(settings.slots, prefetch=settings.prefetch, blas_threads=settings.blas_threads)
+    local = LocalWork(executor, prefetch=settings.prefetch)
     if listen is None:
         agent = NodeAgent(settings, local)
     else:

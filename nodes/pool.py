@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -103,12 +103,13 @@ def compute_chunk(job: ChunkJob) -> ChunkDone:
 
 
 class WorkerPool:
-    """A pool of worker processes that replaces itself when a worker dies."""
+    """A pool of worker processes that replaces itself when a worker dies (an ``Executor``)."""
 
     def __init__(self, slots: int, *, blas_threads: int = DEFAULT_BLAS_THREADS) -> None:
         self.slots = slots
         self.blas_threads = blas_threads
         self._executor = self._new_executor()
+        self._warming: asyncio.Task | None = None
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -117,6 +118,12 @@ class WorkerPool:
             initializer=_init_worker,
             initargs=(self.blas_threads, os.getpid()),
         )
+
+    async def start(self, resized: Callable[[int], None]) -> None:
+        """Start the workers in the background; the pool never changes size (``resized`` unused)."""
+        # Workers start while the node connects: the first chunk finds them ready, and
+        # joining does not wait for them.
+        self._warming = asyncio.get_running_loop().create_task(self.warm_up())
 
     async def warm_up(self) -> None:
         """Start every worker now, so the first chunk does not pay for process start-up."""
@@ -133,6 +140,10 @@ class WorkerPool:
                 self._replace()
                 return self._executor.submit(compute_chunk, job)
 
+    def cancel(self, future: Future) -> bool:
+        """Drop a chunk that has not started; one already computing runs to its end."""
+        return future.cancel()
+
     async def result(self, future: Future) -> ChunkDone:
         """Wait for a submitted job; ``WorkerCrashed`` if its worker died."""
         try:
@@ -148,5 +159,7 @@ class WorkerPool:
         self._executor = self._new_executor()
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,21 +1,21 @@
-"""What computes the chunks an upstream assigns: this machine's worker pool.
+"""What computes the chunks an upstream assigns: this node's executor.
 
 The agent hands every ``Assign`` to a ``Work`` and sends upstream whatever the work emits
-(``Result``, ``Failed``, ``Credit`` …). ``LocalWork`` computes in this node's worker
-processes; a chain link's ``Relay`` (``nodes.relay``) is a ``Work`` that also spreads
-chunks over the nodes behind it.
+(``Result``, ``Failed``, ``Credit`` …). ``LocalWork`` computes with this node's executor
+(``nodes.executor``: its worker processes, or a Dask cluster); a chain link's ``Relay``
+(``nodes.relay``) is a ``Work`` that also spreads chunks over the nodes behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from nodes.pool import ChunkJob, WorkerCrashed, WorkerPool
-from protocol.messages import Assign, Failed, Result
+from nodes.executor import Executor
+from nodes.pool import ChunkJob, WorkerCrashed
+from protocol.messages import Assign, Credit, Failed, Result
 
 Emit = Callable[[object], None]
 ChunkKey = tuple[str, int, int]
@@ -59,20 +59,23 @@ def key_of(message: Assign | Result | Failed) -> ChunkKey:
 @dataclass
 class _Held:
     assign: Assign
-    future: Future
+    handle: object
+    """The executor's handle of the submitted chunk."""
     waiter: asyncio.Task | None = None
 
 
 class LocalWork:
-    """Chunks computed in this node's worker processes, one per slot."""
+    """Chunks computed by this node's executor, as many at once as it has slots."""
 
-    def __init__(self, slots: int, *, prefetch: int = 1, blas_threads: int = 1) -> None:
-        self.slots = slots
+    def __init__(self, executor: Executor, *, prefetch: int = 1) -> None:
+        self.executor = executor
         self.prefetch = prefetch
-        self.pool = WorkerPool(slots, blas_threads=blas_threads)
         self._held: dict[ChunkKey, _Held] = {}
         self._emit: Emit = lambda message: None
-        self._warming: asyncio.Task | None = None
+
+    @property
+    def slots(self) -> int:
+        return self.executor.slots
 
     @property
     def window(self) -> int:
@@ -86,30 +89,31 @@ class LocalWork:
         self._emit = emit
 
     async def start(self) -> None:
-        # Workers start while the node connects: the first chunk finds them ready, and
-        # joining does not wait for them.
-        self._warming = asyncio.get_running_loop().create_task(self.pool.warm_up())
+        """Start the executor (``ExecutorUnavailable`` if it cannot)."""
+        await self.executor.start(self._resized)
 
     async def close(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
         for held in self._held.values():
-            held.future.cancel()
+            self.executor.cancel(held.handle)
             if held.waiter is not None:
                 held.waiter.cancel()
         self._held.clear()
-        self.pool.close()
+        await self.executor.close()
+
+    def _resized(self, slots: int) -> None:
+        """The executor grew or shrank (a Dask cluster scaling): tell the upstream."""
+        self._emit(Credit(self.window, slots))
 
     def assign(self, assign: Assign) -> None:
         job = ChunkJob(assign.operation, assign.start, assign.stop, assign.return_mode,
                        {k: dict(v) for k, v in assign.generated.items()}, dict(assign.arrays))
-        held = _Held(assign, self.pool.submit(job))
+        held = _Held(assign, self.executor.submit(job))
         held.waiter = asyncio.get_running_loop().create_task(self._finish(held))
         self._held[key_of(assign)] = held
 
     def cancel(self, key: ChunkKey) -> None:
         held = self._held.get(key)
-        if held is not None and held.future.cancel():
+        if held is not None and self.executor.cancel(held.handle):
             self._held.pop(key, None)
             if held.waiter is not None:
                 held.waiter.cancel()
@@ -126,12 +130,12 @@ class LocalWork:
         a = held.assign
         key = key_of(a)
         try:
-            done = await self.pool.result(held.future)
+            done = await self.executor.result(held.handle)
         except asyncio.CancelledError:
             return
         except WorkerCrashed as exc:
             if self._held.pop(key, None) is not None:
-                self._emit(Failed(a.task_id, a.chunk, a.attempt, str(exc), True))
+                self._emit(Failed(a.task_id, a.chunk, a.attempt, clean_reason(str(exc)), True))
             return
         except Exception as exc:  # a kernel bug: report it, never die of it
             if self._held.pop(key, None) is not None:

@@ -8,6 +8,7 @@ and this module holds one. The shell sees them only as the frozen views built at
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from protocol.chunking import Chunk, ChunkSizer, TaskChunks, merge_ranges
@@ -24,7 +25,8 @@ class TrackedNode:
 
     __slots__ = (
         "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
-        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping",
+        "chunks_done", "errors", "proven", "draining", "quarantined", "gone", "in_hungry", "in_topping",
+        "operations", "resources",
     )
 
     def __init__(self, node_id: str, now: float) -> None:
@@ -38,6 +40,9 @@ class TrackedNode:
         self.items_done = 0
         self.chunks_done = 0
         self.errors = 0
+        self.proven = 0  # results of it a second node confirmed since its last error
+        self.operations: frozenset[str] = frozenset()  # installed operations it can run
+        self.resources: Mapping[str, str | float] = {}
         self.draining = False
         self.quarantined = False
         self.gone = False
@@ -80,7 +85,8 @@ class TrackedTask:
     __slots__ = (
         "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
         "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
-        "items_by_node", "running_chunks", "runnable", "live", "priority", "_service_s", "_service_at",
+        "items_by_node", "running_chunks", "runnable", "live", "replicate", "unproven", "operation", "requires",
+        "priority", "_service_s", "_service_at",
     )
 
     def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
@@ -108,6 +114,10 @@ class TrackedTask:
         self.priority = event.priority
         self._service_s = 0.0  # compute time its results took, fading (share_half_life_s)
         self._service_at = now
+        self.replicate = event.replicate
+        self.operation = event.operation
+        self.requires = dict(event.requires)
+        self.unproven: dict[int, tuple[str, int]] = {}  # chunk → (node, items ok): done, never confirmed
 
     def serve(self, elapsed_s: float, now: float, half_life_s: float) -> None:
         """Count a result's compute time towards the task's recent share of the nodes."""
@@ -187,6 +197,28 @@ class NodesWithRoom:
         return None
 
 
+def suits(task: TrackedTask, node: TrackedNode) -> bool:
+    """Whether the node has what the task's chunks need: its operation and its requirements."""
+    if task.operation and task.operation not in node.operations:
+        return False
+    for key, wanted in task.requires.items():
+        have = node.resources.get(key)
+        if isinstance(wanted, str):
+            if have != wanted:
+                return False
+        elif not isinstance(have, (int, float)) or have < wanted:
+            return False
+    return True
+
+
+def unmet(task: TrackedTask) -> str:
+    """What a task needs, in words, for a task no connected node suits."""
+    needs = [f"operation {task.operation}"] if task.operation else []
+    needs += [f"{key} = {wanted}" if isinstance(wanted, str) else f"{key} ≥ {wanted:g}"
+              for key, wanted in task.requires.items()]
+    return "no connected node has " + " and ".join(needs)
+
+
 def node_view(node: TrackedNode) -> NodeView:
     """What the shell may see of a node."""
     if node.quarantined:
@@ -200,7 +232,7 @@ def node_view(node: TrackedNode) -> NodeView:
         node.chunks_done, node.errors, node.last_seen, node.joined_at,
     )
 
-def task_view(task: TrackedTask, now: float) -> TaskView:
+def task_view(task: TrackedTask, now: float, waiting: str = "") -> TaskView:
     """What the shell may see of a task at time ``now``."""
     end = task.finished_at if task.finished_at is not None else now
     elapsed = end - task.started_at if task.started_at is not None else 0.0
@@ -216,4 +248,5 @@ def task_view(task: TrackedTask, now: float) -> TaskView:
         finished_at=task.finished_at,
         items_per_s=task.items_computed / elapsed if elapsed > 0 else 0.0,
         items_by_node=MappingProxyType(dict(task.items_by_node)),
+        waiting=waiting,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,8 @@ class Task:
     max_attempts: int
     priority: int = 0
     """Higher goes first; tasks of one priority share the nodes."""
+    requires: Mapping[str, str | float] = field(default_factory=dict)
+    """What a node must have to get the task's chunks (resource: at least this number, or this name)."""
 
     def item_shape(self, name: str) -> tuple[int, ...]:
         """The shape of one item of input ``name``."""
@@ -294,7 +296,8 @@ class Task:
             "chunk_size": self.chunk_size if self.chunk_size is not None else "auto",
             "return": self.return_mode,
             "max_attempts": self.max_attempts,
-            "priority": self.priority,
+            **({"priority": self.priority} if self.priority else {}),
+            **({"requires": dict(self.requires)} if self.requires else {}),
         }
 
     def describe_inputs(self) -> dict[str, dict[str, Any]]:
@@ -394,6 +397,7 @@ def _build(
         return_mode=model.return_mode,
         max_attempts=model.max_attempts,
         priority=model.priority,
+        requires=dict(model.requires),
     )
 
 
@@ -467,6 +471,7 @@ def task_from_parts(
     max_attempts: int,
     *,
     priority: int = 0,
+    requires: Mapping[str, str | float] | None = None,
     limits: TaskLimits = DEFAULT_LIMITS,
 ) -> Task:
     """Rebuild a Task from its parts, validating them the way parse_task does.
@@ -485,6 +490,7 @@ def task_from_parts(
         "chunk_size": "auto" if chunk_size is None else chunk_size,
         "return": return_mode,
         "max_attempts": max_attempts,
-        "priority": priority,
+        **({"priority": priority} if priority else {}),
+        **({"requires": dict(requires)} if requires else {}),
     }
     return _build(document, arrays, base_dir=None, limits=limits, allow_files=False, default_name="task")

@@ -16,6 +16,7 @@ from console.engine.statedir import StateDir
 from nodes.agent import NodeAgent, NodeSettings
 from nodes.relay import Relay, RelaySettings
 from nodes.ssh.server import ServerSettings
+from nodes.pool import WorkerPool
 from nodes.work import LocalWork
 from tests.conftest import wait_until
 
@@ -31,7 +32,7 @@ async def door(request, state: StateDir, tmp_path: Path) -> AsyncIterator[tuple[
         if request.param == "console":
             yield console.server.address
             return
-        relay = Relay(RelaySettings("A", ("127.0.0.1", 0), tmp_path / "link_host_key", server=GATE), LocalWork(1))
+        relay = Relay(RelaySettings("A", ("127.0.0.1", 0), tmp_path / "link_host_key", server=GATE), LocalWork(WorkerPool(1)))
         agent = NodeAgent(NodeSettings(upstreams=(console.server.address,), key_path=state.node_key, name="A",
                                        slots=1, host_key=state.host_key_pub), relay,
                           host_key_line=relay.host_key_line, out=io.StringIO())

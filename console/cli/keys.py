@@ -60,9 +60,9 @@ def run_keys(state: StateDir, args: argparse.Namespace) -> int:
                 for entry in info["authorized"]:
                     print(f"{entry['role']:14} {entry['fingerprint']}  {entry['name']}")
             return ExitStatus.OK
-        case "add-node" | "add-user":
-            role = Role.NODE if args.keys_command == "add-node" else (
-                Role.OPERATOR if args.operator else Role.USER)
+        case "add-node" | "add-user" | "add-observer":
+            role = {"add-node": Role.NODE, "add-observer": Role.OBSERVER}.get(
+                args.keys_command, Role.OPERATOR if getattr(args, "operator", False) else Role.USER)
             entry = registry.add(role, _pubkey_text(args.pubkey), args.name)
             print(f"authorized {entry.name} as {role.value}: {entry.fingerprint}")
             return ExitStatus.OK
@@ -95,4 +95,5 @@ def _paths(state: StateDir) -> dict[str, str]:
         "node_key": str(state.node_key), "node_key_pub": str(state.node_key) + ".pub",
         "authorized_nodes": str(state.authorized_nodes), "authorized_users": str(state.authorized_users),
         "authorized_operators": str(state.authorized_operators),
+        "authorized_observers": str(state.authorized_observers),
     }

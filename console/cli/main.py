@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
     _limit_options(p)
 
-    for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes")):
+    for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes"),
+                            ("operations", "list the operations the front-end runs, and which nodes run each")):
         p = _command(sub, name, help=help_text)
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         _client_options(p)
@@ -127,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("target", metavar=what)
         _client_options(p)
 
+    p = _command(sub, "attach", help="the console, attached over SSH to a running serve or console",
+                 description="Open the console on a front-end that runs elsewhere (serve, or another "
+                             "console), over SSH with the operator key (or an observer's). Quitting "
+                             "leaves the front-end running.")
+    p.add_argument("address", nargs="?", metavar="HOST:PORT",
+                   help="the front-end (default: the one running on the state folder)")
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="state folder whose keys and recorded address to use (default: the usual one)")
+    p.add_argument("--key", metavar="FILE", help="private key to log in with (default: D/operator_key)")
+    p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
+
     p = _command(sub, "validate", help="check a task file, run nothing")
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
@@ -137,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.required = True
     p = _command(keys, "show", help="paths and fingerprints")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key")):
+    for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key"),
+                            ("add-observer", "authorize a key that sees everything and may change nothing")):
         p = _command(keys, name, help=help_text)
         p.add_argument("pubkey", metavar="PUBKEY", help="a public key line, or a .pub file")
         p.add_argument("--name", default="", help="the name it goes by (default: key- and its fingerprint's start)")
@@ -318,6 +331,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return run_keys(state_dir(args), args)
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    from console.cli.attach import run_attach
+    from console.cli.client import resolve_endpoint
+
+    return run_attach(resolve_endpoint(state_dir(args), args.address, args.key, args.host_key))
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from console.cli.remote import Interrupted, run_remote
     from console.engine.host import on_stop_signals
@@ -340,8 +360,9 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
-    "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
+    None: cmd_console, "serve": cmd_serve, "attach": cmd_attach, "run": cmd_run, "validate": cmd_validate,
+    "node": cmd_node, "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
+    "operations": cmd_client,
     "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
     "release": cmd_client,
 }

@@ -51,6 +51,8 @@ class Role(enum.Enum):
     NODE = "node"
     USER = "user"
     OPERATOR = "operator"
+    OBSERVER = "observer"
+    """Sees everything an operator sees and may change nothing."""
 
 
 @dataclass(frozen=True)
@@ -194,13 +196,14 @@ class KeyRegistry:
             Role.NODE: state.authorized_nodes,
             Role.USER: state.authorized_users,
             Role.OPERATOR: state.authorized_operators,
+            Role.OBSERVER: state.authorized_observers,
         }
         self._cache: dict[Role, tuple[float, list[KeyEntry]]] = {}
 
     def entries(self) -> list[KeyEntry]:
-        """Every authorized key, operators first."""
+        """Every authorized key, operators first (a key listed twice counts with the first)."""
         result: list[KeyEntry] = []
-        for role in (Role.OPERATOR, Role.USER, Role.NODE):
+        for role in (Role.OPERATOR, Role.USER, Role.OBSERVER, Role.NODE):
             result.extend(self._entries(role))
         return result
 
@@ -353,6 +356,7 @@ def initialize(state: StateDir) -> None:
         if not path.exists():
             key = ensure_keypair(path, f"chainconsole-{name}")
             registry.add(role, public_key_line(key), name)
-    for path in (state.authorized_nodes, state.authorized_users, state.authorized_operators):
+    for path in (state.authorized_nodes, state.authorized_users, state.authorized_operators,
+                 state.authorized_observers):
         if not path.exists():
             write_private_file(path, b"")  # there to be edited, like ~/.ssh/authorized_keys

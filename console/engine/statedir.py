@@ -92,6 +92,10 @@ class StateDir:
         return self.root / "authorized_operators"
 
     @property
+    def authorized_observers(self) -> Path:
+        return self.root / "authorized_observers"
+
+    @property
     def pending_nodes(self) -> Path:
         return self.root / "pending_nodes.json"
 

@@ -18,9 +18,11 @@ from typing import Protocol
 
 import asyncssh
 
+from console.engine.console_stream import chunks_object
 from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.records import TaskRecord
-from console.engine.keys import KeyEntry, Role
+from console.engine.keys import KeyEntry, KeyError_, Role
+from console.ssh.watch_stream import stream_console
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 from protocol.upload import MAX_UPLOAD_STREAM, UploadReader
 
@@ -30,12 +32,17 @@ SEND_CHUNK = 1024 * 1024
 USAGE = """commands:
   submit [--detach]     read a task (JSON) on stdin and run it
   watch ID              follow a task until it ends (JSON lines)
+  watch                 the console stream: nodes, tasks, keys, events (JSON lines;
+                        operators and observers)
+  chunks ID             a task's chunk map and items per node, as JSON
   tasks | nodes         list as JSON
+  operations            what the front-end runs, and which nodes run each (JSON)
   status ID             one task as JSON
   result ID             the results as .npz bytes on stdout
   cancel ID
   delete ID             remove a finished task's files and journal rows
   drain NODE | kick NODE | release NODE     (operators)
+  approve FINGERPRINT [--name NAME]          authorize a pending node key (operators)
 """
 
 
@@ -56,6 +63,9 @@ class Session:
         self.process = process
         self.key = key
         self.operator = key.role is Role.OPERATOR
+        self.observer = key.role is Role.OBSERVER
+        self.sees_all = self.operator or self.observer
+        """Operators and observers see every task; a user sees their own."""
 
     def out(self, obj: object) -> None:
         self.process.stdout.write((json.dumps(obj) + "\n").encode())
@@ -82,18 +92,25 @@ class Session:
         except FrontEndError as exc:
             status = ExitStatus.FAILED if "not finished" in str(exc) else ExitStatus.USAGE
             return self.fail(str(exc), status)
+        except KeyError_ as exc:
+            return self.fail(str(exc))
 
     # -- helpers ---------------------------------------------------------------------
 
     def _own_task(self, task_id: str) -> TaskRecord:
         record = self.frontend.task(task_id)
-        if not self.operator and record.owner != self.key.name:
+        if not self.sees_all and record.owner != self.key.name:
             raise FrontEndError(f"no task {task_id!r}")  # other users' tasks do not exist for you
         return record
 
     def _require_operator(self) -> None:
+        self._refuse_observer()
         if not self.operator:
             raise FrontEndError("only operators may do that")
+
+    def _refuse_observer(self) -> None:
+        if self.observer:
+            raise FrontEndError("observers may look but not change anything")
 
     @staticmethod
     def _one_arg(args: list[str], what: str) -> str:
@@ -117,6 +134,7 @@ class Session:
         parser = _Parser(prog="submit", add_help=False)
         parser.add_argument("--detach", action="store_true")
         opts = parser.parse_args(args)
+        self._refuse_observer()
         try:
             upload = await self._read_upload(MAX_UPLOAD_STREAM)
             # Decoding and validating (the symmetry check of a large eigvalsh input takes
@@ -141,6 +159,11 @@ class Session:
         return await self._follow(task_id)
 
     async def cmd_watch(self, args: list[str]) -> int:
+        if not args:
+            if not self.sees_all:
+                raise FrontEndError("only operators and observers may watch the whole front-end; "
+                                    "watch ID follows one of your tasks")
+            return await stream_console(self.frontend, self.process, self.key)
         record = self._own_task(self._one_arg(args, "task id"))
         return await self._follow(record.task_id)
 
@@ -165,7 +188,7 @@ class Session:
 
     async def cmd_tasks(self, args: list[str]) -> int:
         rows = [asdict(r) for r in self.frontend.task_rows()
-                if self.operator or r.owner == self.key.name]
+                if self.sees_all or r.owner == self.key.name]
         self.out(rows)
         return ExitStatus.OK
 
@@ -180,6 +203,10 @@ class Session:
         self.out([asdict(r) for r in self.frontend.node_rows()])
         return ExitStatus.OK
 
+    async def cmd_operations(self, args: list[str]) -> int:
+        self.out(self.frontend.operations())
+        return ExitStatus.OK
+
     async def cmd_result(self, args: list[str]) -> int:
         record = self._own_task(self._one_arg(args, "task id"))
         path = await asyncio.to_thread(self.frontend.result_file, record.task_id)
@@ -189,7 +216,14 @@ class Session:
                 await self.process.stdout.drain()
         return ExitStatus.OK
 
+    async def cmd_chunks(self, args: list[str]) -> int:
+        record = self._own_task(self._one_arg(args, "task id"))
+        chunk_map = self.frontend.chunk_map(record.task_id)
+        self.out(chunks_object(record.task_id, chunk_map, self.frontend.items_by_node(record.task_id)))
+        return ExitStatus.OK
+
     async def cmd_cancel(self, args: list[str]) -> int:
+        self._refuse_observer()
         record = self._own_task(self._one_arg(args, "task id"))
         self.frontend.cancel(record.task_id, by=self.key.name)
         await record.finished.wait()
@@ -197,6 +231,7 @@ class Session:
         return ExitStatus.OK
 
     async def cmd_delete(self, args: list[str]) -> int:
+        self._refuse_observer()
         record = self._own_task(self._one_arg(args, "task id"))
         await self.frontend.delete(record.task_id)
         self.out({"task_id": record.task_id, "state": "deleted"})
@@ -210,6 +245,16 @@ class Session:
 
     async def cmd_release(self, args: list[str]) -> int:
         return self._node_action(args, self.frontend.release, "released")
+
+    async def cmd_approve(self, args: list[str]) -> int:
+        parser = _Parser(prog="approve", add_help=False)
+        parser.add_argument("fingerprint")
+        parser.add_argument("--name", default="")
+        opts = parser.parse_args(args)
+        self._require_operator()
+        entry = self.frontend.approve_key(opts.fingerprint, opts.name)
+        self.out({"fingerprint": entry.fingerprint, "name": entry.name, "state": "approved"})
+        return ExitStatus.OK
 
     def _node_action(self, args: list[str], action: Callable[..., None], state: str) -> int:
         """An operator's action on one node, by name."""

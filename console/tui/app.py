@@ -1,8 +1,9 @@
-"""The operator console: a Textual app hosting the front-end in its own event loop.
+"""The operator console: a Textual app around one front-end, hosted here or attached.
 
-The App starts the Host (front-end, SSH server, local nodes) when it mounts and stops
+The App starts its ``ConsoleSource`` when it mounts — the Host (front-end, SSH server,
+local nodes) in its own event loop, or an SSH attachment to a running one — and stops
 it when it quits. It reads one snapshot of the front-end per refresh tick and pushes it
-into the screens; keys call the front-end API and refresh at once, so an operator sees
+into the screens; keys call the source's actions and refresh at once, so an operator sees
 the effect of a key without waiting for the next tick. Every key is declared once in
 ``KEY_ACTIONS``: the bindings, the footer, the help screen and the command palette are
 all made from it, and ``check_action`` dims what cannot apply to the current selection.
@@ -12,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO
 
-import asyncssh
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -29,11 +27,11 @@ from textual.widgets import DataTable
 from textual_fspicker import FileSave, Filters
 
 from console.tui import formatting as fmt
-from console.engine.eventlog import EventLog, format_event, open_event_log
+from console.engine.eventlog import format_event
 from console.engine.frontend import FrontEndError
 from console.engine.records import Event, NodeRow, TaskRow
 from console.engine.host import Host, on_stop_signals
-from console.engine.keys import KeyError_, fingerprint
+from console.engine.keys import KeyError_
 from console.ssh.server import ServerSettings
 from console.engine.statedir import StateDir
 from console.tui.detail import TaskDetailScreen
@@ -42,7 +40,8 @@ from console.tui.picker import TaskFileOpen
 from console.tui.keys import PendingKeysModal
 from console.tui.main import MainScreen
 from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
-from console.tui.snapshot import EMPTY, take_detail, take_snapshot
+from console.tui.snapshot import EMPTY
+from console.tui.source import OWNER, ConsoleSource, HostedFrontEnd, Identity
 from console.tui.status import HostIdentity, ThroughputMeter
 from console.tui.tables import CONNECTED_NODE_STATES, FINISHED_TASK_STATES, LIVE_TASK_STATES
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
@@ -51,8 +50,7 @@ from protocol.taskfile import DEFAULT_LIMITS, TaskLimits, load_task_file
 DEFAULT_LISTEN = ("127.0.0.1", 8022)
 DEFAULT_REFRESH_S = 0.4
 """How often the screens re-read the front-end: every 250-500 ms is live enough and cheap."""
-OWNER = "operator"
-"""Who the console's submissions belong to: the operator, like the operator key's tasks."""
+__all__ = ["OWNER", "ConsoleApp", "KEY_ACTIONS", "run_console"]
 MASK = "•••"
 DRAINABLE_NODE_STATES = frozenset({"idle", "busy"})
 WORKING_NODE_STATES = DRAINABLE_NODE_STATES
@@ -114,22 +112,27 @@ OTHER_KEYS = (
     ("ctrl+p", "command palette: every action by name"),
 )
 CONSOLE_ACTIONS = frozenset(a.action for a in KEY_ACTIONS) | {"open_task", "open_node"}
+CHANGING_ACTIONS = frozenset({"submit", "drain", "kick", "release", "cancel_task", "delete_task", "approve",
+                              "add_node", "remove_node", "restart_node"})
+"""What an observer may not do: its console shows these keys dimmed."""
 
 
 class ConsoleApp(App[None]):
-    """The operator console around one Host."""
+    """The operator console around one front-end: a Host run here, or any ``ConsoleSource``."""
 
     TITLE = "chainconsole"
     BINDINGS = [Binding(a.key, a.action, a.label, key_display=a.key_display, show=a.show) for a in KEY_ACTIONS]
 
-    def __init__(self, host: Host, *, live: bool = True, refresh_s: float = DEFAULT_REFRESH_S,
-                 handle_signals: bool = False) -> None:
+    def __init__(self, host: Host | None = None, *, source: ConsoleSource | None = None, live: bool = True,
+                 refresh_s: float = DEFAULT_REFRESH_S, handle_signals: bool = False) -> None:
         """``live=False`` is for snapshots: no refresh timer, and the address, host key and
         uptime are masked, so the same state always draws the same picture.
         ``handle_signals`` makes SIGINT, SIGTERM and SIGHUP quit cleanly (the console
-        command; tests leave the process's signals alone)."""
+        command; tests leave the process's signals alone). Give a ``host`` to run it here,
+        or a ``source`` (an attached front-end)."""
         super().__init__()
         self.host = host
+        self.source: ConsoleSource = source if source is not None else HostedFrontEnd(host, live=live)
         self.live = live
         self.handle_signals = handle_signals
         self.refresh_s = refresh_s
@@ -140,7 +143,8 @@ class ConsoleApp(App[None]):
         self._new_events: collections.deque[Event] = collections.deque(maxlen=1000)
         self._host_running = False
         self._stopped = False
-        self._log_file: IO[str] | None = None
+        self._ending: tuple[int, str] | None = None
+        """An exit asked for before the main screen was up: taken when it is."""
         self._binding_state: tuple = ()
 
     def get_default_screen(self) -> Screen:
@@ -149,44 +153,30 @@ class ConsoleApp(App[None]):
     # -- the host's life ----------------------------------------------------------------------
 
     async def on_mount(self) -> None:
-        settings = self.host.settings
         if self.handle_signals:
             on_stop_signals(self._on_stop_signal)
         try:
-            address = await self.host.start()
-        except ChainconsoleError as exc:  # the state folder is in use or damaged
+            identity = await self.source.start()
+        except ChainconsoleError as exc:  # the state folder is in use, the address taken, no way in
             await self._stop_host()
-            self.exit(return_code=getattr(exc, "status", ExitStatus.CONNECT), message=f"chainconsole: {exc}")
-            return
-        except OSError as exc:
-            await self._stop_host()
-            self.exit(return_code=ExitStatus.CONNECT,
-                      message=f"chainconsole: cannot listen on {settings.host}:{settings.port}: "
-                              f"{exc.strerror or exc}")
+            self._end(getattr(exc, "status", ExitStatus.CONNECT), f"chainconsole: {exc}")
             return
         self._host_running = True
-        self.identity = self._identify(address)
-        frontend = self.host.frontend
-        assert frontend is not None
-        self._new_events.extend(frontend.events)
+        self.identity = self._identify(identity)
+        self._new_events.extend(self.source.events())
         # Events are only buffered here; the log is written on the next refresh, so a
         # burst of events costs one redraw, not one per event.
-        frontend.on_event(self._new_events.append)
-        if self.live:
-            self._log_file = open_event_log(self.host.state)
-            log = EventLog(self._log_file)
-            for event in list(frontend.events):
-                log(event)
-            frontend.on_event(log)
+        self.source.on_event(self._new_events.append)
         self.refresh_views()
         if self.live:
             self.set_interval(self.refresh_s, self.refresh_views, name="refresh")
 
-    def _identify(self, address: tuple[str, int]) -> HostIdentity:
+    def _identify(self, identity: Identity) -> HostIdentity:
+        host, port = identity.address
         if not self.live:
-            return HostIdentity(f"{address[0]}:{MASK}", f"SHA256:{MASK}")
-        key = asyncssh.read_private_key(self.host.state.host_key)
-        return HostIdentity(f"{address[0]}:{address[1]}", fingerprint(key))
+            return HostIdentity(f"{host}:{MASK}", f"SHA256:{MASK}")
+        note = f" ({identity.note})" if identity.note else ""
+        return HostIdentity(f"{host}:{port}{note}", identity.host_key)
 
     async def _stop_host(self) -> None:
         """Stop the front-end once, whichever way the console ends."""
@@ -194,12 +184,17 @@ class ConsoleApp(App[None]):
             return
         self._stopped = True
         self._host_running = False
-        await self.host.stop()
-        if self._log_file is not None:
-            self._log_file.close()
+        await self.source.stop()
 
     async def on_unmount(self) -> None:
         await self._stop_host()
+
+    def _end(self, status: int, message: str) -> None:
+        """Exit with one line; once the main screen is up (a start that fails at once comes first)."""
+        if self.main.ready:
+            self.exit(return_code=status, message=message)
+        else:
+            self._ending = (status, message)
 
     def _on_stop_signal(self, sig) -> None:
         self.exit(return_code=128 + sig, message=f"chainconsole: stopped by {sig.name}")
@@ -207,6 +202,11 @@ class ConsoleApp(App[None]):
     # -- reading the front-end ----------------------------------------------------------------
 
     def on_main_screen_ready(self, message: MainScreen.Ready) -> None:
+        if self._ending is not None:
+            status, text = self._ending
+            self._ending = None  # the screen says it is ready more than once
+            self.exit(return_code=status, message=text)
+            return
         self.refresh_views()
 
     def refresh_views(self) -> None:
@@ -215,7 +215,11 @@ class ConsoleApp(App[None]):
         # screens' widgets; a refresh timer firing in between would find them gone.
         if not (self._running and self._host_running and self.main.ready):
             return
-        self.snapshot = take_snapshot(self.host)
+        if self.source.ended:  # an attached front-end went away
+            self._host_running = False
+            self._end(ExitStatus.CONNECT, f"chainconsole: {self.source.ended}")
+            return
+        self.snapshot = self.source.snapshot()
         now = time.monotonic()
         self.meter.observe(now, sum(t.items_done for t in self.snapshot.tasks))
         # Under a task's screen the main screen is hidden (dialogs only dim it): skip redrawing
@@ -239,10 +243,9 @@ class ConsoleApp(App[None]):
             self._show_node(stack[-1])
 
     def _show_node(self, screen: NodeDetailScreen) -> None:
-        frontend = self.host.frontend
-        if not (self._host_running and screen.ready) or frontend is None:
+        if not (self._host_running and screen.ready):
             return
-        screen.show(self.snapshot.nodes_by_id.get(screen.node_id), list(frontend.events))
+        screen.show(self.snapshot.nodes_by_id.get(screen.node_id), self.source.events())
 
     def on_task_detail_screen_ready(self, message: TaskDetailScreen.Ready) -> None:
         # The screen may already be gone (popped, or the console quitting) when this arrives.
@@ -253,14 +256,13 @@ class ConsoleApp(App[None]):
     def _show_detail(self, screen: TaskDetailScreen) -> None:
         if not (self._host_running and screen.ready):
             return
-        detail = take_detail(self.host, screen.task_id)
+        detail = self.source.detail(screen.task_id)
         screen.show(self.snapshot.tasks_by_id.get(screen.task_id), detail.chunks, detail.shares)
 
     def _uptime(self) -> str:
-        frontend = self.host.frontend
-        if not self.live or frontend is None:
+        if not self.live:
             return MASK
-        return fmt.clock(time.time() - frontend.started_at)
+        return fmt.clock(time.time() - self.source.started_at)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         # The selection decides which keys apply; the footer is rebuilt only when that changes,
@@ -297,6 +299,8 @@ class ConsoleApp(App[None]):
         """Whether ``action`` can do anything on ``screen`` with its current selection."""
         if not self._host_running:
             return action in ("help", "quit")
+        if action in CHANGING_ACTIONS and not self.source.can_act:
+            return False
         node, task = self.selected_node(screen), self.selected_task(screen)
         match action:
             case "submit":
@@ -322,12 +326,12 @@ class ConsoleApp(App[None]):
             case "approve":
                 return self.snapshot.pending_keys > 0
             case "add_node":
-                return True
+                return self.source.stops_on_quit  # hosted here: this machine runs the front-end
             case "remove_node":
                 return self._local_node_to_remove(node) is not None
             case "restart_node":
-                return (node is not None and node.state in DEPARTED_NODE_STATES and self.host.is_local(node.node_id)
-                        and not self.host.local_running(node.node_id))
+                return (node is not None and node.state in DEPARTED_NODE_STATES and self.source.is_local(node.node_id)
+                        and not self.source.local_running(node.node_id))
         return True
 
     def nodes_to_act_on(self, screen: Screen | None = None) -> list[NodeRow]:
@@ -340,7 +344,7 @@ class ConsoleApp(App[None]):
 
     def _local_node_to_remove(self, node: NodeRow | None) -> NodeRow | None:
         """The selected node if it is a working local one, else the newest working local node."""
-        local = [n for n in self.snapshot.nodes if n.state in DRAINABLE_NODE_STATES and self.host.is_local(n.node_id)]
+        local = [n for n in self.snapshot.nodes if n.state in DRAINABLE_NODE_STATES and self.source.is_local(n.node_id)]
         if node is not None and node in local:
             return node
         return local[-1] if local else None
@@ -399,10 +403,10 @@ class ConsoleApp(App[None]):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def _call(self, what: str, call: partial) -> bool:
+    async def _call(self, what: str, call: Awaitable[object]) -> bool:
         """Call the front-end; a request it refuses becomes a notification, not a crash."""
         try:
-            call()
+            await call
         except (FrontEndError, KeyError_) as exc:
             self.notify(str(exc), title=f"Cannot {what}", severity="error")
             return False
@@ -416,19 +420,22 @@ class ConsoleApp(App[None]):
     @work(group="dialogs")
     async def _submit(self) -> None:
         path = await self.push_screen_wait(TaskFileOpen(Path.cwd(), "Submit a task file", filters=TASK_FILES))
-        frontend = self.host.frontend
-        if path is None or frontend is None or not self._host_running:
+        if path is None or not self._host_running:
             return
         try:
             # The same size limits as tasks submitted over SSH to this front-end.
-            task = await asyncio.to_thread(load_task_file, path, limits=frontend.limits)
+            task = await asyncio.to_thread(load_task_file, path, limits=self.source.limits)
         except TaskFileError as exc:
             await self.push_screen_wait(ProblemsModal(path.name, exc.problems))
             return
         except (OSError, ChainconsoleError) as exc:
             self.notify(str(exc), title=f"Cannot read {path.name}", severity="error")
             return
-        task_id = await frontend.submit(task, OWNER)
+        try:
+            task_id = await self.source.submit(task)
+        except FrontEndError as exc:
+            self.notify(str(exc), title=f"Cannot submit {path.name}", severity="error")
+            return
         self.refresh_views()
         self.main.select_task(task_id)
         self.notify(f"{task.name}: {task.operation} × {task.count:,} submitted as {task_id}")
@@ -447,10 +454,7 @@ class ConsoleApp(App[None]):
             question += f"\n\n{stall}" if stall else ""
             if not await self.push_screen_wait(ConfirmModal(f"{verb} {_count_nodes(nodes)}", question, verb)):
                 return
-        frontend = self.host.frontend
-        if frontend is None:
-            return
-        done = [n for n in nodes if self._call("drain", partial(frontend.drain, n.node_id, by="the console"))]
+        done = [n for n in nodes if await self._call("drain", self.source.drain(n.node_id))]
         self.main.clear_marks()
         if done:
             if len(done) == 1:
@@ -458,9 +462,13 @@ class ConsoleApp(App[None]):
             else:
                 self.notify(f"{_names(done)} are draining: each finishes what it holds, then leaves")
 
-    def action_add_node(self) -> None:
+    async def action_add_node(self) -> None:
         names: list[str] = []
-        if self._call("add a node", lambda: names.append(self.host.add_local_node())):
+
+        async def add() -> None:
+            names.append(await self.source.add_local_node())
+
+        if await self._call("add a node", add()):
             self.notify(f"{names[0]} started on this machine: it joins in a moment")
 
     def action_remove_node(self) -> None:
@@ -468,17 +476,16 @@ class ConsoleApp(App[None]):
         if node is not None:
             self._drain([node], "Remove")
 
-    def action_restart_node(self) -> None:
+    async def action_restart_node(self) -> None:
         node = self.selected_node()
-        if node is not None and self._call("restart", partial(self.host.restart_local_node, node.node_id)):
+        if node is not None and await self._call("restart", self.source.restart_local_node(node.node_id)):
             self.notify(f"{node.node_id} started again: it joins in a moment")
 
-    def action_release(self) -> None:
+    async def action_release(self) -> None:
         node = self.selected_node()
-        frontend = self.host.frontend
-        if node is None or frontend is None:
+        if node is None:
             return
-        if self._call("release", partial(frontend.release, node.node_id, by="the console")):
+        if await self._call("release", self.source.release(node.node_id)):
             self.notify(f"{node.node_id} released from quarantine: it gets work again")
 
     def action_kick(self) -> None:
@@ -501,10 +508,7 @@ class ConsoleApp(App[None]):
             question += f"\n\n{stall}"
         if not await self.push_screen_wait(ConfirmModal(f"Kick {_count_nodes(nodes)}", question, "Kick")):
             return
-        frontend = self.host.frontend
-        if frontend is None:
-            return
-        done = [n for n in nodes if self._call("kick", partial(frontend.kick, n.node_id, by="the console"))]
+        done = [n for n in nodes if await self._call("kick", self.source.kick(n.node_id))]
         self.main.clear_marks()
         if done:
             self.notify(f"{_names(done)} kicked")
@@ -520,8 +524,7 @@ class ConsoleApp(App[None]):
                     f"{task.items_done:,} of {task.items:,} items are done; the rest will not be computed.")
         if not await self.push_screen_wait(ConfirmModal(f"Cancel {task.task_id}", question, "Cancel task")):
             return
-        frontend = self.host.frontend
-        if frontend is not None and self._call("cancel", partial(frontend.cancel, task.task_id, by="the console")):
+        if await self._call("cancel", self.source.cancel(task.task_id)):
             self.notify(f"{task.task_id} ({task.name}) cancelled")
 
     def action_delete_task(self) -> None:
@@ -536,11 +539,8 @@ class ConsoleApp(App[None]):
                     "this cannot be undone.")
         if not await self.push_screen_wait(ConfirmModal(f"Delete {task.task_id}", question, "Delete task")):
             return
-        frontend = self.host.frontend
-        if frontend is None:
-            return
         try:
-            await frontend.delete(task.task_id)
+            await self.source.delete(task.task_id)
         except FrontEndError as exc:
             self.notify(str(exc), title="Cannot delete", severity="error")
         else:
@@ -558,13 +558,10 @@ class ConsoleApp(App[None]):
         dialog = FileSave(Path.cwd(), f"Save results of {task.task_id} ({task.name})",
                           filters=RESULT_FILES, default_file=f"{task.name}-{task.task_id}.npz")
         target = await self.push_screen_wait(dialog)
-        frontend = self.host.frontend
-        if target is None or frontend is None:
+        if target is None:
             return
         try:
-            # Building the .npz the first time reads every result from disk: not on the loop.
-            source = await asyncio.to_thread(frontend.result_file, task.task_id)
-            await asyncio.to_thread(shutil.copyfile, source, target)
+            await self.source.save_results(task.task_id, target)
         except FrontEndError as exc:
             self.notify(str(exc), title="No results to save", severity="error")
             return
@@ -578,13 +575,10 @@ class ConsoleApp(App[None]):
 
     @work(group="dialogs")
     async def _approve(self) -> None:
-        frontend = self.host.frontend
-        if frontend is None:
-            return
-        chosen = await self.push_screen_wait(PendingKeysModal(frontend.pending_keys(), time.time()))
+        chosen = await self.push_screen_wait(PendingKeysModal(self.source.pending_keys(), time.time()))
         if chosen is None:
             return
-        if self._call("approve", partial(frontend.approve_key, chosen)):
+        if await self._call("approve", self.source.approve(chosen)):
             self.notify(f"Node key {chosen} approved: the node gets in on its next try")
 
     def action_filter(self) -> None:
@@ -640,6 +634,10 @@ class ConsoleApp(App[None]):
     @work(group="dialogs")
     async def _quit(self) -> None:
         live = [t for t in self.snapshot.tasks if t.state in LIVE_TASK_STATES]
+        if not self.source.stops_on_quit:  # attached: the front-end keeps running
+            await self._stop_host()
+            self.exit(return_code=ExitStatus.OK)
+            return
         if live:
             question = (f"{len(live)} task{'s are' if len(live) > 1 else ' is'} still running or queued "
                         f"({', '.join(t.task_id for t in live[:5])}{', …' if len(live) > 5 else ''}).\n\n"
