@@ -187,7 +187,8 @@ class TaskSubmitted:
     `completed` holds item ranges already done before a restart (from the journal): they
     are never assigned again and count as done; `completed_failed` says how many of those
     items had failed. `max_chunk_size` bounds automatic chunks (e.g. to keep a chunk's
-    arrays under the frame limit).
+    arrays under the frame limit). A task of higher `priority` gets chunks before tasks
+    of lower priority; tasks of one priority share the nodes.
     """
 
     task_id: str
@@ -198,6 +199,7 @@ class TaskSubmitted:
     completed: tuple[tuple[int, int], ...] = ()
     completed_failed: int = 0
     max_chunk_size: int | None = None
+    priority: int = 0
     replicate: bool = False
     """Its results have no cheap check of every item: they are confirmed by a second node."""
     operation: str = ""

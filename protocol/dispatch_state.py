@@ -86,6 +86,7 @@ class TrackedTask:
         "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
         "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
         "items_by_node", "running_chunks", "runnable", "live", "replicate", "unproven", "operation", "requires",
+        "priority", "_service_s", "_service_at",
     )
 
     def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
@@ -110,10 +111,24 @@ class TrackedTask:
         self.running_chunks = 0
         self.runnable = False
         self.live = True  # still wants results (not done, failed or cancelled)
+        self.priority = event.priority
+        self._service_s = 0.0  # compute time its results took, fading (share_half_life_s)
+        self._service_at = now
         self.replicate = event.replicate
         self.operation = event.operation
         self.requires = dict(event.requires)
         self.unproven: dict[int, tuple[str, int]] = {}  # chunk → (node, items ok): done, never confirmed
+
+    def serve(self, elapsed_s: float, now: float, half_life_s: float) -> None:
+        """Count a result's compute time towards the task's recent share of the nodes."""
+        self._service_s = self.recent_service_s(now, half_life_s) + max(0.0, elapsed_s)
+        self._service_at = now
+
+    def recent_service_s(self, now: float, half_life_s: float) -> float:
+        """Compute time the task's results took lately: each second counts half after ``half_life_s``."""
+        if half_life_s <= 0:
+            return self._service_s
+        return self._service_s * 0.5 ** (max(0.0, now - self._service_at) / half_life_s)
 
     @property
     def items_failed(self) -> int:

@@ -10,8 +10,11 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   Room is filled as soon as it appears: nodes with an idle slot before nodes with only
   prefetch room, round-robin among them. Draining, quarantined and departed nodes get
   nothing.
-- Fairness: running tasks take turns per assignment, in submission order; a task with
-  nothing for the node asking is skipped.
+- Fairness: a task of higher priority is offered chunks first; among tasks of one
+  priority the next chunk goes to the one that got the least compute time lately (its
+  results' elapsed time, fading with a half-life), then the one with the fewest chunks
+  in flight, then in turn; so a small task submitted behind a huge one is not stuck
+  behind it. A task with nothing for the node asking is skipped.
 - Leases: every assignment is a numbered attempt. A departed node's attempts go back in
   line at once; a node not heard from for `heartbeat_timeout_s` is closed and counts as
   lost. An attempt older than max(min_lease_s, straggler_factor x expected time) gets one
@@ -41,8 +44,8 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   (`ErrorCounted`); at `max_node_errors` it gets no more work and what it holds is
   cancelled and requeued, until the operator releases it.
 - Nothing from the network makes it raise: unknown ids and stale attempts are ignored.
-- Assigning costs the same whatever the number of nodes and chunks: deques of nodes with
-  room and of runnable tasks, per-task queues, and queues and heaps of deadlines whose
+- Assigning costs the same whatever the number of nodes and chunks (and grows only with
+  the number of runnable tasks): deques of nodes with room and of runnable tasks, per-task queues, and queues and heaps of deadlines whose
   stale entries are skipped when they surface (and compacted when they pile up).
 - `now` must never go backwards (the shell passes a monotonic clock).
 """
@@ -111,6 +114,9 @@ DEFAULT_STRAGGLER_FACTOR = 4.0
 DEFAULT_MIN_LEASE_S = 10.0
 """... but never before it has run this long."""
 DEFAULT_MAX_NODE_ERRORS = 3
+DEFAULT_SHARE_HALF_LIFE_S = 60.0
+"""How fast a task's past share of the nodes is forgotten: a second of compute counts half
+after this long, so a task that arrives behind a long one catches up within minutes."""
 """Invalid results after which a node is quarantined."""
 STANDING_KEPT = 10_000
 """Departed nodes whose errors and confirmed results are remembered."""
@@ -130,6 +136,7 @@ class Dispatcher(Replicas):
         straggler_factor: float = DEFAULT_STRAGGLER_FACTOR,
         min_lease_s: float = DEFAULT_MIN_LEASE_S,
         max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
+        share_half_life_s: float = DEFAULT_SHARE_HALF_LIFE_S,
         replication: ReplicationPolicy = ReplicationPolicy(),
     ) -> None:
         self._prefetch = max(0, prefetch)
@@ -138,6 +145,7 @@ class Dispatcher(Replicas):
         self._straggler_factor = straggler_factor
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
+        self._share_half_life_s = share_half_life_s
         self.replication = replication
         """Which results of replicated tasks wait for a second computation (may be changed at any time)."""
         self._standing: OrderedDict[str, tuple[int, int]] = OrderedDict()  # departed: (errors, proven)
@@ -392,6 +400,7 @@ class Dispatcher(Replicas):
         if event.valid:
             items_ok = min(max(0, event.items_ok), chunk.size)  # a count from the network
             task.sizer.observe(chunk.size, event.elapsed_s)
+            task.serve(event.elapsed_s, now, self._share_half_life_s)
             if event.confirmed:
                 if held is not None:
                     if event.held_valid:
@@ -633,20 +642,36 @@ class Dispatcher(Replicas):
             self._room.offer(node, len(self._nodes))
 
     def _assign_one(self, node: TrackedNode, now: float, out: list[Action]) -> bool:
-        runnable = self._runnable
         lone_node = self._open_nodes <= 1
-        for _ in range(len(runnable)):
-            task = runnable[0]
+        for task in self._tasks_in_turn(now):
             if task.live and (task.operation or task.requires) and not suits(task, node):
-                runnable.rotate(-1)  # not for this node: it stays runnable for others
-                continue
+                continue  # not for this node: it stays runnable for others
             chunk = task.chunks.take(node.node_id, self._total_slots, lone_node) if task.live else None
-            if chunk is None and not (task.live and task.chunks.has_work()):
-                runnable.popleft()
-                task.runnable = False
+            if chunk is None:
+                if not (task.live and task.chunks.has_work()):
+                    self._runnable.remove(task)
+                    task.runnable = False
                 continue
-            runnable.rotate(-1)  # the next assignment goes to the next task
-            if chunk is not None:
-                self._issue(task, chunk, node, now, out)
-                return True
+            # The task goes to the back of the line: among equals, the next one comes first.
+            self._runnable.remove(task)
+            self._runnable.append(task)
+            self._issue(task, chunk, node, now, out)
+            return True
         return False
+
+    def _tasks_in_turn(self, now: float) -> list[TrackedTask]:
+        """The runnable tasks in the order they are offered the next chunk.
+
+        Higher priority first. Within a priority, the task that got the least compute
+        lately (least attained service, fading with ``share_half_life_s``): a small task
+        submitted behind a huge one is served first and finishes, instead of waiting its
+        turn behind the huge one's chunks; two long tasks even out. Then the fewest chunks
+        in flight, then the order of the line, which turns.
+        """
+        line = list(self._runnable)
+        if len(line) == 1:
+            return line
+        turn = {id(task): i for i, task in enumerate(line)}
+        half_life = self._share_half_life_s
+        return sorted(line, key=lambda t: (-t.priority, t.recent_service_s(now, half_life), t.running_chunks,
+                                           turn[id(t)]))

@@ -34,6 +34,8 @@ MAX_KEY_TEXT = 8192
 # Enrolled node keys travel in one header (~100 bytes each): bounded well inside it.
 MAX_NODE_KEYS = 500
 MAX_SPEC_DEPTH = 8
+MAX_PRIORITY = 100
+"""A task's priority is a whole number from -MAX_PRIORITY to MAX_PRIORITY."""
 
 # Task ids, operations, input names and error codes: safe in file names and log lines.
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -34,6 +34,7 @@ from protocol.fields import (  # noqa: F401  (re-exported: the limits are part o
     MAX_KEY_TEXT,
     MAX_NAME,
     MAX_NODE_KEYS,
+    MAX_PRIORITY,
     MAX_SPEC_DEPTH,
     MAX_SUBTREE,
     MAX_TEXT,
@@ -435,6 +436,8 @@ class Submit(_ArrayMessage):
     """Items per chunk; None: sized from measured speed ("auto")."""
     requires: dict[str, str | float] = _field(check.labels(16), default_factory=dict)
     """Version 3: what a node must have to get the task's chunks."""
+    priority: int = _field(check.integer(-MAX_PRIORITY, MAX_PRIORITY), default=0)
+    """Tasks of higher priority get nodes first (the task file's ``priority``)."""
 
     def _check_together(self) -> None:
         if both := self.generated.keys() & self.arrays.keys():

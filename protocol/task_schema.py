@@ -17,6 +17,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from protocol.errors import TaskFileError
+from protocol.fields import MAX_PRIORITY
 from protocol.inputs import DISTRIBUTIONS, DTYPES, MAX_ITEM_DIMS, MAX_SEED, show_json
 from protocol.operations import OPERATIONS, RETURN_MODES
 
@@ -114,6 +115,12 @@ class TaskModel(_Model):
         ge=1,
         le=MAX_ATTEMPTS_LIMIT,
         description="How many times one chunk may be tried before its items are marked failed.",
+    )
+    priority: int = Field(
+        0,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Tasks of higher priority get nodes first; tasks of equal priority share them. Default 0.",
     )
     requires: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
                    Annotated[str, Field(min_length=1, max_length=128)] | int | float] = Field(

@@ -243,6 +243,8 @@ class Task:
     return_mode: str
     """One of RETURN_MODES: "full" or "norms"."""
     max_attempts: int
+    priority: int = 0
+    """Higher goes first; tasks of one priority share the nodes."""
     requires: Mapping[str, str | float] = field(default_factory=dict)
     """What a node must have to get the task's chunks (resource: at least this number, or this name)."""
 
@@ -294,6 +296,7 @@ class Task:
             "chunk_size": self.chunk_size if self.chunk_size is not None else "auto",
             "return": self.return_mode,
             "max_attempts": self.max_attempts,
+            **({"priority": self.priority} if self.priority else {}),
             **({"requires": dict(self.requires)} if self.requires else {}),
         }
 
@@ -393,6 +396,7 @@ def _build(
         chunk_size=chunk_size,
         return_mode=model.return_mode,
         max_attempts=model.max_attempts,
+        priority=model.priority,
         requires=dict(model.requires),
     )
 
@@ -466,6 +470,7 @@ def task_from_parts(
     return_mode: str,
     max_attempts: int,
     *,
+    priority: int = 0,
     requires: Mapping[str, str | float] | None = None,
     limits: TaskLimits = DEFAULT_LIMITS,
 ) -> Task:
@@ -485,6 +490,7 @@ def task_from_parts(
         "chunk_size": "auto" if chunk_size is None else chunk_size,
         "return": return_mode,
         "max_attempts": max_attempts,
+        **({"priority": priority} if priority else {}),
         **({"requires": dict(requires)} if requires else {}),
     }
     return _build(document, arrays, base_dir=None, limits=limits, allow_files=False, default_name="task")

@@ -122,6 +122,11 @@ class SimTask:
     submit_at: float
     cancel_at: float | None
 
+    @property
+    def priority(self) -> int:
+        """-1, 0 or 1 by the task's number (not drawn, so the seeds replay as before)."""
+        return int(self.task_id[1:]) % 3 - 1
+
 
 @dataclass
 class _Ledger:
@@ -778,7 +783,8 @@ class Simulation:
 
     def _submit(self, task: SimTask) -> None:
         self.submitted.append(task.task_id)
-        self.run_event(TaskSubmitted(task.task_id, task.items, task.chunk_size, task.max_attempts, owner="sim"))
+        self.run_event(TaskSubmitted(task.task_id, task.items, task.chunk_size, task.max_attempts, owner="sim",
+                                     priority=task.priority))
 
     def _cancel(self, task_id: str) -> None:
         if not self.checker.ledgers[task_id].finished:
@@ -861,7 +867,7 @@ class Simulation:
             ledger.abandoned_before_restart = abandoned
             self.run_event(TaskSubmitted(
                 task_id, task.items, task.chunk_size, task.max_attempts, owner="sim",
-                completed=completed, completed_failed=failed,
+                completed=completed, completed_failed=failed, priority=task.priority,
             ))
 
     def _admit(self, node: SimNode, session: int, slots: int, window: int) -> None:
@@ -1089,3 +1095,73 @@ def run_scenario(seed: int) -> SimReport:
         raise
     except Exception as error:  # a crash inside the Dispatcher: name the seed to replay it
         raise SimulationError(f"seed {seed}: {error!r}") from error
+
+
+# --- sharing the fleet between tasks -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """A task a user submits at ``at`` seconds: ``items`` items of ``item_s`` seconds each."""
+
+    task_id: str
+    items: int
+    at: float
+    item_s: float = 0.01
+    priority: int = 0
+    chunk_size: int | None = None
+
+
+def share_fleet(tasks: list[QueuedTask], nodes: int = 4, slots: int = 2, prefetch: int = 1,
+                until: float = 100_000.0) -> dict[str, float]:
+    """When each task finishes on a steady fleet with a fake clock: task id -> finish time.
+
+    Every node joins at time 0 with ``slots`` slots; a slot computes one chunk at a time,
+    ``item_s`` seconds an item; chunks waiting at a node (prefetch) run in the order given.
+    Every node heartbeats once a second, before each tick, so no node is ever lost.
+    """
+    dispatcher = Dispatcher(prefetch=prefetch)
+    item_s = {t.task_id: t.item_s for t in tasks}
+    queued: dict[str, deque[AssignChunk]] = {f"n{i}": deque() for i in range(nodes)}
+    busy: dict[str, int] = {node: 0 for node in queued}
+    finished: dict[str, float] = {}
+    clock: list[tuple[float, int, str, Any]] = []
+    seq = itertools.count()
+
+    def carry_out(actions: list[Action], now: float) -> None:
+        for action in actions:
+            if isinstance(action, AssignChunk):
+                queued[action.node_id].append(action)
+            elif isinstance(action, TaskFinished):
+                finished[action.task_id] = now
+        for node, waiting in queued.items():
+            while waiting and busy[node] < slots:
+                chunk = waiting.popleft()
+                busy[node] += 1
+                took = (chunk.stop - chunk.start) * item_s[chunk.task_id]
+                heapq.heappush(clock, (now + took, next(seq), "done", (chunk, took)))
+
+    for t in tasks:
+        heapq.heappush(clock, (t.at, next(seq), "submit", t))
+    for node in queued:
+        carry_out(dispatcher.handle(NodeJoined(node, slots, slots * (1 + prefetch)), 0.0), 0.0)
+    heapq.heappush(clock, (1.0, next(seq), "tick", None))
+    while clock and len(finished) < len(tasks):
+        now, _, kind, what = heapq.heappop(clock)
+        if now > until:
+            break
+        if kind == "submit":
+            event: Event = TaskSubmitted(what.task_id, what.items, what.chunk_size, 3, priority=what.priority)
+            carry_out(dispatcher.handle(event, now), now)
+        elif kind == "done":
+            chunk, took = what
+            busy[chunk.node_id] -= 1
+            done = ResultReceived(chunk.node_id, chunk.task_id, chunk.chunk, chunk.attempt,
+                                  chunk.stop - chunk.start, took)
+            carry_out(dispatcher.handle(done, now), now)
+        else:
+            for node in queued:
+                carry_out(dispatcher.handle(HeartbeatReceived(node), now), now)
+            carry_out(dispatcher.handle(Tick(), now), now)
+            heapq.heappush(clock, (now + 1.0, next(seq), "tick", None))
+    return finished

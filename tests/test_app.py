@@ -134,6 +134,39 @@ async def test_submit_from_the_picker_puts_a_valid_task_in_the_table_at_once(tmp
         assert table.selected_key == task_id
 
 
+async def test_one_enter_on_a_file_in_the_picker_submits_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual_fspicker.parts import DirectoryNavigation
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "good.json").write_text(json.dumps(TASK))
+    monkeypatch.chdir(folder)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        await shown(pilot, lambda: bool(app.screen.query(DirectoryNavigation)), "the file picker")
+        navigation = app.screen.query_one(DirectoryNavigation)
+        navigation.focus()
+        await pilot.pause()
+        # The list holds the parent folder, then good.json: move onto the file, one enter.
+        await shown(pilot, lambda: navigation.option_count == 2, "the folder's entries")
+        await pilot.press("home", "down", "enter")
+        await shown(pilot, lambda: app.main.query_one(TasksTable).row_count == 1, "the task row")
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_the_task_screen_offers_submit_in_its_palette(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await submit(app)
+        app.main.query_one(TasksTable).focus()
+        await pilot.press("enter")
+        await shown(pilot, lambda: isinstance(app.screen, TaskDetailScreen), "the task screen")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Submit a task file" in titles
+        assert enabled(app)["submit"] is True
+
+
 async def test_an_invalid_task_file_opens_a_modal_listing_each_problem(tmp_path: Path) -> None:
     bad = {**TASK, "max_attempts": 0, "chunk_size": "big"}
     task_file = tmp_path / "bad.json"
@@ -321,7 +354,8 @@ async def test_actions_that_cannot_apply_are_dimmed_and_come_back_with_a_selecti
         await pilot.pause()
         state = enabled(app)
         assert {a for a, on in state.items() if not on} == {"drain", "kick", "release", "cancel_task",
-                                                            "save_results", "delete_task", "approve"}
+                                                            "save_results", "delete_task", "approve",
+                                                            "mark", "remove_node", "restart_node"}
         await submit(app)
         await pilot.pause()
         state = enabled(app)

@@ -24,6 +24,8 @@ from console.engine.statedir import StateDir
 from protocol.dispatch_events import ChunkState, ChunkView
 
 SIZE = (120, 36)
+SMALL = (80, 24)
+LARGE = (200, 60)
 T0 = 1_700_000_000.0
 
 NODES = [
@@ -49,6 +51,7 @@ EVENTS = [
     Event(T0 + 5, "submitted", "eigvalsh-sym: eigvalsh × 20000 by bob", task_id="t2"),
     Event(T0 + 9, "lost", "laptop: connection lost: no heartbeat for 5.0s", node_id="laptop"),
     Event(T0 + 9, "requeue", "chunk t2/17 from laptop: node lost", task_id="t2", node_id="laptop"),
+    Event(T0 + 11, "invalid", "old-box chunk t3/4: item 31 is off by 2.1e-03", node_id="old-box", task_id="t3"),
     Event(T0 + 12, "quarantine", "old-box quarantined: 3 invalid results", node_id="old-box"),
     Event(T0 + 14, "drain", "edge-08 draining", node_id="edge-08"),
     Event(T0 + 20, "finished", "invert-256 done: 5000/5000 ok in 41.20s", task_id="t1"),
@@ -120,6 +123,12 @@ class ScriptedHost:
     async def stop(self) -> None:
         pass
 
+    def is_local(self, name: str) -> bool:
+        return name.startswith("gpu-")
+
+    def local_running(self, name: str) -> bool:
+        return True
+
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -150,3 +159,30 @@ def test_kick_confirmation_names_the_node(snap_compare, tmp_path: Path) -> None:
 
 def test_help_lists_every_key(snap_compare, tmp_path: Path) -> None:
     assert snap_compare(still_app(tmp_path), press=["question_mark"], terminal_size=SIZE)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x60"])
+def test_main_screen_at_the_smallest_and_a_large_size(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:
+    # At 80x24 the footer keeps quit, help, filter and the palette, the header's totals keep
+    # their line, and the tables drop their least useful columns.
+    assert snap_compare(still_app(tmp_path), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x60"])
+def test_task_detail_screen_at_the_smallest_and_a_large_size(snap_compare, tmp_path: Path,
+                                                              size: tuple[int, int]) -> None:
+    assert snap_compare(still_app(tmp_path), press=["tab", "down", "enter"], terminal_size=size)
+
+
+def test_a_task_without_its_map_says_so_in_full_at_80x24(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(still_app(tmp_path), press=["tab", "enter"], terminal_size=SMALL)
+
+
+def test_node_detail_screen_shows_its_chain_standing_and_events(snap_compare, tmp_path: Path) -> None:
+    # edge-07 sits behind relay-a; enter opens it.
+    assert snap_compare(still_app(tmp_path), press=["down", "down", "down", "enter"], terminal_size=SMALL)
+
+
+def test_marked_nodes_and_a_sorted_table(snap_compare, tmp_path: Path) -> None:
+    # Two nodes marked (space), the nodes sorted by their second column, then the first (o o o).
+    assert snap_compare(still_app(tmp_path), press=["space", "down", "space", "o", "o", "o"], terminal_size=SIZE)

@@ -209,3 +209,77 @@ def test_every_subcommand_help_says_what_it_does() -> None:
     assert {("serve",), ("run",), ("submit",), ("result",), ("keys", "approve")} <= set(found)
     for path, parser in found.items():
         assert parser.description and parser.description.strip(), f"chainconsole {' '.join(path)} --help"
+
+
+async def test_ctrl_c_on_submit_wait_prints_one_line_and_leaves_the_task_running(host: Host, nodes, tmp_path) -> None:
+    import signal
+
+    nodes("slow")
+    await wait_until(lambda: len(host.frontend.node_rows()) == 1, what="the node")
+    task_file = tmp_path / "long.json"
+    task_file.write_text(json.dumps({"name": "long", "operation": "invert", "chunk_size": 10, "return": "norms",
+                                     "inputs": {"a": {"generate": {"count": 1_000_000, "shape": [64, 64],
+                                                                   "seed": 5}}}}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from console.cli.main import main; main()", "submit", str(task_file), "--wait",
+        "--state-dir", str(host.state.root), cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_until(lambda: any(r.items_done for r in host.frontend.task_rows()), 30, "the task to run")
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    (row,) = host.frontend.task_rows()
+    assert proc.returncode == 130
+    # Without a terminal there is no bar: one line when the task is accepted, one when stopped.
+    assert err.decode().strip().splitlines() == [
+        f"submitted {row.task_id}",
+        f"chainconsole: stopped by SIGINT; task {row.task_id} keeps running on the front-end "
+        f"(chainconsole cancel {row.task_id} stops it)"]
+    assert row.state == "running"
+    host.frontend.cancel(row.task_id)
+
+
+def test_run_and_submit_show_one_bar_with_rate_elapsed_time_and_eta() -> None:
+    from console.cli.report import TaskProgress
+
+    screen = io.StringIO()
+    with TaskProgress("inv", 1000, file=screen, terminal=True) as progress:
+        progress.show(0, now=100.0)
+        progress.show(250, now=105.0)
+    shown = screen.getvalue()
+    assert "inv" in shown and "250/1000" in shown and "25%" in shown
+    assert "50 items/s" in shown and "elapsed" in shown and "ETA 0:00:15" in shown  # 750 left at 50/s
+    assert "\n" in shown.rsplit("ETA", 1)[1]  # whatever comes next starts on its own line
+    quiet = io.StringIO()
+    with TaskProgress("inv", 1000, file=quiet, terminal=False) as progress:
+        progress.show(500)
+    assert quiet.getvalue() == ""  # not a terminal: scripts see only the summary
+
+
+def test_every_option_of_every_subcommand_has_help_text() -> None:
+    from console.cli.main import build_parser
+
+    def parsers(parser, path=("chainconsole",)):
+        yield path, parser
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            for name, sub in action.choices.items():
+                yield from parsers(sub, (*path, name))
+
+    missing = [f"{' '.join(path)} {action.option_strings[0]}"
+               for path, parser in parsers(build_parser()) for action in parser._actions
+               if action.option_strings and not action.help]
+    assert missing == []
+
+
+def test_the_console_without_a_terminal_says_so_in_one_line(tmp_path) -> None:
+    from tests.conftest import cli
+
+    done = cli("--state-dir", str(tmp_path / "state"), input=b"")
+    assert done.returncode == 2
+    assert done.stderr.decode().strip().splitlines() == [
+        "chainconsole: the console needs a terminal; `chainconsole serve` runs the front-end without one"]
+    assert b"\x1b[" not in done.stdout and not (tmp_path / "state").exists()

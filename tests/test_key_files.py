@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from console.engine.host import Host
-from console.engine.keys import KeyRegistry, Role, public_key_line, read_authorized
+from console.engine.keys import KeyRegistry, Role, fingerprint, public_key_line, read_authorized
 from console.engine.statedir import StateDir
 from console.ssh.server import ServerSettings
 from tests.conftest import wait_until
@@ -91,3 +91,38 @@ async def test_a_key_file_others_may_write_is_fixed_with_a_warning(state: StateD
         await wait_until(lambda: stat.S_IMODE(state.authorized_nodes.stat().st_mode) == 0o600,
                          what="the key watcher to fix the mode")
         assert any(str(state.authorized_nodes) in e.message for e in host.frontend.events if e.kind == "warning")
+
+
+def _options_line(options: str, key: asyncssh.SSHKey, name: str) -> str:
+    return f"{options} {public_key_line(key, name)}"
+
+
+async def test_a_from_option_lets_a_key_in_only_from_the_addresses_it_names(host: Host, tmp_path) -> None:
+    here, here_path = _user_key(tmp_path, "here")
+    away, away_path = _user_key(tmp_path, "away")
+    host.state.authorized_users.write_text("\n".join([
+        _options_line('from="127.0.0.0/8",no-pty,no-port-forwarding', here, "here"),
+        _options_line('from="10.0.0.0/8"', away, "away"),
+    ]) + "\n")
+    assert await _login(host, here_path)  # 127.0.0.1 is in 127.0.0.0/8
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _login(host, away_path)  # the key is listed, but not for this address
+    refused = [e.message for e in host.frontend.events if e.kind == "refused"]
+    assert any(fingerprint(away) in message and "127.0.0.1" in message for message in refused), refused
+    # The name is the line's comment, whatever options come before the key.
+    entry = host.server.registry.lookup(here)
+    assert entry is not None and (entry.role, entry.name) == (Role.USER, "here")
+    # Removing a key finds it behind its options too.
+    assert host.server.registry.remove(fingerprint(away))
+    assert "10.0.0.0/8" not in host.state.authorized_users.read_text()
+    assert 'from="127.0.0.0/8"' in host.state.authorized_users.read_text()
+
+
+async def test_an_option_this_server_cannot_honour_skips_the_line_and_says_so(host: Host, tmp_path) -> None:
+    forced, forced_path = _user_key(tmp_path, "forced")
+    host.state.authorized_users.write_text(_options_line('command="tasks"', forced, "forced") + "\n")
+    # command= would narrow what the key may do: letting it in without would widen it.
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _login(host, forced_path)
+    warnings = [e.message for e in host.frontend.events if e.kind == "warning"]
+    assert any("line 1: option command is not supported here; line skipped" in w for w in warnings), warnings

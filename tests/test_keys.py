@@ -36,6 +36,22 @@ def test_keys_show_json_lists_every_documented_path(state: StateDir) -> None:
     assert info["fingerprints"]["host_key"] == fingerprint(asyncssh.read_private_key(state.host_key))
 
 
+def test_keys_show_names_the_public_halves_to_copy_and_creates_nothing_on_a_fresh_machine(tmp_path,
+                                                                                          state: StateDir) -> None:
+    shown = cli("keys", "show", "--state-dir", str(state.root))
+    assert shown.returncode == 0, shown.stderr
+    assert str(state.host_key_pub) in shown.stdout and "--host-key" in shown.stdout
+    for private in (state.host_key, state.operator_key, state.node_key):
+        assert f"{private} " not in shown.stdout and not shown.stdout.rstrip().endswith(str(private))
+        assert all(not line.split()[-1] == str(private) for line in shown.stdout.splitlines())
+    fresh = tmp_path / "fresh"
+    looked = cli("keys", "show", "--state-dir", str(fresh))
+    assert looked.returncode == 0 and "no state folder" in looked.stdout and str(fresh) in looked.stdout
+    looked = cli("keys", "show", "--json", "--state-dir", str(fresh))
+    assert looked.returncode == 0 and json.loads(looked.stdout)["exists"] is False
+    assert not fresh.exists()
+
+
 def test_keys_cli_adds_and_removes_a_user(state: StateDir, tmp_path) -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp_path / "alice.pub").write_bytes(key.export_public_key())

@@ -178,13 +178,23 @@ def test_problems_are_all_reported_at_once() -> None:
     assert [p.split(":")[0] for p in problems] == ["inputs.a.generate.count", "chunk_size", "max_attempts"]
 
 
+def test_a_priority_is_a_whole_number_within_its_bounds() -> None:
+    document = {"operation": "det", "inputs": {"a": generate()}}
+    assert parse_task({**document, "priority": 100}).priority == 100
+    assert parse_task({**document, "priority": -100}).priority == -100
+    assert problems_of({**document, "priority": 101}) == ["priority: must be at most 100, got 101"]
+    assert [p.split(":")[0] for p in problems_of({**document, "priority": "high"})] == ["priority"]
+    assert [p.split(":")[0] for p in problems_of({**document, "priority": 1.5})] == ["priority"]
+
+
 # ---------------------------------------------------------------- meaning
 
 
 def test_defaults_of_the_optional_fields() -> None:
     spec = {"count": 2, "shape": [3, 3], "seed": 5}
     task = parse_task({"operation": "invert", "inputs": {"a": {"generate": spec}}})
-    assert (task.name, task.chunk_size, task.return_mode, task.max_attempts) == ("task", None, "full", 3)
+    assert (task.name, task.chunk_size, task.return_mode, task.max_attempts, task.priority) == (
+        "task", None, "full", 3, 0)
     assert task.describe_inputs()["a"]["generate"] == {**spec, "distribution": "normal", "dtype": "float64"}
 
 

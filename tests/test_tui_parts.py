@@ -239,3 +239,70 @@ async def test_shares_are_listed_biggest_first_and_the_cursor_stays_on_its_node(
         assert order() == ["a", "b", "c"]
         assert table.selected_key == "c"
         assert table.get_cell("a", "share").plain.endswith("50.0%")
+
+
+# -- small terminals ----------------------------------------------------------------------------
+
+
+def test_a_narrow_table_drops_its_least_useful_columns_first() -> None:
+    from console.tui.tables import Column, fitting_columns
+
+    columns = (Column("a", "A", 10), Column("b", "B", 10, drop=2), Column("c", "C", 10, drop=1),
+               Column("d", "D", 10))
+    assert [c.key for c in fitting_columns(columns, 48)] == ["a", "b", "c", "d"]
+    assert [c.key for c in fitting_columns(columns, 47)] == ["a", "c", "d"]  # b goes first
+    assert [c.key for c in fitting_columns(columns, 35)] == ["a", "d"]
+    assert [c.key for c in fitting_columns(columns, 5)] == ["a", "d"]  # never below the keepers
+
+
+async def test_at_80_columns_the_node_table_keeps_state_progress_and_errors() -> None:
+    app = OneTable()
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(NodesTable)
+        table.show([node("a", "busy", 12)])
+        await pilot.pause()
+        assert "via" not in table.visible_columns and "state" in table.visible_columns
+        assert {"items_done", "errors", "rate"} <= set(table.visible_columns)
+        assert table.get_cell("a", "items_done").plain == "12"
+        await pilot.resize_terminal(160, 24)
+        await pilot.pause()
+        # Wider again: the dropped columns are back, with the rows' values.
+        assert table.visible_columns == tuple(c.key for c in NodesTable.COLUMNS)
+        assert table.get_cell("a", "via").plain == "direct"
+
+
+def test_the_header_gives_up_the_fingerprint_before_the_totals() -> None:
+    from console.tui.status import HostIdentity, header_text
+
+    identity = HostIdentity("127.0.0.1:8022", "SHA256:" + "x" * 43)
+    totals = ClusterTotals(nodes=6, lost=1, slots=28, busy=3, running=2, queued=1, items_done=0, pending_keys=1)
+    wide = header_text(identity, "0:01:02", totals, 0.0, 160).plain.splitlines()
+    assert identity.fingerprint in wide[0] and "1 node key pending (a to approve)" in wide[1]
+    narrow = header_text(identity, "0:01:02", totals, 0.0, 78).plain.splitlines()
+    assert identity.fingerprint not in narrow[0] and "up 0:01:02" in narrow[0]
+    assert all(len(line) <= 78 for line in narrow)
+    assert "nodes 6 (1 lost)" in narrow[1] and "1 key pending (a)" in narrow[1]
+
+
+def test_the_footer_keeps_quit_help_and_the_palette_and_fills_up_with_keys_that_apply() -> None:
+    from textual.widgets._footer import FooterKey
+
+    from console.tui.footer import key_width, keys_that_fit
+
+    def key(k: str, action: str, label: str, disabled: bool = False) -> FooterKey:
+        return FooterKey(k, k, label, action, disabled=disabled)
+
+    keys = [key("s", "submit", "Submit"), key("d", "drain", "Drain", disabled=True),
+            key("k", "kick", "Kick"), key("?", "help", "Help"), key("q", "quit", "Quit"),
+            key("^p", "app.command_palette", "palette")]
+    everything = sum(key_width(k, True) for k in keys) + 1
+    assert keys_that_fit(keys, everything, True) == keys
+    tight = keys_that_fit(keys, key_width(keys[0], True) * 2 + 30, True)
+    assert [k.action for k in tight] == ["submit", "kick", "help", "quit", "app.command_palette"]
+    tiny = keys_that_fit(keys, 10, True)
+    assert [k.action for k in tiny] == ["help", "quit", "app.command_palette"]
+    # The filter key, when it applies, goes before the other keys.
+    with_filter = [*keys[:3], key("/", "filter", "Filter"), *keys[3:]]
+    room = sum(key_width(k, True) for k in with_filter if k.action in ("help", "quit", "filter")) + 12 + 9
+    assert [k.action for k in keys_that_fit(with_filter, room, True)] == [
+        "submit", "filter", "help", "quit", "app.command_palette"]

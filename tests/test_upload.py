@@ -22,8 +22,8 @@ def upload_of(task: Task) -> bytes:
 
 
 def assert_same_task(a: Task, b: Task) -> None:
-    assert (a.name, a.operation, a.count, a.chunk_size, a.return_mode, a.max_attempts) == (
-        b.name, b.operation, b.count, b.chunk_size, b.return_mode, b.max_attempts)
+    assert (a.name, a.operation, a.count, a.chunk_size, a.return_mode, a.max_attempts, a.priority) == (
+        b.name, b.operation, b.count, b.chunk_size, b.return_mode, b.max_attempts, b.priority)
     assert a.inputs.keys() == b.inputs.keys()
     for name, data in a.inputs.items():
         if isinstance(data, np.ndarray):
@@ -46,6 +46,16 @@ def test_float32_arrays_and_chunk_sizes_survive_the_round_trip() -> None:
     message = submit_message(task)
     assert set(message.arrays) == {"a"} and set(message.generated) == {"b"}
     assert_same_task(decode_upload(upload_of(task)), task)
+
+
+@pytest.mark.parametrize("inputs", [
+    {"a": {"inline": np.ones((4, 2, 2)).tolist()}},  # travels as a Submit frame
+    {"a": {"generate": {"count": 4, "shape": [2, 2], "seed": 1}}},  # travels as JSON
+], ids=["frame", "json"])
+def test_a_tasks_priority_travels_with_it(inputs: dict) -> None:
+    task = parse_task({"name": "urgent", "operation": "invert", "priority": -7, "inputs": inputs})
+    assert task.priority == -7
+    assert decode_upload(upload_of(task)).priority == -7
 
 
 def test_a_task_of_generated_inputs_travels_as_its_json_task_file() -> None:

@@ -227,6 +227,20 @@ class AttachedFrontEnd:
         except (ValueError, KeyError, TypeError):
             raise FrontEndError("the front-end's answer to submit has no task id") from None
 
+    # An attached console runs on another machine than the front-end: it starts no nodes there.
+
+    def is_local(self, node_id: str) -> bool:
+        return False
+
+    def local_running(self, node_id: str) -> bool:
+        return False
+
+    async def add_local_node(self) -> str:
+        raise FrontEndError("an attached console cannot start nodes on the front-end's machine")
+
+    async def restart_local_node(self, node_id: str) -> None:
+        raise FrontEndError("an attached console cannot start nodes on the front-end's machine")
+
     async def save_results(self, task_id: str, target: Path) -> None:
         """Stream the task's ``.npz`` into ``target`` (removed again if the download fails)."""
         if self._conn is None:

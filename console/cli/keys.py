@@ -19,18 +19,28 @@ def _pubkey_text(value: str) -> str:
     return value
 
 
+KEY_LABELS = (
+    ("host_key", "host key", "give this file to nodes and users: --host-key"),
+    ("operator_key", "operator key", "the console's own key; its private half stays here"),
+    ("node_key", "node key", "the key of the local nodes"),
+)
+
+
 def run_keys(state: StateDir, args: argparse.Namespace) -> int:
+    if args.keys_command == "show" and not state.root.exists():
+        # Looking must not create: on a fresh machine there is nothing to show yet.
+        if args.json:
+            print(json.dumps({**_paths(state), "fingerprints": {}, "authorized": [], "exists": False}, indent=2))
+        else:
+            print(f"no state folder at {state.root} yet: the first `chainconsole` or `chainconsole serve` "
+                  "creates it and its keys")
+        return ExitStatus.OK
     initialize(state)
     registry = KeyRegistry(state, report=lambda problem: print(f"chainconsole: warning: {problem}", file=sys.stderr))
     match args.keys_command:
         case "show":
             info = {
-                "host_key": str(state.host_key), "host_key_pub": str(state.host_key_pub),
-                "operator_key": str(state.operator_key), "operator_key_pub": str(state.operator_key) + ".pub",
-                "node_key": str(state.node_key), "node_key_pub": str(state.node_key) + ".pub",
-                "authorized_nodes": str(state.authorized_nodes), "authorized_users": str(state.authorized_users),
-                "authorized_operators": str(state.authorized_operators),
-                "authorized_observers": str(state.authorized_observers),
+                **_paths(state),
                 "fingerprints": {
                     name: fingerprint(ensure_keypair(path, name))
                     for name, path in (("host_key", state.host_key), ("operator_key", state.operator_key),
@@ -40,11 +50,13 @@ def run_keys(state: StateDir, args: argparse.Namespace) -> int:
                     {"role": e.role.value, "name": e.name, "fingerprint": e.fingerprint} for e in registry.entries()
                 ],
             }
+            info["exists"] = True
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
-                for name in ("host_key", "operator_key", "node_key"):
-                    print(f"{name:14} {info['fingerprints'][name]}  {info[name]}")
+                # Public halves only: these are the files a newcomer copies to other machines.
+                for name, label, what in KEY_LABELS:
+                    print(f"{label:14} {info['fingerprints'][name]}  {info[name + '_pub']}  ({what})")
                 for entry in info["authorized"]:
                     print(f"{entry['role']:14} {entry['fingerprint']}  {entry['name']}")
             return ExitStatus.OK
@@ -73,3 +85,15 @@ def run_keys(state: StateDir, args: argparse.Namespace) -> int:
             print(f"removed {args.fingerprint}")
             return ExitStatus.OK
     raise AssertionError(args.keys_command)
+
+
+def _paths(state: StateDir) -> dict[str, str]:
+    """Where each key and authorized-keys file of the state folder is (or will be)."""
+    return {
+        "host_key": str(state.host_key), "host_key_pub": str(state.host_key_pub),
+        "operator_key": str(state.operator_key), "operator_key_pub": str(state.operator_key) + ".pub",
+        "node_key": str(state.node_key), "node_key_pub": str(state.node_key) + ".pub",
+        "authorized_nodes": str(state.authorized_nodes), "authorized_users": str(state.authorized_users),
+        "authorized_operators": str(state.authorized_operators),
+        "authorized_observers": str(state.authorized_observers),
+    }

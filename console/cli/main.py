@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from console.cli.report import Progress, report
+from console.cli.report import TaskProgress, report
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
 from nodes.cli import add_arguments as node_arguments, address_argument
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "result", help="download a finished task's results")
     p.add_argument("task_id", metavar="ID")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="write the results here (.npz: ok, and result or norms)")
     _client_options(p)
 
     for name, what, help_text in (("cancel", "ID", "cancel a task"),
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "leaves the front-end running.")
     p.add_argument("address", nargs="?", metavar="HOST:PORT",
                    help="the front-end (default: the one running on the state folder)")
-    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="state folder whose keys and recorded address to use (default: the usual one)")
     p.add_argument("--key", metavar="FILE", help="private key to log in with (default: D/operator_key)")
     p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
 
@@ -147,23 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys = _command(sub, "keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
     p = _command(keys, "show", help="paths and fingerprints")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     for name, help_text in (("add-node", "authorize a node key"), ("add-user", "authorize a user key"),
                             ("add-observer", "authorize a key that sees everything and may change nothing")):
         p = _command(keys, name, help=help_text)
         p.add_argument("pubkey", metavar="PUBKEY", help="a public key line, or a .pub file")
-        p.add_argument("--name", default="")
+        p.add_argument("--name", default="", help="the name it goes by (default: key- and its fingerprint's start)")
         if name == "add-user":
             p.add_argument("--operator", action="store_true", help="authorize as an operator")
     p = _command(keys, "pending", help="node keys that were refused and wait for approval")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p = _command(keys, "approve", help="authorize a pending node key")
-    p.add_argument("fingerprint", metavar="FINGERPRINT")
-    p.add_argument("--name", default="")
+    p.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:… as keys pending lists it")
+    p.add_argument("--name", default="", help="the name the node goes by (default: key- and its fingerprint's start)")
     p = _command(keys, "remove", help="remove a key from every authorized list")
-    p.add_argument("fingerprint", metavar="FINGERPRINT")
+    p.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:… as keys show lists it")
     for p in (*keys.choices.values(),):
-        p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+        p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                       help="state folder (default: the platform's user data folder)")
     return parser
 
 
@@ -180,7 +182,8 @@ def _hosting_options(p: argparse.ArgumentParser) -> None:
 
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", metavar="HOST:PORT", help="front-end address (default: the one running on the state dir)")
-    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS)
+    p.add_argument("--state-dir", type=Path, metavar="D", default=argparse.SUPPRESS,
+                   help="state folder whose operator key, host key and address to use (default: the usual one)")
     p.add_argument("--key", metavar="FILE", help="private key to log in with (default: the operator key)")
     p.add_argument("--host-key", metavar="FILE", help="the front-end's public host key (default: D/host_key.pub)")
 
@@ -212,6 +215,9 @@ def state_dir(args: argparse.Namespace) -> StateDir:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Without a terminal the console would only write escape sequences nobody sees.
+        raise CliError("the console needs a terminal; `chainconsole serve` runs the front-end without one")
     from console.tui.app import run_console
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
@@ -283,16 +289,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 assert hosting.frontend is not None
                 task_id = await hosting.frontend.submit(task, "operator")
-                progress = Progress(task.name, task.count) if sys.stderr.isatty() else None
                 waiter = asyncio.ensure_future(hosting.frontend.wait(task_id))
-                while not waiter.done():
-                    await asyncio.wait([waiter], timeout=0.25)
-                    if progress:
+                with TaskProgress(task.name, task.count) as progress:
+                    while not waiter.done():
+                        await asyncio.wait([waiter], timeout=0.25)
                         row = hosting.frontend.task_row(task_id)
                         if row is not None:
                             progress.show(row.items_done)
-                if progress:
-                    progress.end()
                 summary = waiter.result()
                 if args.output:
                     folder = hosting.state.task_dir(task_id)
@@ -336,9 +339,24 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from console.cli.remote import run_remote
+    from console.cli.remote import Interrupted, run_remote
+    from console.engine.host import on_stop_signals
 
-    return asyncio.run(run_remote(state_dir(args), args, limits_from(args)))
+    stopped_by: list[signal.Signals] = []
+    follow: dict[str, str] = {}  # what the command is waiting for: the task id, once known
+
+    async def client() -> int:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        on_stop_signals(lambda sig: (stopped_by.append(sig), main_task.cancel()))
+        return await run_remote(state_dir(args), args, limits_from(args), follow)
+
+    try:
+        return asyncio.run(client())
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        raise Interrupted(stopped_by[0], follow.get("task_id")) from None
 
 
 COMMANDS = {
@@ -367,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chainconsole: {exc}", file=sys.stderr)
         status = getattr(exc, "status", ExitStatus.USAGE)
     except KeyboardInterrupt:
+        print("chainconsole: interrupted", file=sys.stderr)
         status = ExitStatus.INTERRUPTED
     except BrokenPipeError:
         status = ExitStatus.OK

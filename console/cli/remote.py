@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 import asyncssh
 
 from console.cli.client import connect, resolve_endpoint
-from console.cli.report import Progress, report
+from console.cli.report import TaskProgress, report
 from console.engine.statedir import StateDir
 from protocol.errors import ChainconsoleError, ExitStatus
 from protocol.taskfile import Task, TaskLimits, load_task_file
@@ -20,15 +21,32 @@ from protocol.upload import encode_upload
 
 
 
-async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimits) -> int:
-    """Run one client command (``submit``, ``tasks`` …) against the front-end; return the exit status."""
+class Interrupted(ChainconsoleError):
+    """The user stopped a client command (Ctrl-C); a submitted task keeps running on the front-end."""
+
+    def __init__(self, sig: signal.Signals, task_id: str | None) -> None:
+        message = f"stopped by {sig.name}"
+        if task_id:
+            message += f"; task {task_id} keeps running on the front-end (chainconsole cancel {task_id} stops it)"
+        super().__init__(message)
+        self.status = 128 + sig
+
+
+async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimits,
+                     follow: dict[str, str] | None = None) -> int:
+    """Run one client command (``submit``, ``tasks`` …) against the front-end; return the exit status.
+
+    ``follow`` gets the ``task_id`` of a submitted task as soon as the front-end accepts it,
+    so whoever stops the command can say which task goes on without it.
+    """
+    follow = {} if follow is None else follow
     endpoint = resolve_endpoint(state, args.connect, args.key, args.host_key)
     if args.command == "submit":
         task = load_task_file(args.task, limits=limits)  # refuse a bad file before connecting
     async with await connect(endpoint) as conn:
         match args.command:
             case "submit":
-                return await _submit(conn, task, args)
+                return await _submit(conn, task, args, follow)
             case "tasks" | "nodes":
                 result = await _call(conn, args.command)
                 rows = json.loads(result.stdout)
@@ -63,35 +81,34 @@ class _Remote(ChainconsoleError):
         self.status = status
 
 
-async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse.Namespace) -> int:
+async def _submit(conn: asyncssh.SSHClientConnection, task: Task, args: argparse.Namespace,
+                  follow: dict[str, str]) -> int:
     wait = args.wait or bool(args.output)
     pieces = encode_upload(task)
     process = await conn.create_process("submit" if wait else "submit --detach", encoding=None)
     await _send(process, pieces)
     process.stdin.write_eof()
     summary = None
-    progress = None
-    if wait and sys.stderr.isatty():
-        progress = Progress(task.name, task.count)
     task_id = None
-    while line := await process.stdout.readline():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # not ours to interpret: the summary below says what happened
-        if not wait:
-            task_id = event.get("task_id")
-        elif event.get("event") == "accepted":
-            task_id = event["task_id"]
-            if not progress and not args.json:
-                print(f"submitted {task_id}", file=sys.stderr)
-        elif event.get("event") == "progress" and progress:
-            progress.show(event["items_done"])
-        elif event.get("event") == "done":
-            summary = {k: v for k, v in event.items() if k != "event"}
-    await process.wait_closed()
-    if progress:
-        progress.end()
+    with TaskProgress(task.name, task.count) as progress:
+        while line := await process.stdout.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # not ours to interpret: the summary below says what happened
+            if not wait:
+                task_id = event.get("task_id")
+            elif event.get("event") == "accepted":
+                task_id = follow["task_id"] = event["task_id"]
+                if progress.enabled:
+                    progress.show(0)
+                elif not args.json:
+                    print(f"submitted {task_id}", file=sys.stderr)
+            elif event.get("event") == "progress":
+                progress.show(event["items_done"])
+            elif event.get("event") == "done":
+                summary = {k: v for k, v in event.items() if k != "event"}
+        await process.wait_closed()
     status = process.exit_status
     if status == ExitStatus.USAGE:
         for line in (await process.stderr.read()).decode().splitlines():

@@ -25,6 +25,7 @@ def summary_line(task: Task) -> str:
         f"result: {_shape(task.result_item_shape)} {task.result_dtype} (return {task.return_mode})",
         f"chunk_size {'auto' if task.chunk_size is None else task.chunk_size}",
         f"max_attempts {task.max_attempts}",
+        f"priority {task.priority}",
         f"{format_bytes(task.count * task.item_nbytes)} of inputs and results",
     ]
     return ", ".join(parts)

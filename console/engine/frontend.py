@@ -713,7 +713,7 @@ def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int,
                failed: int = 0) -> d.TaskSubmitted:
     """The Dispatcher's view of a task: automatic chunks stay within one frame's size."""
     return d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner,
-                           completed=completed, completed_failed=failed,
+                           completed=completed, completed_failed=failed, priority=task.priority,
                            max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)),
                            replicate=replicated(task.operation, task.return_mode),
                            operation="" if OPERATIONS[task.operation].builtin else task.operation,

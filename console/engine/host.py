@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from threadpoolctl import threadpool_limits
 
-from console.engine.frontend import FrontEnd
+from console.engine.frontend import FrontEnd, FrontEndError
 from console.engine.metrics import FrontEndMetrics, MetricsServer
 from console.engine.keys import initialize
 from console.ssh.server import FrontEndServer, ServerSettings
@@ -27,7 +27,13 @@ from nodes.agent import STOP_SIGNALS
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
 
 NODE_STOP_GRACE_S = 10.0
+LOCAL_PREFIX = "local"
+"""Local nodes are called local1, local2, …"""
 FRONTEND_BLAS_THREADS = 1
+
+
+class LocalNodeError(FrontEndError):
+    """A local node cannot be started or restarted as asked."""
 
 
 @dataclass
@@ -46,6 +52,9 @@ class Host:
         self.server: FrontEndServer | None = None
         self.metrics_server: MetricsServer | None = None
         self.nodes: list[subprocess.Popen] = []
+        """Every node process this host started, to stop at the end."""
+        self.local: dict[str, subprocess.Popen] = {}
+        """The latest process of each local node, by name."""
         self.warnings: list[str] = []
         """What start-up found wrong in the state folder and fixed (permissions)."""
         self._lock = StateLock(self.state)
@@ -71,12 +80,50 @@ class Host:
             if self.metrics is not None:
                 self.metrics_server = MetricsServer(FrontEndMetrics(self.frontend), *self.metrics)
                 await self.metrics_server.start()
-            for i in range(self.local_nodes):
-                self.nodes.append(start_local_node(self.state, address, f"local{i + 1}"))
+            for _ in range(self.local_nodes):
+                self.add_local_node()
         except BaseException:
             await self.stop()
             raise
         return address
+
+    # -- local nodes: capacity the operator adds and removes ---------------------------------------
+
+    def add_local_node(self, slots: int = 1) -> str:
+        """Start one more node process on this machine; return its name (``local1``, ``local2``, …)."""
+        if self.server is None:
+            raise LocalNodeError("the front-end is not running")
+        numbers = [int(name[len(LOCAL_PREFIX):]) for name in self.local if name[len(LOCAL_PREFIX):].isdigit()]
+        name = f"{LOCAL_PREFIX}{max(numbers, default=0) + 1}"
+        self._start(name, slots)
+        return name
+
+    def is_local(self, name: str) -> bool:
+        """Whether ``name`` is a node this host started."""
+        return name in self.local
+
+    def local_running(self, name: str) -> bool:
+        """Whether the process of local node ``name`` is still running."""
+        proc = self.local.get(name)
+        return proc is not None and proc.poll() is None
+
+    def restart_local_node(self, name: str, slots: int = 1) -> None:
+        """Start local node ``name`` again after it was drained, kicked or lost and its process ended."""
+        if name not in self.local:
+            raise LocalNodeError(f"{name} is not a node this console started")
+        if self.local_running(name):
+            raise LocalNodeError(f"{name} is still running")
+        if self.server is None:
+            raise LocalNodeError("the front-end is not running")
+        self._start(name, slots)
+
+    def _start(self, name: str, slots: int) -> None:
+        assert self.server is not None
+        # Ended processes are reaped here, so adding and removing nodes all day leaves no zombies.
+        self.nodes = [proc for proc in self.nodes if proc.poll() is None]
+        proc = start_local_node(self.state, self.server.address, name, slots)
+        self.nodes.append(proc)
+        self.local[name] = proc
 
     async def stop(self) -> None:
         """Stop local nodes (they finish and say bye), then the server, then the front-end."""

@@ -2,7 +2,12 @@
 
 A key's role comes only from which authorized-keys file holds it — nodes, users or
 operators — never from anything the peer claims. Files use the OpenSSH
-authorized_keys line format (``ssh-ed25519 AAAA… NAME``) with the name as comment.
+authorized_keys line format (``ssh-ed25519 AAAA… NAME``) with the name as comment, read
+by asyncssh's parser, so a line may start with OpenSSH options: ``from="10.0.0.0/8"``
+limits where the key may log in from; the ``no-…`` and ``restrict`` options ask for
+what this server never allows anyway; a line with an option this server cannot honour
+(``command=``, ``cert-authority``, ``principals=``) is reported and skipped rather than
+let in with less restriction than it asks for.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import ipaddress
+from typing import Any
 
 import asyncssh
 
@@ -23,6 +31,14 @@ from protocol.errors import ChainconsoleError
 
 KEY_ALGORITHM = "ssh-ed25519"
 MAX_PENDING = 256
+HONOURED_OPTIONS = frozenset({
+    "from",  # checked at every login
+    # What these forbid, this server never does for anyone: no PTY, forwarding, agent, X11,
+    # user rc or environment.
+    "no-agent-forwarding", "no-port-forwarding", "no-pty", "no-user-rc", "no-X11-forwarding", "restrict",
+    "environment", "permitopen",
+})
+"""Options an authorized-keys line may carry; a line with any other is skipped."""
 
 
 class KeyError_(ChainconsoleError):
@@ -47,6 +63,18 @@ class KeyEntry:
     name: str
     fingerprint: str
     public_key: str
+    line: asyncssh.SSHAuthorizedKeys | None = field(default=None, compare=False, repr=False)
+    """The authorized-keys line it came from, parsed with its options; None: no options."""
+
+    def admits(self, key: asyncssh.SSHKey, address: str) -> bool:
+        """Whether the line lets ``key`` log in from ``address`` (its ``from=`` patterns)."""
+        if self.line is None:
+            return True
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return False  # a from= pattern cannot match an address we do not know
+        return self.line.validate(key, address, address) is not None
 
 
 @dataclass
@@ -113,15 +141,33 @@ def read_authorized(path: Path, role: Role, report: Callable[[str], None] = lamb
             continue
         if not line or line.startswith("#"):
             continue
-        try:
-            key = asyncssh.import_public_key(line)
-        except (asyncssh.KeyImportError, ValueError, TypeError, IndexError):
+        parsed = parse_authorized_line(line)
+        if parsed is None:
             report(f"{path} line {number}: not an OpenSSH public key; line skipped")
             continue
-        parts = line.split(maxsplit=2)
-        name = parts[2] if len(parts) > 2 else ""
-        entries.append(KeyEntry(role, name, fingerprint(key), public_key_line(key)))
+        key, options, authorized = parsed
+        unknown = sorted(set(options) - HONOURED_OPTIONS)
+        if unknown:
+            report(f"{path} line {number}: option {', '.join(unknown)} is not supported here; line skipped")
+            continue
+        name = key.get_comment() or ""
+        entries.append(KeyEntry(role, name, fingerprint(key), public_key_line(key),
+                                authorized if options else None))
     return entries
+
+
+def parse_authorized_line(line: str) -> tuple[asyncssh.SSHKey, dict[str, Any], asyncssh.SSHAuthorizedKeys] | None:
+    """One authorized_keys line as (key, its options, the parsed line); None if it is not one."""
+    try:
+        authorized = asyncssh.import_authorized_keys(line)
+    except (asyncssh.KeyImportError, ValueError, TypeError, IndexError):
+        return None
+    # asyncssh keeps the parsed lines of a list in ``_user_entries`` (and ``_ca_entries``
+    # for cert-authority lines, which this server does not take).
+    entries = [*getattr(authorized, "_user_entries", []), *getattr(authorized, "_ca_entries", [])]
+    if len(entries) != 1 or entries[0].key is None:
+        return None
+    return entries[0].key, dict(entries[0].options), authorized
 
 
 def _lines(path: Path) -> list[str]:
@@ -191,6 +237,11 @@ class KeyRegistry:
         """The entry that authorizes ``key``, or None."""
         return self.find(fingerprint(key))
 
+    def admit(self, key: asyncssh.SSHKey, address: str) -> KeyEntry | None:
+        """The first entry of ``key`` whose options let it log in from ``address`` (an IP), or None."""
+        fp = fingerprint(key)
+        return next((e for e in self.entries() if e.fingerprint == fp and e.admits(key, address)), None)
+
     def find(self, fp: str) -> KeyEntry | None:
         """The entry with fingerprint ``fp``; a key listed twice counts with its first (highest) role."""
         return next((e for e in self.entries() if e.fingerprint == fp), None)
@@ -222,9 +273,11 @@ class KeyRegistry:
             kept = []
             for line in lines:
                 try:
-                    same = fingerprint(asyncssh.import_public_key(line.strip())) == fp
-                except (asyncssh.KeyImportError, ValueError, TypeError, IndexError):
-                    same = False  # a bad line (even one not UTF-8) stays as it was
+                    parsed = parse_authorized_line(line.strip())
+                except UnicodeError:
+                    parsed = None
+                # A bad line (even one not UTF-8) stays as it was; options do not hide a key.
+                same = parsed is not None and fingerprint(parsed[0]) == fp
                 found |= same
                 if not same:
                     kept.append(line)

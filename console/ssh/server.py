@@ -17,7 +17,7 @@ import contextlib
 import asyncssh
 
 from console.engine.frontend import FrontEnd
-from console.engine.keys import KeyEntry, KeyRegistry, Role, ensure_keypair
+from console.engine.keys import KeyEntry, KeyRegistry, Role, ensure_keypair, fingerprint
 from console.engine.statedir import write_private_file
 from console.ssh.user_commands import run_user_command
 from nodes.node_session import NodeSession
@@ -51,7 +51,13 @@ class FrontEndServer:
         return self.address
 
     def _authenticate(self, username: str, key: asyncssh.SSHKey, peer: str) -> KeyEntry | None:
-        entry = self.registry.lookup(key)
+        address = peer.rsplit(":", 1)[0]
+        entry = self.registry.admit(key, address)
+        if entry is None and self.registry.lookup(key) is not None:
+            # Known, but its authorized-keys line does not let it in from here (from=).
+            self.frontend.log("refused", f"key {fingerprint(key)} may not log in from {address} "
+                                         "(its authorized-keys line says from where)")
+            return None
         if entry is None and username == NODE_USERNAME:
             # Written on every refused login: on the writer, never on the loop.
             self.frontend.writer.post(self.registry.note_refused, key, peer)

@@ -24,9 +24,10 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable
-from textual_fspicker import FileOpen, FileSave, Filters
+from textual_fspicker import FileSave, Filters
 
 from console.tui import formatting as fmt
+from console.engine.eventlog import format_event
 from console.engine.frontend import FrontEndError
 from console.engine.records import Event, NodeRow, TaskRow
 from console.engine.host import Host, on_stop_signals
@@ -34,6 +35,8 @@ from console.engine.keys import KeyError_
 from console.ssh.server import ServerSettings
 from console.engine.statedir import StateDir
 from console.tui.detail import TaskDetailScreen
+from console.tui.node_detail import NodeDetailScreen
+from console.tui.picker import TaskFileOpen
 from console.tui.keys import PendingKeysModal
 from console.tui.main import MainScreen
 from console.tui.modals import ConfirmModal, HelpModal, ProblemsModal
@@ -50,6 +53,9 @@ DEFAULT_REFRESH_S = 0.4
 __all__ = ["OWNER", "ConsoleApp", "KEY_ACTIONS", "run_console"]
 MASK = "•••"
 DRAINABLE_NODE_STATES = frozenset({"idle", "busy"})
+WORKING_NODE_STATES = DRAINABLE_NODE_STATES
+"""Nodes that take new work: when none is left, live tasks stall."""
+DEPARTED_NODE_STATES = frozenset({"left", "drained", "kicked", "lost"})
 
 TASK_FILES = Filters(
     ("Task files (*.json)", lambda p: p.suffix.lower() == ".json"),
@@ -70,6 +76,8 @@ class KeyAction:
     label: str
     help: str
     key_display: str | None = None
+    show: bool = True
+    """In the footer (when it fits); every key is in the help and the palette either way."""
 
 
 KEY_ACTIONS = (
@@ -77,23 +85,35 @@ KEY_ACTIONS = (
     KeyAction("d", "drain", "Drain", "drain the selected node: it finishes what it holds, then leaves"),
     KeyAction("k", "kick", "Kick", "kick the selected node now; its chunks go back to the queue (asks first)"),
     KeyAction("u", "release", "Release", "release the selected quarantined node: it gets work again"),
+    KeyAction("plus", "add_node", "Add node", "start one more local node on this machine", "+"),
+    KeyAction("minus", "remove_node", "Remove node",
+              "remove a local node (the selected one, else the newest): it finishes what it holds, then leaves", "-"),
+    KeyAction("t", "restart_node", "Restart", "start the selected local node again after it was drained, kicked or lost"),
     KeyAction("c", "cancel_task", "Cancel", "cancel the selected task (asks first)"),
     KeyAction("x", "delete_task", "Delete", "delete the selected finished task: its files and journal rows (asks first)"),
     KeyAction("r", "save_results", "Results", "save the selected finished task's results as an .npz file"),
     KeyAction("a", "approve", "Approve", "approve a node key that was refused and waits for approval"),
-    KeyAction("slash", "filter", "Filter", "filter the nodes and tasks rows by any text they show", "/"),
+    KeyAction("space", "mark", "Mark", "mark or unmark the selected node: drain and kick then apply to every marked node",
+              "space"),
+    KeyAction("o", "sort", "Sort", "sort the focused table by its next column (a click on a header sorts by it)"),
+    KeyAction("O", "reverse_sort", "Reverse", "turn the focused table's sort order round", "O", show=False),
+    KeyAction("slash", "filter", "Filter", "filter the nodes, tasks and events by any text they show", "/"),
+    KeyAction("e", "export_events", "Export", "save the events shown (the filter applies) to a text file",
+              show=False),
     KeyAction("question_mark", "help", "Help", "show this list of keys", "?"),
     KeyAction("q", "quit", "Quit", "quit; asks first while tasks run; the front-end stops cleanly"),
 )
 OTHER_KEYS = (
-    ("enter", "open the selected task: its chunk map and each node's share"),
-    ("escape", "back from a task's screen; clear the filter"),
+    ("enter", "open the selected task (its chunk map and each node's share) or node (its chain, errors, events)"),
+    ("escape", "back from a task's or node's screen; clear the filter; then clear the marks"),
     ("tab, shift+tab", "move between the nodes and the tasks table"),
-    ("↑ ↓ pgup pgdn home end", "move the selection"),
+    ("↑ ↓ pgup pgdn", "move the selection"),
+    ("home end", "the first or the last row"),
     ("ctrl+p", "command palette: every action by name"),
 )
-CONSOLE_ACTIONS = frozenset(a.action for a in KEY_ACTIONS) | {"open_task"}
-CHANGING_ACTIONS = frozenset({"submit", "drain", "kick", "release", "cancel_task", "delete_task", "approve"})
+CONSOLE_ACTIONS = frozenset(a.action for a in KEY_ACTIONS) | {"open_task", "open_node"}
+CHANGING_ACTIONS = frozenset({"submit", "drain", "kick", "release", "cancel_task", "delete_task", "approve",
+                              "add_node", "remove_node", "restart_node"})
 """What an observer may not do: its console shows these keys dimmed."""
 
 
@@ -101,7 +121,7 @@ class ConsoleApp(App[None]):
     """The operator console around one front-end: a Host run here, or any ``ConsoleSource``."""
 
     TITLE = "chainconsole"
-    BINDINGS = [Binding(a.key, a.action, a.label, key_display=a.key_display) for a in KEY_ACTIONS]
+    BINDINGS = [Binding(a.key, a.action, a.label, key_display=a.key_display, show=a.show) for a in KEY_ACTIONS]
 
     def __init__(self, host: Host | None = None, *, source: ConsoleSource | None = None, live: bool = True,
                  refresh_s: float = DEFAULT_REFRESH_S, handle_signals: bool = False) -> None:
@@ -213,7 +233,19 @@ class ConsoleApp(App[None]):
         screen = self.screen
         if isinstance(screen, TaskDetailScreen):
             self._show_detail(screen)
+        elif isinstance(screen, NodeDetailScreen):
+            self._show_node(screen)
         self._refresh_bindings_if_changed()
+
+    def on_node_detail_screen_ready(self, message: NodeDetailScreen.Ready) -> None:
+        stack = self.screen_stack
+        if stack and isinstance(stack[-1], NodeDetailScreen):
+            self._show_node(stack[-1])
+
+    def _show_node(self, screen: NodeDetailScreen) -> None:
+        if not (self._host_running and screen.ready):
+            return
+        screen.show(self.snapshot.nodes_by_id.get(screen.node_id), self.source.events())
 
     def on_task_detail_screen_ready(self, message: TaskDetailScreen.Ready) -> None:
         # The screen may already be gone (popped, or the console quitting) when this arrives.
@@ -248,7 +280,7 @@ class ConsoleApp(App[None]):
 
     def selected_node(self, screen: Screen | None = None) -> NodeRow | None:
         screen = screen or self.screen
-        if isinstance(screen, (MainScreen, TaskDetailScreen)):
+        if isinstance(screen, (MainScreen, TaskDetailScreen, NodeDetailScreen)):
             node_id = screen.selected_node_id
             return self.snapshot.nodes_by_id.get(node_id) if node_id else None
         return None
@@ -271,14 +303,20 @@ class ConsoleApp(App[None]):
             return False
         node, task = self.selected_node(screen), self.selected_task(screen)
         match action:
-            case "submit" | "filter":
+            case "submit":
+                return isinstance(screen, (MainScreen, TaskDetailScreen))
+            case "filter":
                 return isinstance(screen, MainScreen)
             case "open_task":
                 return isinstance(screen, MainScreen) and task is not None
+            case "open_node" | "mark":
+                return isinstance(screen, MainScreen) and node is not None
+            case "sort" | "reverse_sort" | "export_events":
+                return isinstance(screen, MainScreen)
             case "drain":
-                return node is not None and node.state in DRAINABLE_NODE_STATES
+                return any(n.state in DRAINABLE_NODE_STATES for n in self.nodes_to_act_on(screen))
             case "kick":
-                return node is not None and node.state in CONNECTED_NODE_STATES
+                return any(n.state in CONNECTED_NODE_STATES for n in self.nodes_to_act_on(screen))
             case "release":
                 return node is not None and node.state == "quarantined"
             case "cancel_task":
@@ -287,7 +325,40 @@ class ConsoleApp(App[None]):
                 return task is not None and task.state in FINISHED_TASK_STATES
             case "approve":
                 return self.snapshot.pending_keys > 0
+            case "add_node":
+                return self.source.stops_on_quit  # hosted here: this machine runs the front-end
+            case "remove_node":
+                return self._local_node_to_remove(node) is not None
+            case "restart_node":
+                return (node is not None and node.state in DEPARTED_NODE_STATES and self.source.is_local(node.node_id)
+                        and not self.source.local_running(node.node_id))
         return True
+
+    def nodes_to_act_on(self, screen: Screen | None = None) -> list[NodeRow]:
+        """The marked nodes on the main screen if any are marked, else the selected node."""
+        screen = screen or self.screen
+        if isinstance(screen, MainScreen) and screen.marked:
+            return [n for n in self.snapshot.nodes if n.node_id in screen.marked]
+        node = self.selected_node(screen)
+        return [node] if node is not None else []
+
+    def _local_node_to_remove(self, node: NodeRow | None) -> NodeRow | None:
+        """The selected node if it is a working local one, else the newest working local node."""
+        local = [n for n in self.snapshot.nodes if n.state in DRAINABLE_NODE_STATES and self.source.is_local(n.node_id)]
+        if node is not None and node in local:
+            return node
+        return local[-1] if local else None
+
+    def stall_warning(self, leaving: Iterable[str]) -> str:
+        """What the operator is told before the last nodes that take work leave: which tasks stall."""
+        gone = set(leaving)
+        staying = [n for n in self.snapshot.nodes if n.state in WORKING_NODE_STATES and n.node_id not in gone]
+        live = [t for t in self.snapshot.tasks if t.state in LIVE_TASK_STATES]
+        if staying or not live:
+            return ""
+        ids = ", ".join(t.task_id for t in live[:5]) + (", …" if len(live) > 5 else "")
+        return (f"No other node takes work: {len(live)} task{'s' if len(live) != 1 else ''} ({ids}) "
+                "will stall until a node joins.")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action not in CONSOLE_ACTIONS:
@@ -302,20 +373,30 @@ class ConsoleApp(App[None]):
         node, task = self.selected_node(screen), self.selected_task(screen)
         node_name = node.node_id if node else ""
         task_name = f"{task.task_id} ({task.name})" if task else ""
+        targets = self.nodes_to_act_on(screen)
+        several = f"{len(targets)} marked nodes" if len(targets) > 1 else f"node {node_name}"
         titles = {
             "submit": "Submit a task file",
-            "drain": f"Drain node {node_name}",
-            "kick": f"Kick node {node_name}",
+            "drain": f"Drain {several}",
+            "kick": f"Kick {several}",
+            "mark": f"Mark or unmark node {node_name}",
+            "open_node": f"Open node {node_name}",
+            "sort": "Sort the focused table by its next column",
+            "reverse_sort": "Reverse the focused table's sort order",
+            "export_events": "Export the events shown to a file",
             "release": f"Release node {node_name} from quarantine",
             "cancel_task": f"Cancel task {task_name}",
             "save_results": f"Save results of task {task_name}",
             "delete_task": f"Delete task {task_name}",
             "approve": "Approve a pending node key",
+            "add_node": "Add a local node",
+            "remove_node": f"Remove local node {getattr(self._local_node_to_remove(node), 'node_id', '')}",
+            "restart_node": f"Restart local node {node_name}",
             "filter": "Filter rows",
             "help": "Help: console keys",
             "open_task": f"Open task {task_name}",
         }
-        helps = {a.action: a.help for a in KEY_ACTIONS} | {"open_task": OTHER_KEYS[0][1]}
+        helps = {a.action: a.help for a in KEY_ACTIONS} | {"open_task": OTHER_KEYS[0][1], "open_node": OTHER_KEYS[0][1]}
         for action, title in titles.items():
             if self.applies(action, screen):
                 yield SystemCommand(title, helps[action].capitalize(), partial(self.run_action, action))
@@ -338,7 +419,7 @@ class ConsoleApp(App[None]):
 
     @work(group="dialogs")
     async def _submit(self) -> None:
-        path = await self.push_screen_wait(FileOpen(Path.cwd(), "Submit a task file", filters=TASK_FILES))
+        path = await self.push_screen_wait(TaskFileOpen(Path.cwd(), "Submit a task file", filters=TASK_FILES))
         if path is None or not self._host_running:
             return
         try:
@@ -359,12 +440,46 @@ class ConsoleApp(App[None]):
         self.main.select_task(task_id)
         self.notify(f"{task.name}: {task.operation} × {task.count:,} submitted as {task_id}")
 
-    async def action_drain(self) -> None:
+    def action_drain(self) -> None:
+        nodes = [n for n in self.nodes_to_act_on() if n.state in DRAINABLE_NODE_STATES]
+        if nodes:
+            self._drain(nodes, "Drain")
+
+    @work(group="dialogs")
+    async def _drain(self, nodes: list[NodeRow], verb: str) -> None:
+        names = _names(nodes)
+        stall = self.stall_warning(n.node_id for n in nodes)
+        if stall or len(nodes) > 1:
+            question = f"{verb} {names}?\n\nEach finishes what it holds, then leaves."
+            question += f"\n\n{stall}" if stall else ""
+            if not await self.push_screen_wait(ConfirmModal(f"{verb} {_count_nodes(nodes)}", question, verb)):
+                return
+        done = [n for n in nodes if await self._call("drain", self.source.drain(n.node_id))]
+        self.main.clear_marks()
+        if done:
+            if len(done) == 1:
+                self.notify(f"{done[0].node_id} is draining: it finishes what it holds, then leaves")
+            else:
+                self.notify(f"{_names(done)} are draining: each finishes what it holds, then leaves")
+
+    async def action_add_node(self) -> None:
+        names: list[str] = []
+
+        async def add() -> None:
+            names.append(await self.source.add_local_node())
+
+        if await self._call("add a node", add()):
+            self.notify(f"{names[0]} started on this machine: it joins in a moment")
+
+    def action_remove_node(self) -> None:
+        node = self._local_node_to_remove(self.selected_node())
+        if node is not None:
+            self._drain([node], "Remove")
+
+    async def action_restart_node(self) -> None:
         node = self.selected_node()
-        if node is None:
-            return
-        if await self._call("drain", self.source.drain(node.node_id)):
-            self.notify(f"{node.node_id} is draining: it finishes what it holds, then leaves")
+        if node is not None and await self._call("restart", self.source.restart_local_node(node.node_id)):
+            self.notify(f"{node.node_id} started again: it joins in a moment")
 
     async def action_release(self) -> None:
         node = self.selected_node()
@@ -374,19 +489,29 @@ class ConsoleApp(App[None]):
             self.notify(f"{node.node_id} released from quarantine: it gets work again")
 
     def action_kick(self) -> None:
-        node = self.selected_node()
-        if node is not None:
-            self._kick(node)
+        nodes = [n for n in self.nodes_to_act_on() if n.state in CONNECTED_NODE_STATES]
+        if nodes:
+            self._kick(nodes)
 
     @work(group="dialogs")
-    async def _kick(self, node: NodeRow) -> None:
-        via = f" via {fmt.chain(node.via)}" if node.via else ""
-        question = (f"Kick node {node.node_id} at {node.address}{via}?\n\n"
-                    f"Its session closes now and its {node.in_flight} chunks in flight go back to the queue.")
-        if not await self.push_screen_wait(ConfirmModal(f"Kick {node.node_id}", question, "Kick")):
+    async def _kick(self, nodes: list[NodeRow]) -> None:
+        if len(nodes) == 1:
+            node = nodes[0]
+            via = f" via {fmt.chain(node.via)}" if node.via else ""
+            question = (f"Kick node {node.node_id} at {node.address}{via}?\n\n"
+                        f"Its session closes now and its {node.in_flight} chunks in flight go back to the queue.")
+        else:
+            question = (f"Kick {_names(nodes)}?\n\nTheir sessions close now and their "
+                        f"{sum(n.in_flight for n in nodes)} chunks in flight go back to the queue.")
+        stall = self.stall_warning(n.node_id for n in nodes)
+        if stall:
+            question += f"\n\n{stall}"
+        if not await self.push_screen_wait(ConfirmModal(f"Kick {_count_nodes(nodes)}", question, "Kick")):
             return
-        if await self._call("kick", self.source.kick(node.node_id)):
-            self.notify(f"{node.node_id} kicked")
+        done = [n for n in nodes if await self._call("kick", self.source.kick(n.node_id))]
+        self.main.clear_marks()
+        if done:
+            self.notify(f"{_names(done)} kicked")
 
     def action_cancel_task(self) -> None:
         task = self.selected_task()
@@ -459,6 +584,40 @@ class ConsoleApp(App[None]):
     def action_filter(self) -> None:
         self.main.open_filter()
 
+    def action_mark(self) -> None:
+        self.main.toggle_mark()
+        self._refresh_bindings_if_changed()
+
+    def action_sort(self) -> None:
+        self.main.sort_next()
+
+    def action_reverse_sort(self) -> None:
+        self.main.sort_next(reverse=True)
+
+    def action_open_node(self) -> None:
+        node = self.selected_node()
+        if node is not None:
+            self.push_screen(NodeDetailScreen(node.node_id))
+
+    def action_export_events(self) -> None:
+        self._export_events()
+
+    @work(group="dialogs")
+    async def _export_events(self) -> None:
+        events = self.main.shown_events
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dialog = FileSave(Path.cwd(), f"Save {len(events)} events", default_file=f"events-{stamp}.log")
+        target = await self.push_screen_wait(dialog)
+        if target is None:
+            return
+        text = "".join(format_event(event) + "\n" for event in events)
+        try:
+            await asyncio.to_thread(target.write_text, text, encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"{target}: {exc.strerror or exc}", title="Cannot save", severity="error")
+            return
+        self.notify(f"{len(events)} events saved to {target}")
+
     def action_help(self) -> None:
         keys = [(a.key_display or a.key, a.help) for a in KEY_ACTIONS] + list(OTHER_KEYS)
         self.push_screen(HelpModal(keys))
@@ -489,6 +648,19 @@ class ConsoleApp(App[None]):
         self.notify("Stopping the front-end…", timeout=30)
         await self._stop_host()
         self.exit(return_code=ExitStatus.OK)
+
+
+def _names(nodes: list[NodeRow]) -> str:
+    """``node gpu-01`` or ``nodes gpu-01, gpu-02 and edge-07`` (the first few, then how many more)."""
+    ids = [n.node_id for n in nodes]
+    if len(ids) == 1:
+        return f"node {ids[0]}"
+    shown = ids[:6] if len(ids) <= 6 else [*ids[:5], f"{len(ids) - 5} more"]
+    return f"nodes {', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _count_nodes(nodes: list[NodeRow]) -> str:
+    return nodes[0].node_id if len(nodes) == 1 else f"{len(nodes)} nodes"
 
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,

@@ -16,9 +16,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from console.tui import formatting as fmt
+from console.tui.footer import FittedFooter
 from console.engine.records import TaskRow
 from console.tui.tables import TASK_STATE_STYLE, Cells, Column, KeyedTable, task_rate
 from protocol.dispatch_events import ChunkState, ChunkView
@@ -39,7 +40,14 @@ CHUNK_PRIORITY = {
     ChunkState.RETRIED: 3,
     ChunkState.FAILED: 4,
 }
-CELL = "█"
+CHUNK_GLYPH = {
+    ChunkState.QUEUED: "░",
+    ChunkState.RUNNING: "▒",
+    ChunkState.DONE: "█",
+    ChunkState.RETRIED: "▞",
+    ChunkState.FAILED: "╳",
+}
+"""Each state has its own shape as well as its colour: the map reads without colours too."""
 CELL_STYLE = {state: Style.parse(style) for state, style in CHUNK_STYLE.items()}
 
 
@@ -88,7 +96,7 @@ class ChunkMap(Widget):
         self.chunks: tuple[ChunkView, ...] | None = ()
         self.items = 0
         self._cells: list[ChunkState] = []
-        self._legend = Text()
+        self._legend: list[Text] = []
         self._laid_out_for: tuple[int, int] | None = None
 
     def show(self, chunks: tuple[ChunkView, ...] | None, items: int) -> None:
@@ -99,32 +107,44 @@ class ChunkMap(Widget):
 
     @property
     def legend_text(self) -> Text:
-        """The line under the map: each state's colour and count, and what one cell stands for."""
+        """The lines under the map: each state's mark and count, and what one cell stands for."""
         if self.chunks is None:
             return NOT_KEPT
-        width, height = self.size
-        self._lay_out(width, max(height - 2, 1))
-        return self._legend
+        width, _ = self.size
+        self._lay_out(width, self.size.height)
+        return Text("\n").join(self._legend)
 
-    def _lay_out(self, width: int, rows: int) -> None:
-        if self._laid_out_for != (width, rows):
+    def _lay_out(self, width: int, height: int) -> None:
+        if self._laid_out_for != (width, height):
             chunks = self.chunks or ()
+            # The legend wraps to as many lines as it needs; the map fills the rest but a blank line.
+            rows = max(height - 2, 1)
             self._cells, what = chunk_cells(chunks, self.items, width * rows)
-            self._legend = legend(chunks, what)
-            self._laid_out_for = (width, rows)
+            lines = self._wrap(legend(chunks, what), width)
+            if len(lines) > 1 and height - len(lines) - 1 != rows:
+                rows = max(height - len(lines) - 1, 1)
+                self._cells, what = chunk_cells(chunks, self.items, width * rows)
+                lines = self._wrap(legend(chunks, what), width)
+            self._legend = lines
+            self._laid_out_for = (width, height)
+
+    def _wrap(self, text: Text, width: int) -> list[Text]:
+        return list(text.wrap(self.app.console, max(width, 1)))
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size
         base = self.rich_style
         if self.chunks is None:
-            return self._text_line(NOT_KEPT if y == 0 else Text(), width, base)
-        # The map fills all but the last two lines: a blank one, then the legend.
-        rows = max(height - 2, 1)
-        self._lay_out(width, rows)
-        if y == height - 1:
-            return self._text_line(self._legend, width, base)
+            lines = self._wrap(NOT_KEPT, width)
+            return self._text_line(lines[y] if y < len(lines) else Text(), width, base)
+        self._lay_out(width, height)
+        rows = max(height - len(self._legend) - 1, 1)
+        first_legend_line = height - len(self._legend)
+        if y >= first_legend_line:
+            return self._text_line(self._legend[y - first_legend_line], width, base)
         cells = self._cells[y * width:(y + 1) * width] if y < rows else []
-        segments = [Segment(CELL * sum(1 for _ in run), base + CELL_STYLE[state]) for state, run in groupby(cells)]
+        segments = [Segment(CHUNK_GLYPH[state] * sum(1 for _ in run), base + CELL_STYLE[state])
+                    for state, run in groupby(cells)]
         return Strip(segments, len(cells)).extend_cell_length(width, base)
 
     def _text_line(self, text: Text, width: int, base: Style) -> Strip:
@@ -136,12 +156,12 @@ NOT_KEPT = Text("The chunk map of a task finished before this start of the front
 
 
 def legend(chunks: Sequence[ChunkView], what: str) -> Text:
-    """What each colour means and how many chunks are in that state."""
+    """What each mark means and how many chunks are in that state."""
     counts = Counter(c.state for c in chunks if c.chunk >= 0)
     uncarved = sum(c.stop - c.start for c in chunks if c.chunk < 0 and c.state is ChunkState.QUEUED)
-    text = Text(no_wrap=True)
+    text = Text()
     for state in ChunkState:
-        text.append(CELL, style=CHUNK_STYLE[state])
+        text.append(CHUNK_GLYPH[state], style=CHUNK_STYLE[state])
         text.append(f" {state.value} {counts.get(state, 0):,}   ")
     if uncarved:
         text.append(f"+ {uncarved:,} items not yet chunked   ", style="dim")
@@ -214,7 +234,7 @@ class TaskDetailScreen(Screen[None]):
         shares = SharesTable(id="shares")
         shares.border_title = "Items per node"
         yield shares
-        yield Footer()
+        yield FittedFooter()
 
     def on_mount(self) -> None:
         self.ready = True

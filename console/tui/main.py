@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from rich.text import Text
@@ -11,14 +12,19 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, RichLog, Sparkline
+from textual.widgets import DataTable, Input, RichLog, Sparkline
 
 from console.engine.records import Event
+from console.tui.footer import FittedFooter
 from console.tui.snapshot import ConsoleSnapshot
 from console.tui.status import ClusterTotals, HostIdentity, StatusHeader
 from console.tui.tables import NodesTable, TasksTable
 
 EVENT_LINES = 1000
+SHORT_BELOW = 32
+"""Under this many lines the events panel shrinks so the tables keep several rows each."""
+NARROW_BELOW = 100
+"""Under this many columns the sparkline gives its room to the events (the header has the rate)."""
 EVENT_STYLE = {
     "join": "green",
     "leave": "yellow",
@@ -37,6 +43,12 @@ EVENT_STYLE = {
     "damaged": "bold red",
     "warning": "yellow",
 }
+
+
+def event_matches(event: Event, needle: str) -> bool:
+    """Whether the events filter ``needle`` (casefolded) is in the event's kind, message or ids."""
+    return not needle or any(needle in text.casefold()
+                             for text in (event.kind, event.message, event.node_id, event.task_id))
 
 
 def event_line(event: Event) -> Text:
@@ -63,6 +75,12 @@ class MainScreen(Screen[None]):
     MainScreen #bottom {
         height: 9;
     }
+    MainScreen.-short #bottom {
+        height: 6;
+    }
+    MainScreen.-narrow #throughput-box {
+        display: none;
+    }
     MainScreen RichLog {
         width: 2fr;
         border: round $primary 60%;
@@ -86,6 +104,7 @@ class MainScreen(Screen[None]):
     }
     """
     BINDINGS = [Binding("escape", "close_filter", "Clear filter", show=False)]
+    # (escape clears the filter; with no filter it clears the marks)
 
     class Ready(Message):
         """The screen can be shown a snapshot: its widgets exist, or it is visible again."""
@@ -95,6 +114,9 @@ class MainScreen(Screen[None]):
         self.query_text = ""
         self.ready = False
         self._snapshot = ConsoleSnapshot()
+        self._events: deque[Event] = deque(maxlen=EVENT_LINES)
+        self.marked: set[str] = set()
+        """Nodes marked (space) for drain or kick together."""
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="header")
@@ -112,7 +134,7 @@ class MainScreen(Screen[None]):
                 box.border_title = "Items/s, last minute"
                 yield Sparkline([], id="throughput")
         yield Input(placeholder="filter rows (esc clears)", id="filter")
-        yield Footer()
+        yield FittedFooter()
 
     def on_mount(self) -> None:
         self.query_one(NodesTable).focus()
@@ -120,6 +142,10 @@ class MainScreen(Screen[None]):
         # second brings the first snapshot.
         self.ready = True
         self.post_message(self.Ready())
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height < SHORT_BELOW, "-short")
+        self.set_class(self.size.width < NARROW_BELOW, "-narrow")
 
     def on_screen_resume(self) -> None:
         # Back from a task's screen: the App skipped this screen meanwhile; ask for a snapshot now.
@@ -138,16 +164,66 @@ class MainScreen(Screen[None]):
 
     def add_events(self, events: Iterable[Event]) -> None:
         log = self.query_one(RichLog)
+        needle = self.query_text.casefold()
         for event in events:
+            self._events.append(event)
+            if event_matches(event, needle):
+                log.write(event_line(event))
+
+    @property
+    def shown_events(self) -> list[Event]:
+        """The events the log shows now: those that match the filter, oldest first."""
+        needle = self.query_text.casefold()
+        return [e for e in self._events if event_matches(e, needle)]
+
+    def _show_events(self) -> None:
+        log = self.query_one(RichLog)
+        log.clear()
+        for event in self.shown_events:
             log.write(event_line(event))
+        log.border_title = f"Events  filter: {self.query_text}" if self.query_text else "Events"
 
     def _show_rows(self) -> None:
         nodes, tasks = self.query_one(NodesTable), self.query_one(TasksTable)
-        nodes.show(list(self._snapshot.nodes), self.query_text)
+        self.marked &= {n.node_id for n in self._snapshot.nodes}
+        nodes.show(list(self._snapshot.nodes), self.query_text, frozenset(self.marked))
         tasks.show(list(self._snapshot.tasks), self.query_text)
         suffix = f"  filter: {self.query_text}" if self.query_text else ""
-        nodes.border_title = f"Nodes ({nodes.row_count}){suffix}"
-        tasks.border_title = f"Tasks ({tasks.row_count}){suffix}"
+        marked = f" · {len(self.marked)} marked" if self.marked else ""
+        nodes.border_title = " ".join(filter(None, (f"Nodes ({nodes.row_count}){marked}", nodes.sort_label))) + suffix
+        tasks.border_title = " ".join(filter(None, (f"Tasks ({tasks.row_count})", tasks.sort_label))) + suffix
+
+    # -- sorting and marking ------------------------------------------------------------------
+
+    @property
+    def focused_table(self) -> NodesTable | TasksTable:
+        """The table the sort keys apply to: the focused one, else the nodes."""
+        focused = self.focused
+        return focused if isinstance(focused, (NodesTable, TasksTable)) else self.query_one(NodesTable)
+
+    def sort_next(self, reverse: bool = False) -> None:
+        table = self.focused_table
+        if reverse:
+            table.sort_by(table.sort_column, not table.sort_reverse)
+        else:
+            table.next_sort()
+        self._show_rows()
+
+    def on_keyed_table_sort_changed(self, message: NodesTable.SortChanged) -> None:
+        self._show_rows()
+
+    def toggle_mark(self) -> str | None:
+        """Mark the selected node, or unmark it; the node's id."""
+        node_id = self.selected_node_id
+        if node_id is not None:
+            self.marked ^= {node_id}
+            self._show_rows()
+        return node_id
+
+    def clear_marks(self) -> None:
+        if self.marked:
+            self.marked.clear()
+            self._show_rows()
 
     # -- selection ----------------------------------------------------------------------------
 
@@ -168,6 +244,9 @@ class MainScreen(Screen[None]):
         if isinstance(event.data_table, TasksTable):
             event.stop()
             await self.app.run_action("open_task")
+        elif isinstance(event.data_table, NodesTable):
+            event.stop()
+            await self.app.run_action("open_node")
 
     # -- the filter ---------------------------------------------------------------------------
 
@@ -178,14 +257,17 @@ class MainScreen(Screen[None]):
 
     def action_close_filter(self) -> None:
         box = self.query_one("#filter", Input)
-        if box.has_class("-open"):
+        if box.has_class("-open") or box.value:
             box.value = ""
             box.remove_class("-open")
             self.query_one(NodesTable).focus()
+        else:
+            self.clear_marks()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.query_text = event.value.strip()
         self._show_rows()
+        self._show_events()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         # Enter keeps the filter and hands the keys back to the tables.

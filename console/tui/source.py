@@ -90,6 +90,18 @@ class ConsoleSource(Protocol):
     async def save_results(self, task_id: str, target: Path) -> None:
         """Write a finished task's results to ``target`` (an ``.npz``)."""
 
+    def is_local(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a node the console started on this machine."""
+
+    def local_running(self, node_id: str) -> bool:
+        """Whether the process of local node ``node_id`` still runs."""
+
+    async def add_local_node(self) -> str:
+        """Start one more node on this machine; its name."""
+
+    async def restart_local_node(self, node_id: str) -> None:
+        """Start local node ``node_id`` again after it was drained, kicked or lost."""
+
 
 BY = "the console"
 
@@ -182,6 +194,18 @@ class HostedFrontEnd:
 
     async def approve(self, fingerprint: str) -> None:
         self._frontend.approve_key(fingerprint)
+
+    def is_local(self, node_id: str) -> bool:
+        return self.host.is_local(node_id)
+
+    def local_running(self, node_id: str) -> bool:
+        return self.host.local_running(node_id)
+
+    async def add_local_node(self) -> str:
+        return self.host.add_local_node()
+
+    async def restart_local_node(self, node_id: str) -> None:
+        self.host.restart_local_node(node_id)
 
     async def save_results(self, task_id: str, target: Path) -> None:
         # Building the .npz the first time reads every result from disk: not on the loop.

@@ -111,32 +111,70 @@ class StatusHeader(Static):
     }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shown: tuple | None = None
+
     def show(self, identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> None:
-        self.update(header_text(identity, uptime, totals, per_s))
+        self._shown = (identity, uptime, totals, per_s)
+        self.update(header_text(identity, uptime, totals, per_s, self.size.width or None))
+
+    def on_resize(self) -> None:
+        if self._shown is not None:
+            self.show(*self._shown)
 
 
-def header_text(identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> Text:
-    """The header's two lines."""
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append("chainconsole", style="bold")
-    text.append("  listening on ")
-    text.append(identity.address, style="bold cyan")
-    text.append("  host key ")
-    text.append(identity.fingerprint, style="cyan")
-    text.append("  up ")
-    text.append(uptime, style="bold")
-    text.append("\n")
-    text.append(f"nodes {totals.nodes}", style="bold")
-    if totals.lost:
-        text.append(f" ({totals.lost} lost)", style="red")
-    text.append(f" · slots {totals.slots}")
-    text.append(f" · tasks {totals.running} running, {totals.queued} queued")
-    text.append(" · ")
+Piece = tuple[str, str]
+"""A run of header text and its style."""
+
+
+def _fit(variants: list[list[Piece]], width: int | None) -> list[Piece]:
+    """The first variant that fits in ``width`` cells (the last one if none does)."""
+    for pieces in variants:
+        if width is None or sum(len(text) for text, _ in pieces) <= width:
+            return pieces
+    return variants[-1]
+
+
+def header_text(identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float,
+                width: int | None = None) -> Text:
+    """The header's two lines, each fitted to ``width`` cells by leaving out what matters least.
+
+    The first line gives up the host key's fingerprint first (``keys show`` prints it), the
+    second shortens its words; neither wraps, so the totals always keep their line.
+    """
+    name = ("chainconsole", "bold")
+    address = [("  listening on ", ""), (identity.address, "bold cyan")]
+    host_key = [("  host key ", ""), (identity.fingerprint, "cyan")]
+    up = [("  up ", ""), (uptime, "bold")]
+    first = _fit([[name, *address, *host_key, *up], [name, *address, *up],
+                  [name, ("  ", ""), (identity.address, "bold cyan"), *up]], width)
+
+    nodes = [(f"nodes {totals.nodes}", "bold")] + ([(f" ({totals.lost} lost)", "red")] if totals.lost else [])
     if per_s > 0:
-        text.append(fmt.rate(per_s).replace("/s", " items/s"), style="bold green")
+        speed = (fmt.rate(per_s).replace("/s", " items/s"), "bold green")
     else:  # nothing came back lately: say whether anything is being computed
-        text.append("computing" if totals.busy else "idle", style="bold green")
-    if totals.pending_keys:
-        plural = "s" if totals.pending_keys > 1 else ""
-        text.append(f" · {totals.pending_keys} node key{plural} pending (a to approve)", style="bold yellow")
+        speed = ("computing" if totals.busy else "idle", "bold green")
+    plural = "s" if totals.pending_keys > 1 else ""
+    pending_long = [(f" · {totals.pending_keys} node key{plural} pending (a to approve)", "bold yellow")]
+    pending_short = [(f" · {totals.pending_keys} key{plural} pending (a)", "bold yellow")]
+    if not totals.pending_keys:
+        pending_long = pending_short = []
+    tasks_long = (f" · tasks {totals.running} running, {totals.queued} queued", "")
+    tasks_short = (f" · {totals.running} running, {totals.queued} queued", "")
+    slots = (f" · slots {totals.slots}", "")
+    sep = (" · ", "")
+    second = _fit([
+        [*nodes, slots, tasks_long, sep, speed, *pending_long],
+        [*nodes, slots, tasks_long, sep, speed, *pending_short],
+        [*nodes, slots, tasks_short, sep, speed, *pending_short],
+        [*nodes, tasks_short, sep, speed, *pending_short],
+    ], width)
+
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for piece, style in first:
+        text.append(piece, style=style)
+    text.append("\n")
+    for piece, style in second:
+        text.append(piece, style=style)
     return text

@@ -5,18 +5,22 @@ A refresh never clears a table. Rows are keyed by node or task id: a new id gets
 whose text changed — so the cursor, the scroll position and the cost of a refresh stay
 put however many rows there are (Memray's ``AllocationTable``, Dolphie's process list).
 Columns have fixed widths for the same reason: a width that follows the content would
-make every refresh re-measure every row. Cells are compared as plain ``(text, style)``
+make every refresh re-measure every row. A table too narrow for every column drops the
+least useful ones first (each column's ``drop`` rank) and brings them back when it grows;
+that happens on a resize, never on a refresh. Cells are compared as plain ``(text, style)``
 pairs and become Rich ``Text`` only when they change: with 200 nodes, building and
 comparing styled text for every cell on every refresh cost more than drawing the table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.message import Message
 from textual.widgets import DataTable
 
 from console.tui import formatting as fmt
@@ -47,6 +51,11 @@ TASK_STATE_STYLE = {
 FINISHED_TASK_STATES = frozenset({"done", "failed", "cancelled"})
 LIVE_TASK_STATES = frozenset({"queued", "running"})
 CONNECTED_NODE_STATES = frozenset({"idle", "busy", "draining", "quarantined"})
+PROGRESS_BAR_WIDTH = 12
+
+
+SCROLLBAR_WIDTH = 2
+"""Kept free at the right of a table for its vertical scrollbar."""
 
 
 @dataclass(frozen=True)
@@ -57,22 +66,84 @@ class Column:
     label: str
     width: int
     right: bool = False
+    drop: int = 0
+    """When the table is too narrow, columns with the highest rank go first; 0: never dropped."""
+
+    @property
+    def cost(self) -> int:
+        """Cells the column takes on screen: its width and a padding cell on each side."""
+        return self.width + 2
+
+
+def fitting_columns(columns: Sequence[Column], width: int) -> tuple[Column, ...]:
+    """The columns that fit in ``width`` cells, dropping the highest ``drop`` ranks first."""
+    shown = list(columns)
+    for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
+        if sum(c.cost for c in shown) <= width:
+            break
+        shown.remove(column)
+    return tuple(shown)
 
 
 class KeyedTable(DataTable):
-    """A row-cursor DataTable whose rows follow a mapping of row key to cells."""
+    """A row-cursor DataTable whose rows follow a mapping of row key to cells.
+
+    Rows show in the order given, or sorted by one column (``sort_by``): the order is
+    applied only when it changed, so a steady table costs nothing to keep sorted.
+    """
 
     COLUMNS: ClassVar[tuple[Column, ...]] = ()
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._shown: dict[str, Cells] = {}
+        self._visible: tuple[Column, ...] = self.COLUMNS
+        self.sort_column: str | None = None
+        """The key of the column rows are sorted by; None: in the order they are given."""
+        self.sort_reverse = False
+        """Sorted the other way round from the column's first direction."""
         for column in self.COLUMNS:
-            label = Text(column.label, justify="right" if column.right else "left")
-            self.add_column(label, width=column.width, key=column.key)
+            self.add_column(self._label(column), width=column.width, key=column.key)
 
-    def reconcile(self, rows: Mapping[str, Cells], query: str = "") -> bool:
-        """Make the table show ``rows`` (those matching ``query``); True if anything changed."""
+    def _label(self, column: Column) -> Text:
+        return Text(column.label, justify="right" if column.right else "left")
+
+    @property
+    def visible_columns(self) -> tuple[str, ...]:
+        """The keys of the columns shown, in order."""
+        return tuple(c.key for c in self._visible)
+
+    def on_resize(self) -> None:
+        self.fit_columns(self.size.width - SCROLLBAR_WIDTH)
+
+    def fit_columns(self, width: int) -> None:
+        """Show the columns that fit in ``width`` cells; the rows keep their cells and cursor."""
+        visible = fitting_columns(self.COLUMNS, width)
+        if visible == self._visible:
+            return
+        selected = self.selected_key
+        for column in self._visible:
+            self.remove_column(column.key)
+        self._visible = visible
+        for column in visible:
+            self.add_column(self._label(column), width=column.width, key=column.key)
+        for key, cells in self._shown.items():
+            for column, cell in self._cells_shown(cells):
+                self.update_cell(key, column.key, self._text(column, cell))
+        self.relabel()
+        if selected is not None:
+            self.select_key(selected)
+
+    def _cells_shown(self, cells: Cells) -> list[tuple[Column, Cell]]:
+        shown = set(self._visible)
+        return [(column, cell) for column, cell in zip(self.COLUMNS, cells) if column in shown]
+
+    def relabel(self) -> None:
+        """Redraw the column labels (a subclass marks the sort column in its label)."""
+
+    def reconcile(self, rows: Mapping[str, Cells], query: str = "", order: Sequence[str] | None = None) -> bool:
+        """Make the table show ``rows`` (those matching ``query``) in ``order`` (default: as given);
+        True if anything changed."""
         if query:
             needle = query.casefold()
             rows = {key: cells for key, cells in rows.items() if _matches(cells, needle)}
@@ -85,19 +156,76 @@ class KeyedTable(DataTable):
         for key, cells in rows.items():
             before = self._shown.get(key)
             if before is None:
-                self.add_row(*(self._text(column, cell) for column, cell in zip(self.COLUMNS, cells)), key=key)
+                self.add_row(*(self._text(column, cell) for column, cell in self._cells_shown(cells)), key=key)
                 changed = True
             elif before != cells:
+                shown = set(self._visible)
                 for column, old, new in zip(self.COLUMNS, before, cells):
-                    if old != new:
+                    if old != new and column in shown:
                         self.update_cell(key, column.key, self._text(column, new))
                 changed = True
             self._shown[key] = cells
+        wanted = [key for key in (order if order is not None else rows) if key in self._shown]
+        if wanted != [row.key.value for row in self.ordered_rows]:
+            self._put_in_order(wanted)
+            changed = True
         # Removing a row above the cursor would leave the cursor on the next row's index:
         # keep it on the row the operator selected.
         if selected in self._shown and self.selected_key != selected:
             self.select_key(selected)
         return changed
+
+    def _put_in_order(self, keys: list[str]) -> None:
+        # DataTable sorts by cell values; each row's first cell is its own object, so its
+        # identity says which row it is.
+        first = self.ordered_columns[0].key if self.ordered_columns else None
+        if first is None:
+            return
+        rank = {id(self.get_cell(key, first)): i for i, key in enumerate(keys)}
+        self.sort(first, key=lambda cell: rank.get(id(cell), len(rank)))
+
+    def sort_by(self, column: str | None, reverse: bool = False) -> None:
+        """Sort rows by ``column`` from the next refresh on (None: in the order given)."""
+        self.sort_column, self.sort_reverse = column, reverse
+
+    def next_sort(self) -> None:
+        """Sort by the next shown column, then by none: what the sort key steps through."""
+        keys = [None, *self.visible_columns]
+        position = keys.index(self.sort_column) if self.sort_column in keys else 0
+        self.sort_by(keys[(position + 1) % len(keys)])
+
+    @property
+    def sort_label(self) -> str:
+        """``by Items done ▼`` for the table's title; "" when rows are in their own order."""
+        column = next((c for c in self.COLUMNS if c.key == self.sort_column), None)
+        if column is None:
+            return ""
+        descending = column.right != self.sort_reverse  # numbers go biggest first
+        return f"by {column.label} {'▼' if descending else '▲'}"
+
+    def sorted_keys(self, records: Mapping[str, Any], values: Mapping[str, Callable[[Any], Any]]) -> list[str] | None:
+        """The row keys of ``records`` sorted by the sort column's value, or None when unsorted."""
+        column = next((c for c in self.COLUMNS if c.key == self.sort_column), None)
+        value = values.get(self.sort_column or "")
+        if column is None or value is None:
+            return None
+        descending = column.right != self.sort_reverse
+        # Ties keep the order given (sorted() is stable, also when reversed).
+        return sorted(records, key=lambda key: value(records[key]), reverse=descending)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        """A click on a column's header sorts by it; a second click turns the order round."""
+        event.stop()
+        key = event.column_key.value
+        self.sort_by(key, reverse=not self.sort_reverse if key == self.sort_column else False)
+        self.post_message(self.SortChanged(self))
+
+    class SortChanged(Message):
+        """The operator chose how the table is sorted: redraw it now."""
+
+        def __init__(self, table: KeyedTable) -> None:
+            super().__init__()
+            self.table = table
 
     @staticmethod
     def _text(column: Column, cell: Cell) -> Text:
@@ -128,25 +256,48 @@ class NodesTable(KeyedTable):
 
     COLUMNS = (
         Column("name", "Node", 16),
-        Column("via", "Chain", 18),
+        Column("via", "Chain", 18, drop=3),
         Column("state", "State", 11),
-        Column("slots", "Slots", 5, right=True),
+        Column("slots", "Slots", 5, right=True, drop=2),
         Column("in_flight", "In flight", 9, right=True),
         Column("items_done", "Items done", 11, right=True),
-        Column("rate", "Items/s", 9, right=True),
-        Column("heartbeat", "Heartbeat", 9, right=True),
+        Column("rate", "Items/s", 8, right=True),
+        Column("heartbeat", "Heartbeat", 9, right=True, drop=1),
         Column("errors", "Errors", 6, right=True),
     )
 
-    def show(self, rows: list[NodeRow], query: str = "") -> bool:
-        return self.reconcile({row.node_id: node_cells(row) for row in rows}, query)
+    def show(self, rows: list[NodeRow], query: str = "", marked: frozenset[str] = frozenset()) -> bool:
+        records = {row.node_id: row for row in rows}
+        cells = {key: node_cells(row, key in marked) for key, row in records.items()}
+        return self.reconcile(cells, query, self.sorted_keys(records, NODE_SORT))
 
 
-def node_cells(row: NodeRow) -> Cells:
+NODE_STATE_ORDER = {state: i for i, state in enumerate(
+    ("busy", "idle", "draining", "connecting", "quarantined", "lost", "kicked", "drained", "left"))}
+NODE_SORT: dict[str, Callable[[NodeRow], Any]] = {
+    "name": lambda n: n.node_id.casefold(),
+    "via": lambda n: fmt.chain(n.via).casefold(),
+    "state": lambda n: NODE_STATE_ORDER.get(n.state, len(NODE_STATE_ORDER)),
+    "slots": lambda n: n.slots,
+    "in_flight": lambda n: n.in_flight,
+    "items_done": lambda n: n.items_done,
+    "rate": lambda n: n.items_per_s,
+    "heartbeat": lambda n: math.inf if n.heartbeat_age_s is None else n.heartbeat_age_s,
+    "errors": lambda n: n.errors,
+}
+"""What each column sorts by: the value, not its text (``12,480`` after ``9,000``)."""
+
+
+MARK = "● "
+"""Before the name of a node marked for an action on several nodes (space marks it)."""
+
+
+def node_cells(row: NodeRow, marked: bool = False) -> Cells:
     """One node's cells, in ``NodesTable.COLUMNS`` order."""
     connected = row.state in CONNECTED_NODE_STATES
+    name = row.name if row.name == row.node_id else f"{row.node_id} ({row.name})"
     return (
-        (row.name if row.name == row.node_id else f"{row.node_id} ({row.name})", ""),
+        (MARK + name if marked else name, "bold magenta" if marked else ""),
         (fmt.chain(row.via), "" if row.via else "dim"),
         (row.state, NODE_STATE_STYLE.get(row.state, "")),
         (str(row.slots), ""),
@@ -171,17 +322,33 @@ class TasksTable(KeyedTable):
     COLUMNS = (
         Column("task_id", "ID", 5),
         Column("name", "Task", 16),
-        Column("owner", "Owner", 9),
+        Column("owner", "Owner", 9, drop=3),
         Column("state", "State", 9),
-        Column("progress", "Progress", 21),
-        Column("done", "Done/Total", 15, right=True),
+        Column("progress", "Progress", PROGRESS_BAR_WIDTH + 5),
+        Column("done", "Done/Total", 15, right=True, drop=2),
         Column("failed", "Failed", 6, right=True),
-        Column("rate", "Items/s", 8, right=True),
+        Column("rate", "Items/s", 8, right=True, drop=1),
         Column("eta", "ETA", 7, right=True),
     )
 
     def show(self, rows: list[TaskRow], query: str = "") -> bool:
-        return self.reconcile({row.task_id: task_cells(row) for row in rows}, query)
+        records = {row.task_id: row for row in rows}
+        cells = {key: task_cells(row) for key, row in records.items()}
+        return self.reconcile(cells, query, self.sorted_keys(records, TASK_SORT))
+
+
+TASK_STATE_ORDER = {state: i for i, state in enumerate(("running", "queued", "failed", "cancelled", "done"))}
+TASK_SORT: dict[str, Callable[[TaskRow], Any]] = {
+    "task_id": lambda t: t.submitted_at,
+    "name": lambda t: t.name.casefold(),
+    "owner": lambda t: t.owner.casefold(),
+    "state": lambda t: TASK_STATE_ORDER.get(t.state, len(TASK_STATE_ORDER)),
+    "progress": lambda t: t.items_done / t.items if t.items else 1.0,
+    "done": lambda t: t.items_done,
+    "failed": lambda t: t.items_failed,
+    "rate": lambda t: task_rate(t),
+    "eta": lambda t: (t.items - t.items_done) / t.items_per_s if t.items_per_s > 0 else math.inf,
+}
 
 
 def task_rate(row: TaskRow) -> float:
@@ -194,7 +361,8 @@ def task_rate(row: TaskRow) -> float:
 def task_cells(row: TaskRow) -> Cells:
     """One task's cells, in ``TasksTable.COLUMNS`` order."""
     style = TASK_STATE_STYLE.get(row.state, "")
-    progress = f"{fmt.progress_bar(row.items_done, row.items)} {fmt.percent(row.items_done, row.items):>4}"
+    progress = (f"{fmt.progress_bar(row.items_done, row.items, PROGRESS_BAR_WIDTH)} "
+                f"{fmt.percent(row.items_done, row.items):>4}")
     live = row.state in LIVE_TASK_STATES
     return (
         (row.task_id, ""),
