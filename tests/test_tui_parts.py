@@ -306,3 +306,16 @@ def test_the_footer_keeps_quit_help_and_the_palette_and_fills_up_with_keys_that_
     room = sum(key_width(k, True) for k in with_filter if k.action in ("help", "quit", "filter")) + 12 + 9
     assert [k.action for k in keys_that_fit(with_filter, room, True)] == [
         "submit", "filter", "help", "quit", "app.command_palette"]
+
+
+def test_a_task_no_node_can_run_shows_waiting_and_says_why() -> None:
+    from console.tui.detail import summary_text
+    from console.tui.node_detail import node_capabilities
+
+    row = TaskRow("t1", "chol", "op", "queued", 10, 0, 0, 0.0, None, 0.0,
+                  waiting="no connected node has operation cholesky")
+    assert task_cells(row)[3] == ("waiting", "yellow")
+    assert "waiting: no connected node has operation cholesky" in summary_text("t1", row).plain
+    node = NodeRow("gpu1", "gpu1", "idle", 1, 0, 0, 0, (), "127.0.0.1", 0.1, 0.0,
+                   {"cholesky": "1.0"}, {"gpu": 1})
+    assert node_capabilities(node) == "the built-in operations, cholesky 1.0 · has gpu=1"

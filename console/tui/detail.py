@@ -271,4 +271,6 @@ def summary_text(task_id: str, row: TaskRow | None) -> Text:
         text.append(f" · ETA {fmt.eta(row.items - row.items_done, row.items_per_s)}")
     elif row.wall_s is not None:
         text.append(f" · took {fmt.duration(row.wall_s)}")
+    if row.waiting:
+        text.append(f" · waiting: {row.waiting}", style="yellow")
     return text

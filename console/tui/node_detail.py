@@ -53,7 +53,17 @@ def node_summary(node_id: str, row: NodeRow | None, events: Sequence[Event]) -> 
     text.append(f"rejected results {rejected}", style="red" if rejected else "")
     if row.state == "quarantined":
         text.append(" · quarantined: u releases it", style="bold red")
+    text.append("\n")
+    text.append(f"runs {node_capabilities(row)}", style="dim")
     return text
+
+
+def node_capabilities(row: NodeRow) -> str:
+    """What the node runs beyond the built-ins, and its resources, in one line."""
+    operations = ", ".join(f"{name} {version}" for name, version in sorted(row.operations.items()))
+    resources = ", ".join(f"{key}={value}" for key, value in sorted(row.resources.items()))
+    text = "the built-in operations" + (f", {operations}" if operations else "")
+    return text + (f" · has {resources}" if resources else "")
 
 
 def event_text(event: Event) -> Text:
@@ -69,7 +79,7 @@ class NodeDetailScreen(Screen[None]):
 
     DEFAULT_CSS = """
     NodeDetailScreen #node-summary {
-        height: 4;
+        height: 5;
         padding: 0 1;
         background: $panel;
     }

@@ -368,7 +368,7 @@ def task_cells(row: TaskRow) -> Cells:
         (row.task_id, ""),
         (row.name, ""),
         (row.owner, ""),
-        (row.state, style),
+        ("waiting", "yellow") if row.waiting else (row.state, style),
         (progress, style or "cyan"),
         (f"{fmt.count(row.items_done)}/{fmt.count(row.items)}", ""),
         (fmt.count(row.items_failed), "red" if row.items_failed else "dim"),
