@@ -60,6 +60,9 @@ class NodeJoined:
     node_id: str
     slots: int
     window: int
+    deadline: float | None = None
+    """When the node's walltime ends, on the Dispatcher's clock; None: no end known.
+    No chunk expected to outlast it is assigned to the node."""
 
 
 @dataclass(frozen=True, slots=True)

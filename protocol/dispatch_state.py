@@ -16,6 +16,8 @@ from protocol.dispatch_events import NodeState, NodeView, TaskState, TaskSubmitt
 HUNGRY, TOPPING = 1, 2
 """Room tiers of a node: an idle slot, or only prefetch room left."""
 COMPACT_SLACK = 1024
+SLOWNESS_SMOOTHING = 0.3
+"""Weight of the newest chunk in a node's measured slowness (for deadlines)."""
 """Stale queue entries tolerated beyond twice the live ones before a queue is compacted."""
 
 
@@ -24,7 +26,8 @@ class TrackedNode:
 
     __slots__ = (
         "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
-        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping",
+        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping", "deadline",
+        "slowness",
     )
 
     def __init__(self, node_id: str, now: float) -> None:
@@ -44,6 +47,15 @@ class TrackedNode:
         # whether the node has an entry in each room deque (entries may be stale)
         self.in_hungry = False
         self.in_topping = False
+        self.deadline: float | None = None  # when its walltime ends (NodeJoined.deadline)
+        self.slowness: float | None = None  # its chunk times over the tasks' expected ones, smoothed
+
+    def observe_speed(self, expected_s: float | None, elapsed_s: float) -> None:
+        """Fold one chunk's time, against what the task expected of it, into ``slowness``."""
+        if expected_s is None or not expected_s > 0 or not 0 <= elapsed_s < float("inf"):
+            return
+        sample = elapsed_s / expected_s
+        self.slowness = sample if self.slowness is None else self.slowness + SLOWNESS_SMOOTHING * (sample - self.slowness)
 
     @property
     def assignable(self) -> bool:

@@ -29,6 +29,9 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   that only forwarded them: `ResultReceived.blame`), and so do errors caught upstream
   (`ErrorCounted`); at `max_node_errors` it gets no more work and what it holds is
   cancelled and requeued, until the operator releases it.
+- Deadlines: a node that reported when its walltime ends (`NodeJoined.deadline`) gets no
+  chunk expected to outlast it — the task's measured seconds per item times the chunk's
+  size, after what the node already queues on its slots — and the chunk waits for another.
 - Nothing from the network makes it raise: unknown ids and stale attempts are ignored.
 - Assigning costs the same whatever the number of nodes and chunks: deques of nodes with
   room and of runnable tasks, per-task queues, and queues and heaps of deadlines whose
@@ -93,6 +96,8 @@ DEFAULT_MIN_LEASE_S = 10.0
 """... but never before it has run this long."""
 DEFAULT_MAX_NODE_ERRORS = 3
 """Invalid results after which a node is quarantined."""
+DEFAULT_DEADLINE_MARGIN = 1.25
+"""Chunk times are taken this much longer than measured when weighed against a node's deadline."""
 
 _FROM_NODES = frozenset({NodeJoined, CreditChanged, HeartbeatReceived, ResultReceived, ChunkFailed, NodeLeft})
 
@@ -109,6 +114,7 @@ class Dispatcher:
         straggler_factor: float = DEFAULT_STRAGGLER_FACTOR,
         min_lease_s: float = DEFAULT_MIN_LEASE_S,
         max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
+        deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
     ) -> None:
         self._prefetch = max(0, prefetch)
         self._heartbeat_timeout_s = heartbeat_timeout_s
@@ -116,6 +122,7 @@ class Dispatcher:
         self._straggler_factor = straggler_factor
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
+        self._deadline_margin = max(1.0, deadline_margin)
         self._nodes: dict[str, TrackedNode] = {}
         self._tasks: dict[str, TrackedTask] = {}  # in submission order
         self._runnable: deque[TrackedTask] = deque()
@@ -181,6 +188,10 @@ class Dispatcher:
         lease = open_chunk.lease(attempt) if open_chunk is not None else None
         return lease is not None and not lease.ended and lease.node_id == node_id
 
+    def items_waiting(self) -> int:
+        """Items of live tasks that wait for a node: no node has room for them (a launcher's backlog)."""
+        return sum(task.chunks.waiting_items() for task in self._tasks.values() if task.live)
+
     def forget(self, task_id: str) -> None:
         """Drop what is kept of a finished task (a chain link makes a task per upstream chunk)."""
         task = self._tasks.get(task_id)
@@ -221,6 +232,7 @@ class Dispatcher:
         self._account(node, -1)
         node.slots = max(0, event.slots)
         node.window = max(0, event.window)
+        node.deadline = event.deadline
         node.capacity = self._capacity(node)
         self._account(node, +1)
         self._room.offer(node, len(self._nodes))
@@ -361,6 +373,8 @@ class Dispatcher:
                 out.append(CancelChunk(lease.node_id, task.task_id, chunk.number, lease.attempt))
             self._end(lease, out)
         task.chunks.close(chunk, Outcome.DONE_AFTER_FAILURE if chunk.failures else Outcome.DONE)
+        if node is not None:
+            node.observe_speed(task.sizer.expected_s(size), event.elapsed_s)
         task.sizer.observe(size, event.elapsed_s)
         task.items_resolved += size
         task.items_bad += size - items_ok
@@ -545,7 +559,29 @@ class Dispatcher:
                 task.runnable = False
                 continue
             runnable.rotate(-1)  # the next assignment goes to the next task
-            if chunk is not None:
+            if chunk is not None and self._outlasts_deadline(node, task, chunk, now):
+                task.chunks.put_back(chunk)
+            elif chunk is not None:
                 self._issue(task, chunk, node, now, out)
                 return True
         return False
+
+    def _outlasts_deadline(self, node: TrackedNode, task: TrackedTask, chunk: Chunk, now: float) -> bool:
+        """Whether the chunk would still run on the node when the node's walltime ends.
+
+        A chunk is expected to take the task's measured time for its size (the target chunk
+        time before any is measured), times how much slower than that the node has been
+        (never taken as faster), with a margin; it starts after the chunks the node holds,
+        shared out over its slots, as if none of them had begun.
+        """
+        if node.deadline is None:
+            return False
+        held_s = sum(self._expected_on(node, lease.task, lease.chunk) for lease in node.leases)
+        start = now + held_s / max(node.slots, 1)
+        return start + self._expected_on(node, task, chunk) > node.deadline
+
+    def _expected_on(self, node: TrackedNode, task: TrackedTask, chunk: Chunk) -> float:
+        expected_s = task.sizer.expected_s(chunk.size)
+        if expected_s is None:
+            expected_s = self._target_chunk_s
+        return expected_s * max(1.0, node.slowness or 1.0) * self._deadline_margin

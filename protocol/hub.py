@@ -190,14 +190,19 @@ class Hub:
         """Undo ``admit`` for a node that was never welcomed."""
         self.nodes.pop(node_id, None)
 
-    def join(self, node_id: str, slots: int, window: int, now: float) -> list[Output]:
-        """Let the Dispatcher give work to an admitted node (once it has been welcomed)."""
+    def join(self, node_id: str, slots: int, window: int, now: float, *,
+             deadline_in_s: float | None = None) -> list[Output]:
+        """Let the Dispatcher give work to an admitted node (once it has been welcomed).
+
+        ``deadline_in_s``: the node's walltime ends that many seconds from ``now``.
+        """
         record = self.nodes[node_id]
         slots = record.slots = self._granted(record, slots)
         record.window = window
         out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
                                           f"with {slots} slots", node_id=node_id)]
-        return out + self.handle(d.NodeJoined(node_id, slots, window), now)
+        deadline = None if deadline_in_s is None else now + deadline_in_s
+        return out + self.handle(d.NodeJoined(node_id, slots, window, deadline), now)
 
     def depart(self, node_id: str, *, clean: bool, reason: str, now: float) -> list[Output]:
         """A node's session ended: its chunks go back in line."""

@@ -102,17 +102,19 @@ class Host:
         await self.stop()
 
 
-def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots: int = 1) -> subprocess.Popen:
+def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots: int = 1,
+                     extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """Start a full node process on this machine that connects over SSH like any other.
 
-    It stops when this process exits, however that happens (``--exit-with``).
+    It stops when this process exits, however that happens (``--exit-with``); ``extra``
+    are more ``chainconsole node`` options.
     """
     host, port = address
     logs = make_private_dir(state.root / "logs")
     log = open(os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     cmd = [sys.executable, "-m", "nodes", "--connect", f"{host}:{port}", "--name", name,
            "--slots", str(slots), "--key", str(state.node_key),
-           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root), "--exit-with", str(os.getpid())]
+           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root), "--exit-with", str(os.getpid()), *extra]
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     finally:
