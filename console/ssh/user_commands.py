@@ -36,7 +36,11 @@ USAGE = """commands:
   cancel ID
   delete ID             remove a finished task's files and journal rows
   drain NODE | kick NODE | release NODE     (operators)
+  backlog               work waiting for nodes, as JSON (operators)
+  launcher NAME         read a node public key on stdin; it is trusted as
+                        NAME's node key until stdin ends or the session does (operators)
 """
+MAX_KEY_LINE = 8192
 
 
 class UsageError(ChainconsoleError):
@@ -210,6 +214,38 @@ class Session:
 
     async def cmd_release(self, args: list[str]) -> int:
         return self._node_action(args, self.frontend.release, "released")
+
+    async def cmd_backlog(self, args: list[str]) -> int:
+        self._require_operator()
+        self.out(asdict(self.frontend.backlog()))
+        return ExitStatus.OK
+
+    async def cmd_launcher(self, args: list[str]) -> int:
+        """Hold a launcher's node key enrolled for as long as this session stays open."""
+        self._require_operator()
+        name = self._one_arg(args, "launcher name")
+        line = b""
+        while not line.endswith(b"\n") and len(line) <= MAX_KEY_LINE:
+            data = await self.process.stdin.read(MAX_KEY_LINE)
+            if not data:
+                break
+            line += data
+        if len(line) > MAX_KEY_LINE:
+            raise UsageError("the public key line is too long")
+        try:
+            entry = self.frontend.enrol_launcher_key(line.decode("utf-8", errors="replace").strip(), name,
+                                                     by=self.key.name)
+        except ChainconsoleError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            self.out({"launcher": entry.launcher, "fingerprint": entry.fingerprint, "state": "enrolled"})
+            while await self.process.stdin.read(SEND_CHUNK):
+                pass  # nothing more is said on it: it ends when the launcher stops
+        except (asyncssh.Error, OSError):
+            pass  # the launcher's connection dropped: the key goes all the same
+        finally:
+            self.frontend.withdraw_launcher_key(entry.fingerprint)
+        return ExitStatus.OK
 
     def _node_action(self, args: list[str], action: Callable[..., None], state: str) -> int:
         """An operator's action on one node, by name."""
