@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warn when the task would not fit this state folder's free space (default: the usual one)")
     _limit_options(p)
 
+    from console.launch.cli import add_arguments as launch_arguments
+
+    launch_arguments(_command(sub, "launch", help="start and keep nodes: on SSH hosts, or as Slurm jobs"), _command)
+
     keys = _command(sub, "keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
     p = _command(keys, "show", help="paths and fingerprints")
@@ -316,6 +320,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return run_keys(state_dir(args), args)
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from console.launch.cli import run_launch
+
+    return run_launch(state_dir(args), args)
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from console.cli.remote import run_remote
 
@@ -326,7 +336,7 @@ COMMANDS = {
     None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
     "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
     "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
-    "release": cmd_client,
+    "release": cmd_client, "launch": cmd_launch,
 }
 
 

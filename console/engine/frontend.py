@@ -27,7 +27,7 @@ from console.engine.journal import (
     task_from_document,
 )
 from console.engine.keys import KeyEntry, KeyRegistry, Role
-from console.engine.records import Event, NodeRow, TaskRecord, TaskRow
+from console.engine.records import Event, JobRow, NodeRow, TaskRecord, TaskRow
 from console.engine.results import (
     ResultStore, discard_results, export_npz, result_nbytes, unwritten_bytes, verify_result_files, write_summary,
 )
@@ -56,6 +56,8 @@ DEFAULT_DISK_MARGIN = 64 * 1024 * 1024
 (plus ``DISK_MARGIN_FRACTION`` of that): the journal, summaries and ``.npz`` exports need room."""
 DISK_MARGIN_FRACTION = 0.05
 DEFAULT_PRUNE_EVERY_S = 60.0
+MAX_JOBS_SHOWN = 1000
+"""Jobs of one launcher the front-end keeps to show."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class FrontEnd(HubShell):
         self._listeners: list[Callable[[Event], None]] = []
         self._assign_listeners: list[Callable[[ChunkId], None]] = []
         self._accept_listeners: list[Callable[[ChunkId], None]] = []
+        self._jobs: dict[str, tuple[JobRow, ...]] = {}  # launcher → its jobs as it last reported them
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -650,6 +653,17 @@ class FrontEnd(HubShell):
         for node_id, record in list(self.hub.nodes.items()):
             if record.fingerprint == fingerprint and node_id in self.sessions:
                 self.sessions[node_id].close("its launcher stopped", farewell=True)
+
+    def report_jobs(self, launcher: str, jobs: tuple[JobRow, ...] | None) -> None:
+        """A launcher's jobs now (None: the launcher is gone), for the faces to show."""
+        if jobs is None:
+            self._jobs.pop(launcher, None)
+        else:
+            self._jobs[launcher] = tuple(jobs)[:MAX_JOBS_SHOWN]
+
+    def job_rows(self) -> list[JobRow]:
+        """Every launcher's jobs (or hosts), launcher by launcher."""
+        return [job for jobs in self._jobs.values() for job in jobs]
 
     def backlog(self) -> Backlog:
         """What a launcher scales by: the work waiting for a node, and the nodes there are."""

@@ -19,9 +19,10 @@ from typing import Protocol
 import asyncssh
 
 from console.engine.frontend import FrontEnd, FrontEndError
-from console.engine.records import TaskRecord
+from console.engine.records import JobRow, TaskRecord
 from console.engine.keys import KeyEntry, Role
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
+from protocol.fields import MAX_NAME
 from protocol.upload import MAX_UPLOAD_STREAM, UploadReader
 
 PROGRESS_EVERY_S = 0.5
@@ -239,11 +240,15 @@ class Session:
             raise UsageError(str(exc)) from None
         try:
             self.out({"launcher": entry.launcher, "fingerprint": entry.fingerprint, "state": "enrolled"})
-            while await self.process.stdin.read(SEND_CHUNK):
-                pass  # nothing more is said on it: it ends when the launcher stops
+            # What follows are the launcher's reports of its jobs, one JSON list a line.
+            while report := await self.process.stdin.readline():
+                rows = _job_rows(entry.launcher, report)
+                if rows is not None:
+                    self.frontend.report_jobs(entry.launcher, rows)
         except (asyncssh.Error, OSError):
             pass  # the launcher's connection dropped: the key goes all the same
         finally:
+            self.frontend.report_jobs(entry.launcher, None)
             self.frontend.withdraw_launcher_key(entry.fingerprint)
         return ExitStatus.OK
 
@@ -254,6 +259,26 @@ class Session:
         action(node, by=self.key.name)
         self.out({"node": node, "state": state})
         return ExitStatus.OK
+
+
+def _job_rows(launcher: str, report: bytes) -> tuple[JobRow, ...] | None:
+    """A launcher's report of its jobs (``[{"job_id", "state", "node"}, …]``); None if it is not one.
+
+    What does not parse changes nothing: a launcher's bad line must not end its enrolment.
+    """
+    try:
+        items = json.loads(report)
+        rows = tuple(JobRow(launcher, _short(item["job_id"]), _short(item["state"]), _short(item.get("node", "")))
+                     for item in items)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return rows
+
+
+def _short(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return "".join(c for c in value if c.isprintable())[:MAX_NAME]
 
 
 class ServesAFrontEnd(Protocol):
