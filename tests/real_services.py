@@ -162,12 +162,13 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 SwitchType=switch/none
+SlurmdParameters=config_overrides
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def start_slurm(folder: Path, cpus: int = 4) -> SlurmCluster:
+def start_slurm(folder: Path, cpus: int = 2) -> SlurmCluster:
     """A real one-node Slurm in ``folder``: munged with its own key and socket, slurmctld, slurmd."""
     for program in ("munged", "slurmctld", "slurmd", "sbatch"):
         need_root(program)
