@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,38 @@ def test_slurm_time_limits_read_as_sbatch_reads_them(text: str, seconds: float) 
 def test_a_time_limit_that_is_not_one_is_refused(text: str) -> None:
     with pytest.raises(LaunchError):
         slurm_seconds(text)
+
+
+async def test_the_console_runs_a_slurm_launcher_and_shows_its_jobs_beside_the_nodes(
+        cluster, tmp_path, monkeypatch) -> None:
+    from console.engine.statedir import StateDir
+    from console.ssh.server import ServerSettings
+    from console.tui.app import ConsoleApp
+    from console.tui.jobs import JobsTable
+
+    monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])  # the console's launcher uses the plain commands
+    host = Host(StateDir(tmp_path / "state"), ServerSettings(port=0), launch=("slurm:1",))
+    app = ConsoleApp(host, refresh_s=0.1)
+    async with app.run_test(size=(130, 40)) as pilot:
+        (launcher,) = host.launchers
+        launcher.settings = dataclasses.replace(launcher.settings, poll_s=0.3, idle_s=60.0)
+        jobs = app.main.query_one(JobsTable)
+        await pilot.pause()
+        assert not jobs.display  # no job: no table
+        document = task(3000, 33)
+        task_id = await host.frontend.submit(parse_task(document), "operator")
+        await wait_until(lambda: jobs.display and jobs.row_count == 1
+                         and "running" in str(jobs.get_row_at(0)), timeout=60, what="the job shown, running")
+        (job_id,) = launcher.jobs
+        assert str(jobs.get_row_at(0)).count(f"slurm-{job_id}") == 1  # its node's name beside it
+        summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
+        assert summary["state"] == "done" and set(summary["items_per_node"]) == {f"slurm-{job_id}"}
+        check_norms(host, task_id, document)
+        # From the palette: stop the launcher; its node drains and its job ends.
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        assert "Launch Slurm jobs: up to 4" not in commands  # one Slurm launcher at a time
+        commands["Stop launcher slurm"].callback()
+        await wait_until(lambda: not host.launchers and our_jobs(cluster, "slurm") == [], timeout=60,
+                         what="the launcher to end its job")
+        await wait_until(lambda: not jobs.display, what="the jobs table to go")
+        assert "Launch Slurm jobs: up to 4" in {c.title for c in app.get_system_commands(app.screen)}

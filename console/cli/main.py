@@ -168,6 +168,18 @@ def _hosting_options(p: argparse.ArgumentParser) -> None:
                    help="node processes to start on this machine (default 0)")
     p.add_argument("--metrics", type=address_argument(listening=True), metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--launch", type=_launch_spec, action="append", metavar="slurm:N|ssh:HOSTS", default=argparse.SUPPRESS,
+                   help="run a launcher too: up to N Slurm jobs, or a node on each of HOSTS (repeatable)")
+
+
+def _launch_spec(text: str) -> str:
+    from console.launch.spec import LaunchSpec
+
+    try:
+        LaunchSpec.parse(text)
+    except ChainconsoleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -207,7 +219,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     from console.tui.app import run_console
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
-                       limits=limits_from(args), metrics=getattr(args, "metrics", None))
+                       limits=limits_from(args), metrics=getattr(args, "metrics", None),
+                       launch=tuple(getattr(args, "launch", ())))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -217,7 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
                    {"limits": limits_from(args), "keep_results_s": args.keep_results},
-                   metrics=getattr(args, "metrics", None))
+                   metrics=getattr(args, "metrics", None), launch=tuple(getattr(args, "launch", ())))
 
     async def serve() -> None:
         stop = asyncio.Event()
