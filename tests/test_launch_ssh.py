@@ -86,7 +86,7 @@ async def test_launch_ssh_keeps_a_node_on_each_host_restarts_one_that_dies_and_s
                          timeout=60, what="the node to be started again")
         log.seek(0)
         output = log.read()
-        assert "localhost:%d: restarting (node" % sshd.port in output and "killed" in output
+        assert f"localhost:{sshd.port}: restarting (node" in output
 
         # On stop every node drains and goes, and the launcher's key is trusted no more.
         launcher.send_signal(signal.SIGINT)
@@ -104,6 +104,15 @@ async def test_launch_ssh_keeps_a_node_on_each_host_restarts_one_that_dies_and_s
             launcher.kill()
             launcher.wait()
         log.close()
+
+
+def test_nodes_are_named_after_their_hosts_and_ports_only_where_hosts_repeat(tmp_path) -> None:
+    from console.launch.settings import SshSettings
+    from console.launch.ssh_hosts import SshLauncher
+
+    launcher = SshLauncher("farm", parse_hosts("a:22,a:2222,b:22"), SshSettings("fe:8022", tmp_path / "k"),
+                           None, tmp_path)  # type: ignore[arg-type]
+    assert [h.node for h in launcher.hosts.values()] == ["farm-a-22", "farm-a-2222", "farm-b"]
 
 
 def test_host_lists_read_as_ssh_users_write_them(tmp_path) -> None:

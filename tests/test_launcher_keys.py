@@ -100,3 +100,22 @@ def test_a_launched_key_is_a_node_key_and_removable(state) -> None:
         registry.enrol_launched(public_key_line(key), "twice")
     assert registry.remove(entry.fingerprint)
     assert registry.lookup(key) is None
+
+
+async def test_a_launcher_without_an_operator_key_is_told_why(host: Host, tmp_path) -> None:
+    from console.launch.control import LaunchError, RemoteControl
+
+    user_path, user_line = fresh_key(tmp_path, "user")
+    host.frontend.registry.add(Role.USER, user_line, "bob")
+    control = RemoteControl(endpoint(host, user_path))
+    with pytest.raises(LaunchError, match="refused the launcher's key: only operators may do that"):
+        await control.enrol(fresh_key(tmp_path, "launch")[1], "bobs")
+    assert host.frontend.registry.launched() == []
+    operator = RemoteControl(endpoint(host))
+    await operator.enrol(fresh_key(tmp_path, "launch2")[1], "ops")
+    try:
+        assert [e.launcher for e in host.frontend.registry.launched()] == ["ops"]
+        assert (await operator.backlog()).items_waiting == 0
+    finally:
+        await operator.close()
+    await wait_until(lambda: not host.frontend.registry.launched(), what="the key to be withdrawn on close")

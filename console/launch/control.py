@@ -144,7 +144,8 @@ class RemoteControl:
     async def _hold(self, public_key: str, launcher: str) -> None:
         assert self._conn is not None
         holder = await self._conn.create_process(f"launcher {shlex.quote(launcher)}")
-        holder.stdin.write(public_key + "\n")
+        with contextlib.suppress(OSError):  # refused before it read the key: the reason follows
+            holder.stdin.write(public_key + "\n")
         line = await holder.stdout.readline()
         if not line:
             problem = (await holder.stderr.read()).strip().removeprefix("chainconsole: ")
@@ -152,9 +153,13 @@ class RemoteControl:
         self._holder = holder
 
     async def enrol(self, public_key: str, launcher: str) -> None:
-        self._enrolment = (public_key, launcher)
         self._conn = await connect(self.endpoint)
-        await self._hold(public_key, launcher)
+        try:
+            await self._hold(public_key, launcher)
+        except BaseException:
+            await self._drop()
+            raise
+        self._enrolment = (public_key, launcher)
 
     async def _run(self, command: str) -> str:
         conn = await self._connection()

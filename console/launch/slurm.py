@@ -84,7 +84,8 @@ class Slurm:
             await proc.wait()
             raise SlurmError(f"{args[0]} did not answer in {COMMAND_TIMEOUT_S:.0f} s") from None
         if proc.returncode != 0:
-            raise SlurmError(f"{' '.join(args[:2])} failed: {err.decode(errors='replace').strip()}")
+            lines = [line.strip() for line in err.decode(errors="replace").splitlines() if line.strip()]
+            raise SlurmError(f"{args[0]} failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}")
         return out.decode(errors="replace")
 
     async def sbatch(self, script: Path, args: Sequence[str]) -> str:
@@ -165,6 +166,7 @@ class SlurmLauncher:
         self.stopping = asyncio.Event()
         self.deadline_s = None if settings.time_limit is None else slurm_seconds(settings.time_limit)
         self._script: Path | None = None
+        self._submitted = 0
 
     def rows(self) -> list[JobRow]:
         return [JobRow(self.name, job.job_id, job.phase, job.node) for job in self.jobs.values()]
@@ -276,6 +278,7 @@ class SlurmLauncher:
         assert self._script is not None
         job_id = await self.slurm.sbatch(self._script, self._sbatch_args())
         self.jobs[job_id] = Job(job_id, f"{self.name}-{job_id}", submitted_at=now)
+        self._submitted += 1
         self.say(f"job {job_id}: submitted ({len(self.jobs)} of at most {self.settings.max_jobs})")
 
     async def _end_all(self) -> None:
@@ -296,7 +299,7 @@ class SlurmLauncher:
                 await asyncio.sleep(0.5)
         except (ChainconsoleError, OSError, asyncssh.Error) as exc:
             self.say(f"cannot drain the nodes first: {exc}")
-        for attempt in range(3):
+        for attempt in range(3 if self._submitted else 1):
             try:
                 listed = await self.slurm.squeue(self.job_name)
                 live = sorted(j for j, state in listed.items() if state not in ENDED)

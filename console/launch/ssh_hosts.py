@@ -113,6 +113,10 @@ class SshLauncher:
         self.say = say
         self.backoff_initial_s = backoff_initial_s
         self.hosts = {spec.label: HostState(spec) for spec in hosts}
+        names = [spec.host for spec in hosts]
+        for state in self.hosts.values():  # NAME-HOST, and its port when two share a host
+            spec = state.spec
+            state.node = f"{name}-{spec.host}" + (f"-{spec.port}" if names.count(spec.host) > 1 else "")
         self.stopping = asyncio.Event()
         self._key: LaunchKey | None = None
         self._tasks: list[asyncio.Task] = []
@@ -199,7 +203,6 @@ class SshLauncher:
             await conn.run(install, input=self._key.path.read_text(), check=True, timeout=30)
             await conn.run(f"umask 077 && cat > {shlex.quote(folder + '/frontend_host_key.pub')}",
                            input=s.host_key.read_text(), check=True, timeout=30)
-            host.node = f"{self.name}-{host.spec.host}"
             args = [*shlex.split(s.node_command), "--connect", s.connect, "--name", host.node,
                     "--key", f"{folder}/node_key", "--host-key", f"{folder}/frontend_host_key.pub",
                     "--state-dir", folder, *(["--slots", str(s.slots)] if s.slots else []), *s.extra_node_args]
@@ -232,7 +235,7 @@ class SshLauncher:
             if result.exit_signal:
                 ended = f"node killed by SIG{result.exit_signal[0]}"
             elif result.exit_status is None or result.exit_status < 0:
-                ended = "node ended without an exit status (killed)"
+                ended = "node or its SSH session ended without an exit status"
             else:
                 ended = f"node exited with status {result.exit_status}"
             return ended + (f": {last_line}" if last_line else "")
