@@ -178,3 +178,43 @@ async def test_the_console_runs_a_slurm_launcher_and_shows_its_jobs_beside_the_n
                          what="the launcher to end its job")
         await wait_until(lambda: not jobs.display, what="the jobs table to go")
         assert "Launch Slurm jobs: up to 4" in {c.title for c in app.get_system_commands(app.screen)}
+
+
+async def test_chainconsole_launch_slurm_as_a_process_of_its_own(host: Host, cluster, tmp_path) -> None:
+    """The CLI launcher drives the front-end over the operator's SSH session and reports its jobs there."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    frontend = host.frontend
+    assert host.server is not None
+    log = open(tmp_path / "launcher.log", "w+")
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "from console.cli.main import main; main()", "launch", "slurm",
+         "--state-dir", str(host.state.root), "--connect", "{}:{}".format(*host.server.address), "--name", "cli",
+         "--max-jobs", "1", "--poll", "0.3", "--idle", "30", "--launch-dir", str(tmp_path / "jobs")],
+        cwd=REPO, env=cluster.env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        document = task(2000, 34)
+        task_id = await frontend.submit(parse_task(document), "operator")
+        await wait_until(lambda: [j.state for j in frontend.job_rows()] == ["running"], timeout=60,
+                         what="the launcher's job, reported over its session")
+        summary = await asyncio.wait_for(frontend.wait(task_id), 90)
+        assert summary["state"] == "done" and summary["ok_items"] == 2000
+        check_norms(host, task_id, document)
+        (job,) = frontend.job_rows()
+        assert set(summary["items_per_node"]) == {f"cli-{job.job_id}"} and job.node == f"cli-{job.job_id}"
+        launcher.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(asyncio.to_thread(launcher.wait), 90) == 0
+        assert our_jobs(cluster, "cli") == []
+        assert frontend.job_rows() == [] and frontend.registry.launched() == []
+        log.seek(0)
+        output = log.read()
+        assert f"job {job.job_id}: running" in output and "[cli] stopped" in output
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        log.close()
