@@ -26,7 +26,12 @@ COLUMNS = (("launcher", "Launcher", 12), ("job", "Job / host", 22), ("state", "S
 
 
 class JobsTable(DataTable):
-    """Each launcher's jobs (or hosts) and their states; hidden while there are none."""
+    """Each launcher's jobs (or hosts) and their states; hidden while there are none.
+
+    It takes no focus: tab still moves between the nodes and the tasks, whose rows the keys act on.
+    """
+
+    can_focus = False
 
     DEFAULT_CSS = """
     JobsTable {
