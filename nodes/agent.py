@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -26,6 +26,7 @@ from nodes.ssh.channel import BROKEN, MessageChannel
 from nodes.ssh.client import FIRST_USE, FirstUseTrust, open_connection
 from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
+from protocol.operations import installed_operations
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected, Result,
     Welcome,
@@ -67,6 +68,8 @@ class NodeSettings:
     deadline: float | None = None
     """When this node's walltime ends (``time.time()``), told to the front-end in hello so
     it sends no chunk expected to outlast it; the node stops on its own then. None: no end."""
+    resources: dict[str, str | float] = field(default_factory=dict)
+    """What this node has that a task may require (``--resource gpu=1``)."""
 
 
 DEADLINE_SLACK_S = 2.0
@@ -205,7 +208,8 @@ class NodeAgent:
         s = self.settings
         left = None if s.deadline is None else max(0.0, s.deadline - time.time() - DEADLINE_SLACK_S)
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
-                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line, deadline_s=left))
+                         f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line,
+                         operations=installed_operations(), resources=s.resources, deadline_s=left))
         first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import asyncio
 import os
 import socket
@@ -85,8 +86,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", type=walltime, metavar="WALLTIME",
                         help="this node's walltime ends this long from now (3600, 45m, 2h, 1-12:00:00): it is "
                              "given no chunk expected to outlast it and stops then; SIGUSR1 drains it earlier")
+    parser.add_argument("--resource", type=_resource, action="append", default=[], metavar="KEY=VALUE",
+                        help="something this node has that a task may require (gpu=1, memory_gb=64); repeatable")
     parser.add_argument("--exit-with", type=int, metavar="PID",
                         help="stop when the parent process PID exits (front-ends start their local nodes so)")
+
+
+def _resource(text: str) -> tuple[str, str | float]:
+    """KEY=VALUE: a number when VALUE reads as one, else a name."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        return key, value
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a finite number")
+    return key, int(number) if number.is_integer() else number
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     settings = NodeSettings(
         upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=args.slots,
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
-        blas_threads=args.blas_threads,
+        blas_threads=args.blas_threads, resources=dict(args.resource),
         deadline=None if args.deadline is None else time.time() + args.deadline,
     )
     return asyncio.run(_main(settings, args.listen, state, args.exit_with))

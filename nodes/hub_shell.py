@@ -19,10 +19,12 @@ from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import RemoteProtocolError
 from protocol.messages import (
-    MAX_NODE_KEYS, PROTOCOL_VERSION, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Rejected, Result,
+    MAX_NODE_KEYS, Assign, Cancel, Credit, Failed, Heartbeat, Hello, NodeKeys, Rejected, Result,
     Subtree, Welcome,
 )
-from protocol.verify import DEFAULT_SAMPLE, Invalid, judge
+from nodes.kernels import compute
+from protocol.replication import ReplicationPolicy
+from protocol.verify import DEFAULT_SAMPLE, Invalid, compare, judge
 
 DEFAULT_TICK_S = 0.5
 REJECTED_SINCE = 2
@@ -52,7 +54,12 @@ class HubShell:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.tick_s = tick_s
         self.verify_sample = verify_sample
+        """Items per chunk for the sampled checks; 0 turns checking off (shapes only, no replicas)."""
+        if verify_sample <= 0:
+            self.hub.dispatcher.replication = ReplicationPolicy(probation=0, rate=0.0)
         self.sessions: dict[str, NodeLink] = {}
+        self._held: dict[tuple[str, int], tuple[int, str, Result]] = {}  # (task, chunk) → (attempt, node, result)
+        self._confirmations: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
 
     def now(self) -> float:
@@ -64,6 +71,8 @@ class HubShell:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def stop_ticking(self) -> None:
+        for job in list(self._confirmations):
+            job.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,6 +107,7 @@ class HubShell:
         if hello.host_key:  # a chain link: it must know whom to let in
             session.send(NodeKeys(self.face_node_keys()[:MAX_NODE_KEYS]))
         self.carry_out(self.hub.join(node_id, hello.slots, hello.window, self.now(),
+                                     operations=hello.operations, resources=hello.resources,
                                      deadline_in_s=hello.deadline_s))
         return node_id
 
@@ -126,31 +136,69 @@ class HubShell:
         if self.sessions.pop(node_id, None) is not None:
             self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
 
-    async def result(self, node_id: str, result: Result) -> None:
-        """Check a result off the event loop, settle it, then wait while the face's store is behind."""
+    async def result(self, node_id: str, result: Result, *, trusted: bool = False) -> None:
+        """Check a result off the event loop, settle it, then wait while the face's store is behind.
+
+        A ``trusted`` result (a chain link's own pool) skips the checks but still settles a held
+        result of its chunk: it confirms it, or proves it wrong.
+        """
         chunk = self.face_chunk(node_id, result)
         if chunk is None or not self.hub.wants(*chunk):
             self.run(d.HeartbeatReceived(node_id))
             return
         target, start, stop = self.face_check_target(chunk)
-        problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
-        self.settle(node_id, chunk, result, problem)
+        problem = None
+        if not trusted:
+            problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
+        verdict = None
+        held = self._held.get(chunk[:2])
+        if (problem is None and held is not None and held[0] != chunk[2]
+                and self.hub.dispatcher.held_attempt(*chunk[:2]) == held[0]):
+            comparison = await asyncio.to_thread(compare, target, start, stop, held[2], result)
+            if self.hub.dispatcher.held_attempt(*chunk[:2]) == held[0]:  # still held after the wait
+                attempt, held_node, held_result = held
+                if comparison.first:
+                    self._reject(held_node, held_result, comparison.first)
+                if comparison.second:
+                    problem = Invalid(f"differs from another node's result: {comparison.second}",
+                                      comparison.second.tolerance)
+                verdict = h.HeldVerdict(held_node, held_result.computed_by, valid=not comparison.first,
+                                        confirmed=not comparison.second and comparison.settled)
+        self.settle(node_id, chunk, result, problem, verdict, trusted=trusted)
         await self.face_drained()
 
-    def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None) -> None:
+    def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None,
+               held: h.HeldVerdict | None = None, *, trusted: bool = False) -> None:
         """A checked result (``problem`` says why it is wrong): stored only if it completes its chunk.
 
         The node that sent a wrong result is told why, if its version has ``rejected``.
         """
         if problem:
-            self.carry_out([h.Note("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
-                                   node_id=node_id, task_id=result.task_id)])
-            self.tell(node_id, Rejected(result.task_id, result.chunk, result.attempt, problem.reason[:1000],
-                                        problem.tolerance))
+            self._reject(node_id, result, problem)
         items_ok = 0 if problem else int(result.ok.sum())
         outputs = self.hub.result(node_id, *chunk, items_ok=items_ok, elapsed_s=result.elapsed_s,
-                                  valid=not problem, now=self.now(), computed_by=result.computed_by)
+                                  valid=not problem, now=self.now(), computed_by=result.computed_by, held=held,
+                                  trusted=trusted)
         self.carry_out(outputs, result)
+
+    def _reject(self, node_id: str, result: Result, problem: Invalid) -> None:
+        self.carry_out([h.Note("invalid", f"{node_id} chunk {result.task_id}/{result.chunk}: {problem}",
+                               node_id=node_id, task_id=result.task_id)])
+        self.tell(node_id, Rejected(result.task_id, result.chunk, result.attempt, problem.reason[:1000],
+                                    problem.tolerance))
+
+    async def confirm_held(self, task_id: str, chunk: int, attempt: int) -> None:
+        """Compute a held result's chunk here, when no other node can, and say whether it was right."""
+        held = self._held.get((task_id, chunk))
+        if held is None or held[0] != attempt:
+            return
+        _, node_id, result = held
+        target, start, stop = self.face_check_target((task_id, chunk, attempt))
+        comparison = await asyncio.to_thread(_compare_with_own, target, start, stop, result)
+        if comparison.first:
+            self._reject(node_id, result, comparison.first)
+        self.carry_out(self.hub.held_checked(task_id, chunk, attempt, valid=not comparison.first, node_id=node_id,
+                                             computed_by=result.computed_by, now=self.now()))
 
     def tell(self, node_id: str, message: Rejected) -> None:
         """Send a message of version 2 only to a connected node whose session speaks it."""
@@ -197,9 +245,25 @@ class HubShell:
                 session = self.sessions.pop(node_id, None)
                 if session is not None:
                     session.close(reason, farewell=farewell)
+            case d.ResultHeld(node_id=node_id, task_id=task_id, chunk=chunk, attempt=attempt):
+                assert result is not None
+                self._held[(task_id, chunk)] = (attempt, node_id, result)
+            case d.ConfirmHeld(task_id=task_id, chunk=chunk, attempt=attempt):
+                job = asyncio.get_running_loop().create_task(self.confirm_held(task_id, chunk, attempt))
+                self._confirmations.add(job)
+                job.add_done_callback(self._confirmations.discard)
+            case h.ResultAccepted(held=True, task_id=task_id, chunk=chunk):
+                self.face_store(output, self._held.pop((task_id, chunk))[2])
             case h.ResultAccepted():
                 assert result is not None
                 self.face_store(output, result)
+            case d.ChunkCompleted(task_id=task_id, chunk=chunk):
+                self._held.pop((task_id, chunk), None)
+                self.face_output(output)
+            case d.TaskFinished(task_id=task_id):
+                for key in [key for key in self._held if key[0] == task_id]:
+                    del self._held[key]
+                self.face_output(output)
             case _:
                 self.face_output(output)
 
@@ -250,3 +314,11 @@ class HubShell:
 
     def face_output(self, output: h.Output) -> None:
         """Everything else: completed and abandoned chunks, finished tasks, quarantines, notes."""
+
+
+def _compare_with_own(target, start: int, stop: int, held: Result):
+    """Compute the chunk with the node's own kernels and compare the held result with it."""
+    inputs = {name: target.input_items(name, start, stop) for name in target.inputs}
+    own = compute(target.operation, inputs, target.return_mode)
+    mine = Result(held.task_id, held.chunk, held.attempt, own.ok, own.result, own.norms, 0.0)
+    return compare(target, start, stop, held, mine)

@@ -1,4 +1,4 @@
-"""The numpy kernels: compute one chunk of a whitelisted operation, item failures contained.
+"""Compute one chunk of a registered operation with its kernel, item failures contained.
 
 A chunk's items are stacked along the first axis and computed in one batched numpy call.
 When one item makes the batch raise (a singular matrix makes ``np.linalg.inv`` fail for
@@ -32,26 +32,6 @@ class ChunkOutput:
     """float64 Frobenius norm of each result item (NaN where not ok), when ``norms``."""
 
 
-def _solve(inputs: Inputs) -> np.ndarray:
-    a, b = inputs["a"], inputs["b"]
-    if b.ndim == a.ndim - 1:
-        # numpy >= 2 reads a stacked b of shape (k, n) as one (k, n) matrix, not as k
-        # vectors; make each vector an n×1 matrix and drop that axis again.
-        return np.linalg.solve(a, b[..., None])[..., 0]
-    return np.linalg.solve(a, b)
-
-
-_KERNELS: dict[str, Callable[[Inputs], np.ndarray]] = {
-    "invert": lambda x: np.linalg.inv(x["a"]),
-    "det": lambda x: np.linalg.det(x["a"]),
-    "solve": _solve,
-    "matmul": lambda x: np.matmul(x["a"], x["b"]),
-    "eigvalsh": lambda x: np.linalg.eigvalsh(x["a"]),
-    # svd(compute_uv=False) rather than svdvals, which only numpy >= 2 has.
-    "svdvals": lambda x: np.linalg.svd(x["a"], compute_uv=False),
-}
-
-
 def _item_by_item(
     kernel: Callable[[Inputs], np.ndarray], inputs: Inputs, count: int, item_shape: tuple[int, ...]
 ) -> np.ndarray:
@@ -67,9 +47,10 @@ def _item_by_item(
 
 def compute(operation: str, inputs: Inputs, return_mode: str) -> ChunkOutput:
     """Compute ``operation`` over the stacked items of ``inputs``; see the module docstring."""
-    kernel, spec = _KERNELS.get(operation), OPERATIONS.get(operation)
-    if kernel is None or spec is None:
-        raise ValueError(f"unknown operation {operation!r}; known: {sorted(_KERNELS)}")
+    spec = OPERATIONS.get(operation)
+    if spec is None:
+        raise ValueError(f"unknown operation {operation!r}; known: {sorted(OPERATIONS)}")
+    kernel = spec.kernel
     if set(inputs) != set(spec.inputs):
         raise ValueError(f"{operation} takes inputs {list(spec.inputs)}, got {sorted(inputs)}")
     if return_mode not in RETURN_MODES:

@@ -34,7 +34,8 @@ from protocol import hub as h
 from protocol.messages import (
     Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Rejected, Result, Subtree, Welcome,
 )
-from protocol.verify import AssignedChunk
+from protocol.operations import installed_operations
+from protocol.verify import AssignedChunk, replicated
 
 RELAY_ATTEMPTS = 2
 """Tries of one upstream chunk inside this link before it is handed back as failed."""
@@ -94,6 +95,7 @@ class Relay(HubShell):
         self._by_key: dict[ChunkKey, str] = {}
         self._holders: dict[tuple[str, ChunkKey], int] = {}  # (node, upstream chunk) → attempt here
         self._certified: set[str] = set()
+        self._own_results: set[asyncio.Task] = set()
         self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
         self._seq = 0
         self._last_capacity = (-1, -1)
@@ -125,10 +127,13 @@ class Relay(HubShell):
         await self.local.start()
         self.hub.admit(self.name, "", address=OWN_POOL, slots=self.local.slots, now=self.now())
         self.sessions[self.name] = _OwnPool(self.local)
-        self.carry_out(self.hub.join(self.name, self.local.slots, self.local.window, self.now()))
+        self.carry_out(self.hub.join(self.name, self.local.slots, self.local.window, self.now(),
+                                     operations=installed_operations()))
         self.start_ticking()
 
     async def close(self) -> None:
+        for job in list(self._own_results):
+            job.cancel()
         await self.stop_ticking()
         self.close_sessions("link shutting down")
         if self.server is not None:
@@ -144,7 +149,8 @@ class Relay(HubShell):
         self._by_task[task_id] = assign
         self._by_key[key] = task_id
         n = assign.stop - assign.start
-        self.run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS))
+        self.run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS,
+                                 replicate=replicated(assign.operation, assign.return_mode)))
 
     def cancel(self, key: ChunkKey) -> None:
         task_id = self._by_key.get(key)
@@ -193,16 +199,13 @@ class Relay(HubShell):
         return True
 
     def _from_own_pool(self, message: object) -> None:
-        """The link's own pool answered: trusted, no check."""
-        if not isinstance(message, (Result, Failed)):
-            return
-        chunk = self.face_chunk(self.name, message)
-        if chunk is None:
-            return
-        if isinstance(message, Failed):
+        """The link's own pool answered: trusted, no check (but it settles a held result of its chunk)."""
+        if isinstance(message, Result):
+            job = asyncio.get_running_loop().create_task(self.result(self.name, message, trusted=True))
+            self._own_results.add(job)
+            job.add_done_callback(self._own_results.discard)
+        elif isinstance(message, Failed) and (chunk := self.face_chunk(self.name, message)) is not None:
             self.run(d.ChunkFailed(self.name, *chunk, message.reason, message.retryable))
-        elif self.hub.wants(*chunk):
-            self.settle(self.name, chunk, message)
 
     # -- the face: what only a link does -----------------------------------------------------
 

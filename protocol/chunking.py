@@ -12,7 +12,10 @@ Rules of this module:
   fresh work is done anyway.
 - A chunk that just failed on a node goes to another node when one can take it; only a
   lone node gets its own failure back (a node with a broken worker would otherwise burn
-  every attempt of the chunks it fails).
+  every attempt of the chunks it fails). A chunk whose result is held for confirmation
+  never goes back to the node that computed it: a node cannot confirm itself.
+- A closed chunk may be reopened (its result is no longer trusted); its attempt numbers
+  go on from where they were, so an old attempt's late answer never matches a new one.
 - Automatic sizes start small, so the first results measure the speed quickly; then they
   aim at `target_chunk_s` from the measured seconds per item, growing at most ×4 per
   chunk; near the end they shrink so the last items spread over every slot.
@@ -39,6 +42,16 @@ class Attempt(Protocol):
 
     node_id: str
     ended: bool
+
+
+class _Past:
+    """An attempt made before the chunk was reopened: ended, and nobody's any more."""
+
+    node_id = ""
+    ended = True
+
+
+PAST_ATTEMPT: Attempt = _Past()
 
 
 FIRST_CHUNKS_PER_SLOT = 64
@@ -80,17 +93,19 @@ _CLOSED_STATES = {
 class Chunk:
     """An open chunk: its range, the attempts made at it, and its place in the queues."""
 
-    __slots__ = ("number", "start", "stop", "failures", "leases", "live", "queue", "avoid")
+    __slots__ = ("number", "start", "stop", "failures", "leases", "live", "queue", "avoid", "held", "held_ok")
 
-    def __init__(self, number: int, start: int, stop: int) -> None:
+    def __init__(self, number: int, start: int, stop: int, past_attempts: int = 0) -> None:
         self.number = number
         self.start = start
         self.stop = stop
         self.failures = 0
-        self.leases: list[Attempt] = []  # every attempt issued, attempt i + 1 at index i
+        self.leases: list[Attempt] = [PAST_ATTEMPT] * past_attempts  # attempt i + 1 at index i
         self.live = 0  # how many of them are still running
         self.queue = Queue.NONE
         self.avoid: str | None = None  # the node it last went back in line from
+        self.held: Attempt | None = None  # the attempt whose result waits for a second node's
+        self.held_ok = 0  # its items computed ok
 
     @property
     def size(self) -> int:
@@ -113,6 +128,10 @@ class Chunk:
     def held_by(self, node_id: str) -> bool:
         """Whether that node holds a live copy."""
         return any(lease.node_id == node_id for lease in self.live_leases())
+
+    def may_go_to(self, node_id: str) -> bool:
+        """False for the node whose result this chunk holds: it cannot confirm itself."""
+        return self.held is None or self.held.node_id != node_id
 
     def state(self) -> ChunkState:
         """The chunk's state for views."""
@@ -212,13 +231,13 @@ class TaskChunks:
         """The next chunk for that node, best tier first; None if nothing suits it."""
         chunk = None
         if self._ready:
-            chunk = _pick(self._ready, Queue.READY, lambda c: c.avoid != node_id)
+            chunk = _pick(self._ready, Queue.READY, lambda c: c.avoid != node_id and c.may_go_to(node_id))
         if chunk is None and self.remaining:
             return self._carve(total_slots)
         if chunk is None and lone_node and self._ready:
-            chunk = _pick(self._ready, Queue.READY, lambda c: True)
+            chunk = _pick(self._ready, Queue.READY, lambda c: c.may_go_to(node_id))
         if chunk is None and self._backups:
-            chunk = _pick(self._backups, Queue.BACKUP, lambda c: not c.held_by(node_id))
+            chunk = _pick(self._backups, Queue.BACKUP, lambda c: not c.held_by(node_id) and c.may_go_to(node_id))
         return chunk
 
     def requeue(self, chunk: Chunk, avoid: str) -> None:
@@ -252,6 +271,16 @@ class TaskChunks:
         self._outcomes[chunk.number] = outcome
         self._attempts[chunk.number] = chunk.attempts
         chunk.leases.clear()  # they point back at the chunk: a cycle only the slow cycle collector would free
+        chunk.held = None
+
+    def reopen(self, number: int) -> Chunk:
+        """Open a closed chunk again (not in line yet); KeyError if it was not carved or is open."""
+        if not 0 <= number < len(self._starts) or number in self._open:
+            raise KeyError(f"task {self._task_id} has no closed chunk {number}")
+        chunk = Chunk(number, self._starts[number], self._stops[number], self._attempts[number])
+        self._outcomes[number] = Outcome.OPEN
+        self._open[number] = chunk
+        return chunk
 
     def open_chunk(self, number: int) -> Chunk | None:
         """The open chunk with that number, if there is one."""

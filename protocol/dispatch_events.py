@@ -55,11 +55,16 @@ class ChunkState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class NodeJoined:
-    """A node opened a session: it has `slots` workers and wants `window` chunks held."""
+    """A node opened a session: it has `slots` workers and wants `window` chunks held.
+
+    `operations` names the installed operations it can run beyond the built-ins, and
+    `resources` what a task may require of it (``gpu: 1``)."""
 
     node_id: str
     slots: int
     window: int
+    operations: frozenset[str] = frozenset()
+    resources: Mapping[str, str | float] = field(default_factory=lambda: MappingProxyType({}))
     deadline: float | None = None
     """When the node's walltime ends, on the Dispatcher's clock; None: no end known.
     No chunk expected to outlast it is assigned to the node."""
@@ -95,6 +100,14 @@ class ResultReceived:
     blame: bool = True
     """Whether an invalid result counts against `node_id`: False when the node is a chain
     link that only forwarded it and the error is counted against the node behind it."""
+    held_valid: bool | None = None
+    """The verdict on the chunk's held result this one was compared with (None: no comparison)."""
+    held_blame: bool = True
+    """Whether a wrong held result counts against the node that sent it (like `blame`)."""
+    confirmed: bool = False
+    """This result needs no second computation: the comparison with the held one proved it
+    (they agree, or the recomputation settled every item where they differ in its favour),
+    or it comes from a source the shell trusts (a chain link's own pool)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +133,18 @@ class ErrorCounted:
 
     node_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldChecked:
+    """The shell computed a held result's chunk itself (``ConfirmHeld``): right, or wrong."""
+
+    task_id: str
+    chunk: int
+    attempt: int
+    valid: bool
+    blame: bool = True
+    """Whether a wrong result counts against the node that sent it (see `ResultReceived.blame`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +201,12 @@ class TaskSubmitted:
     completed: tuple[tuple[int, int], ...] = ()
     completed_failed: int = 0
     max_chunk_size: int | None = None
+    replicate: bool = False
+    """Its results have no cheap check of every item: they are confirmed by a second node."""
+    operation: str = ""
+    """An installed operation its chunks need (only nodes that have it get them); "" for a built-in."""
+    requires: Mapping[str, str | float] = field(default_factory=lambda: MappingProxyType({}))
+    """What a node must have to get its chunks: at least this number, or exactly this name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +228,7 @@ Event: TypeAlias = (
     | ResultReceived
     | ChunkFailed
     | ErrorCounted
+    | HeldChecked
     | NodeLeft
     | NodeLost
     | DrainRequested
@@ -257,6 +289,56 @@ class ChunkCompleted:
     stop: int
     attempt: int
     node_id: str
+    items_ok: int = 0
+    held: bool = False
+    """The completing result is one held earlier (``ResultHeld``), not the one being handled."""
+    confirmed: bool = True
+    """False for a result of a replicated task stored without a second computation."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultHeld:
+    """Keep this valid result aside, unstored: a second node computes the chunk to confirm it."""
+
+    node_id: str
+    task_id: str
+    chunk: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmHeld:
+    """No other node can confirm the held result of this attempt: compute the chunk here and
+    answer with ``HeldChecked``."""
+
+    node_id: str
+    task_id: str
+    chunk: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReopened:
+    """A completed chunk's result is no longer trusted (its node was caught lying): it is
+    computed again, and items [start, stop) count as not done until then."""
+
+    task_id: str
+    chunk: int
+    start: int
+    stop: int
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDistrusted:
+    """A node was caught with a wrong result: what it stored unconfirmed is no longer trusted.
+
+    Its unconfirmed chunks of running tasks are reopened here (``ChunkReopened``); those of
+    tasks that already finished are the shell's to reopen.
+    """
+
+    node_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +390,10 @@ Action: TypeAlias = (
     | CloseNode
     | NodeDrained
     | ChunkCompleted
+    | ResultHeld
+    | ConfirmHeld
+    | ChunkReopened
+    | NodeDistrusted
     | ChunkRequeued
     | ChunkAbandoned
     | NodeQuarantined
@@ -349,6 +435,8 @@ class TaskView:
     finished_at: float | None
     items_per_s: float
     items_by_node: Mapping[str, int]
+    waiting: str = ""
+    """Why no connected node gets its chunks (no node has its operation or requirements), or ""."""
 
 
 @dataclass(frozen=True, slots=True)

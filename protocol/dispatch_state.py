@@ -8,6 +8,7 @@ and this module holds one. The shell sees them only as the frozen views built at
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from protocol.chunking import Chunk, ChunkSizer, TaskChunks, merge_ranges
@@ -26,8 +27,8 @@ class TrackedNode:
 
     __slots__ = (
         "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
-        "chunks_done", "errors", "draining", "quarantined", "gone", "in_hungry", "in_topping", "deadline",
-        "slowness",
+        "chunks_done", "errors", "proven", "draining", "quarantined", "gone", "in_hungry", "in_topping",
+        "operations", "resources", "deadline", "slowness",
     )
 
     def __init__(self, node_id: str, now: float) -> None:
@@ -41,6 +42,9 @@ class TrackedNode:
         self.items_done = 0
         self.chunks_done = 0
         self.errors = 0
+        self.proven = 0  # results of it a second node confirmed since its last error
+        self.operations: frozenset[str] = frozenset()  # installed operations it can run
+        self.resources: Mapping[str, str | float] = {}
         self.draining = False
         self.quarantined = False
         self.gone = False
@@ -92,7 +96,7 @@ class TrackedTask:
     __slots__ = (
         "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
         "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
-        "items_by_node", "running_chunks", "runnable", "live",
+        "items_by_node", "running_chunks", "runnable", "live", "replicate", "unproven", "operation", "requires",
     )
 
     def __init__(self, event: TaskSubmitted, target_chunk_s: float, now: float) -> None:
@@ -117,6 +121,10 @@ class TrackedTask:
         self.running_chunks = 0
         self.runnable = False
         self.live = True  # still wants results (not done, failed or cancelled)
+        self.replicate = event.replicate
+        self.operation = event.operation
+        self.requires = dict(event.requires)
+        self.unproven: dict[int, tuple[str, int]] = {}  # chunk → (node, items ok): done, never confirmed
 
     @property
     def items_failed(self) -> int:
@@ -185,6 +193,28 @@ class NodesWithRoom:
         return None
 
 
+def suits(task: TrackedTask, node: TrackedNode) -> bool:
+    """Whether the node has what the task's chunks need: its operation and its requirements."""
+    if task.operation and task.operation not in node.operations:
+        return False
+    for key, wanted in task.requires.items():
+        have = node.resources.get(key)
+        if isinstance(wanted, str):
+            if have != wanted:
+                return False
+        elif not isinstance(have, (int, float)) or have < wanted:
+            return False
+    return True
+
+
+def unmet(task: TrackedTask) -> str:
+    """What a task needs, in words, for a task no connected node suits."""
+    needs = [f"operation {task.operation}"] if task.operation else []
+    needs += [f"{key} = {wanted}" if isinstance(wanted, str) else f"{key} ≥ {wanted:g}"
+              for key, wanted in task.requires.items()]
+    return "no connected node has " + " and ".join(needs)
+
+
 def node_view(node: TrackedNode) -> NodeView:
     """What the shell may see of a node."""
     if node.quarantined:
@@ -198,7 +228,7 @@ def node_view(node: TrackedNode) -> NodeView:
         node.chunks_done, node.errors, node.last_seen, node.joined_at,
     )
 
-def task_view(task: TrackedTask, now: float) -> TaskView:
+def task_view(task: TrackedTask, now: float, waiting: str = "") -> TaskView:
     """What the shell may see of a task at time ``now``."""
     end = task.finished_at if task.finished_at is not None else now
     elapsed = end - task.started_at if task.started_at is not None else 0.0
@@ -214,4 +244,5 @@ def task_view(task: TrackedTask, now: float) -> TaskView:
         finished_at=task.finished_at,
         items_per_s=task.items_computed / elapsed if elapsed > 0 else 0.0,
         items_by_node=MappingProxyType(dict(task.items_by_node)),
+        waiting=waiting,
     )

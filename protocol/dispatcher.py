@@ -25,6 +25,17 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   running, the chunk is abandoned and its items fail. A failure reported as not
   retryable uses up every attempt at once. Clean goodbyes, kicks and quarantines are not
   the chunk's fault and do not count.
+- Replication: a task whose results have no cheap check of every item (``replicate``)
+  has each result held, unstored, until a second node's result for the chunk confirms it
+  (``ResultHeld``; the shell compares them and, where they differ, recomputes the items to
+  say who is wrong); ``replication`` says which results are held. A held result no other
+  node can confirm (none is connected, or the copies failed) is computed by the shell
+  itself (``ConfirmHeld``, answered by ``HeldChecked``). Results stored unconfirmed stay
+  on their task's books until it ends: when their node is caught with a wrong result,
+  they are reopened and computed again (``NodeDistrusted`` tells the shell, which keeps
+  the books of finished tasks).
+- Standing follows the node: its errors and confirmed results outlive its sessions (the
+  hub binds node ids to keys), until the operator releases it or the hub forgets the id.
 - Quarantine: invalid results count against their node (unless the node is a chain link
   that only forwarded them: `ResultReceived.blame`), and so do errors caught upstream
   (`ErrorCounted`); at `max_node_errors` it gets no more work and what it holds is
@@ -43,12 +54,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 from protocol.chunking import Chunk, Outcome
+# Every event and action is importable from here too: shells name them ``dispatcher.X``.
 from protocol.dispatch_events import (
     Action,
     AssignChunk,
@@ -56,7 +68,9 @@ from protocol.dispatch_events import (
     ChunkAbandoned,
     ChunkCompleted,
     ChunkFailed,
+    ChunkReopened,
     ChunkRequeued,
+    ConfirmHeld,
     ChunkView,
     CloseNode,
     CreditChanged,
@@ -65,13 +79,16 @@ from protocol.dispatch_events import (
     ErrorCounted,
     Event,
     HeartbeatReceived,
+    HeldChecked,
     KickRequested,
+    NodeDistrusted,
     NodeDrained,
     NodeJoined,
     NodeLeft,
     NodeLost,
     NodeQuarantined,
     QuarantineReleased,
+    ResultHeld,
     ResultReceived,
     TaskCancelled,
     TaskFinished,
@@ -80,8 +97,10 @@ from protocol.dispatch_events import (
     TaskSubmitted,
     Tick,
 )
+from protocol.dispatch_replicas import Replicas
+from protocol.replication import ReplicationPolicy
 from protocol.dispatch_state import (
-    COMPACT_SLACK, NodesWithRoom, Lease, TrackedNode, TrackedTask, node_view, task_view,
+    COMPACT_SLACK, NodesWithRoom, Lease, TrackedNode, TrackedTask, node_view, suits, task_view, unmet,
 )
 
 DEFAULT_PREFETCH = 1
@@ -98,11 +117,13 @@ DEFAULT_MAX_NODE_ERRORS = 3
 """Invalid results after which a node is quarantined."""
 DEFAULT_DEADLINE_MARGIN = 1.25
 """Chunk times are taken this much longer than measured when weighed against a node's deadline."""
+STANDING_KEPT = 10_000
+"""Departed nodes whose errors and confirmed results are remembered."""
 
 _FROM_NODES = frozenset({NodeJoined, CreditChanged, HeartbeatReceived, ResultReceived, ChunkFailed, NodeLeft})
 
 
-class Dispatcher:
+class Dispatcher(Replicas):
     """Delegates the chunks of tasks to nodes and keeps every item accounted for."""
 
     def __init__(
@@ -115,6 +136,7 @@ class Dispatcher:
         min_lease_s: float = DEFAULT_MIN_LEASE_S,
         max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
         deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
+        replication: ReplicationPolicy = ReplicationPolicy(),
     ) -> None:
         self._prefetch = max(0, prefetch)
         self._heartbeat_timeout_s = heartbeat_timeout_s
@@ -123,6 +145,11 @@ class Dispatcher:
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
         self._deadline_margin = max(1.0, deadline_margin)
+        self.replication = replication
+        """Which results of replicated tasks wait for a second computation (may be changed at any time)."""
+        self._standing: OrderedDict[str, tuple[int, int]] = OrderedDict()  # departed: (errors, proven)
+        self._holds: dict[Chunk, TrackedTask] = {}  # chunks whose result waits for a second node's
+        self._confirming: set[Chunk] = set()  # held chunks the shell is computing itself
         self._nodes: dict[str, TrackedNode] = {}
         self._tasks: dict[str, TrackedTask] = {}  # in submission order
         self._runnable: deque[TrackedTask] = deque()
@@ -144,6 +171,7 @@ class Dispatcher:
             ResultReceived: self._result_received,
             ChunkFailed: self._chunk_failed,
             ErrorCounted: self._error_counted,
+            HeldChecked: self._held_checked,
             NodeLeft: self._node_left,
             NodeLost: self._node_lost,
             DrainRequested: self._drain_requested,
@@ -192,6 +220,17 @@ class Dispatcher:
         """Items of live tasks that wait for a node: no node has room for them (a launcher's backlog)."""
         return sum(task.chunks.waiting_items() for task in self._tasks.values() if task.live)
 
+    def held_attempt(self, task_id: str, chunk: int) -> int | None:
+        """The attempt whose result the chunk holds for confirmation, if any."""
+        task = self._tasks.get(task_id)
+        open_chunk = task.chunks.open_chunk(chunk) if task is not None and task.live else None
+        held = open_chunk.held if open_chunk is not None else None
+        return None if held is None else held.attempt  # type: ignore[attr-defined]
+
+    def forget_node(self, node_id: str) -> None:
+        """Drop a departed node's standing (released by the operator, or its id given to another key)."""
+        self._standing.pop(node_id, None)
+
     def forget(self, task_id: str) -> None:
         """Drop what is kept of a finished task (a chain link makes a task per upstream chunk)."""
         task = self._tasks.get(task_id)
@@ -206,13 +245,21 @@ class Dispatcher:
         """Every connected node and every task, as immutable views."""
         return DispatcherSnapshot(
             nodes=tuple(node_view(node) for node in self._nodes.values()),
-            tasks=tuple(task_view(task, now) for task in self._tasks.values()),
+            tasks=tuple(task_view(task, now, self._waiting(task)) for task in self._tasks.values()),
         )
 
     def task_view(self, task_id: str, now: float) -> TaskView | None:
         """One task's view, or None once it is not held (finished and forgotten, or unknown)."""
         task = self._tasks.get(task_id)
-        return None if task is None else task_view(task, now)
+        return None if task is None else task_view(task, now, self._waiting(task))
+
+    def _waiting(self, task: TrackedTask) -> str:
+        """Why nobody gets the task's chunks, if no assignable node suits it."""
+        if not (task.operation or task.requires) or not task.live or task.running_chunks:
+            return ""
+        if any(node.assignable and suits(task, node) for node in self._nodes.values()):
+            return ""
+        return unmet(task)
 
     def chunk_map(self, task_id: str) -> list[ChunkView]:
         """Every item range of a task in item order, with its state; KeyError for an unknown task."""
@@ -224,6 +271,7 @@ class Dispatcher:
         node = self._nodes.get(event.node_id)
         if node is None:
             node = self._nodes[event.node_id] = TrackedNode(event.node_id, now)
+            node.errors, node.proven = self._standing.pop(event.node_id, (0, 0))
             self._watch_silence(node, now)
         else:
             # The same node opened a new session: what the old session held went with it.
@@ -232,6 +280,8 @@ class Dispatcher:
         self._account(node, -1)
         node.slots = max(0, event.slots)
         node.window = max(0, event.window)
+        node.operations = frozenset(event.operations)
+        node.resources = dict(event.resources)
         node.deadline = event.deadline
         node.capacity = self._capacity(node)
         self._account(node, +1)
@@ -268,6 +318,9 @@ class Dispatcher:
         self._account(node, -1)
         node.gone = True
         del self._nodes[node_id]
+        self._standing[node_id] = (node.errors, node.proven)
+        while len(self._standing) > STANDING_KEPT:
+            self._standing.popitem(last=False)
         self._release_leases(node, reason, counts, now, out)
 
     def _drain_requested(self, event: DrainRequested, now: float, out: list[Action]) -> None:
@@ -298,6 +351,7 @@ class Dispatcher:
             return
         node.quarantined = False
         node.errors = 0  # a fresh start, or the next slip would quarantine it again
+        node.proven = 0  # on probation again
         self._account(node, +1)
         self._room.offer(node, len(self._nodes))
 
@@ -337,13 +391,32 @@ class Dispatcher:
         task = self._tasks.get(event.task_id)
         chunk = task.chunks.open_chunk(event.chunk) if task is not None and task.live else None
         lease = chunk.lease(event.attempt) if chunk is not None else None
-        if task is None or chunk is None or lease is None or lease.node_id != event.node_id:
+        if task is None or chunk is None or lease is None or lease.node_id != event.node_id or chunk.held is lease:
             return
         node = self._nodes.get(event.node_id)
         if node is not None and node.quarantined:
             return  # its answers are not trusted until the operator releases it
+        held = chunk.held if event.held_valid is not None else None  # what this result was compared with
+        if held is not None and not event.held_valid:
+            self._release_hold(chunk)
+            if event.held_blame:
+                self._blame(held.node_id, now, out)
         if event.valid:
-            self._complete(task, chunk, node, event, now, out)
+            items_ok = min(max(0, event.items_ok), chunk.size)  # a count from the network
+            if node is not None:
+                node.observe_speed(task.sizer.expected_s(chunk.size), event.elapsed_s)
+            task.sizer.observe(chunk.size, event.elapsed_s)
+            if event.confirmed:
+                if held is not None:
+                    if event.held_valid:
+                        self._prove(held.node_id)
+                    self._prove(event.node_id)
+                self._complete(task, chunk, node, event.node_id, event.attempt, items_ok, now, out, proven=True)
+            elif task.replicate and (held is not None or self._replica_wanted(node)):
+                self._hold(task, chunk, lease, items_ok, out)
+            else:
+                self._complete(task, chunk, node, event.node_id, event.attempt, items_ok, now, out,
+                               proven=not task.replicate)
         elif not lease.ended and node is not None:
             # (an invalid copy that already ended was counted when its node went)
             chunk.failures += 1
@@ -353,9 +426,25 @@ class Dispatcher:
                 self._count_error(node, now, out)
 
     def _count_error(self, node: TrackedNode, now: float, out: list[Action]) -> None:
+        if node.quarantined:
+            return  # its answers are ignored already; what it had stored was distrusted then
         node.errors += 1
+        node.proven = 0
+        self._reopen_unproven(node.node_id, out)
         if node.errors >= self._max_node_errors and not node.quarantined:
             self._quarantine(node, now, out)
+
+    def _blame(self, node_id: str, now: float, out: list[Action]) -> None:
+        """Count an error against a node, connected or departed."""
+        node = self._nodes.get(node_id)
+        if node is not None:
+            self._count_error(node, now, out)
+            return
+        errors = self._standing.pop(node_id, (0, 0))[0] + 1
+        self._standing[node_id] = (errors, 0)
+        self._reopen_unproven(node_id, out)
+        if errors == self._max_node_errors:
+            out.append(NodeQuarantined(node_id, f"{errors} invalid results"))
 
     def _error_counted(self, event: ErrorCounted, now: float, out: list[Action]) -> None:
         node = self._nodes.get(event.node_id)
@@ -363,23 +452,24 @@ class Dispatcher:
             self._count_error(node, now, out)
 
     def _complete(
-        self, task: TrackedTask, chunk: Chunk, node: TrackedNode | None, event: ResultReceived, now: float, out: list[Action],
+        self, task: TrackedTask, chunk: Chunk, node: TrackedNode | None, node_id: str, attempt: int, items_ok: int,
+        now: float, out: list[Action], *, proven: bool, held: bool = False,
     ) -> None:
         size = chunk.size
-        items_ok = min(max(0, event.items_ok), size)  # a count from the network
-        out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, event.attempt, event.node_id))
+        out.append(ChunkCompleted(task.task_id, chunk.number, chunk.start, chunk.stop, attempt, node_id,
+                                  items_ok, held, proven))
         for lease in chunk.live_leases():
-            if lease.attempt != event.attempt:
+            if lease.attempt != attempt:
                 out.append(CancelChunk(lease.node_id, task.task_id, chunk.number, lease.attempt))
             self._end(lease, out)
+        self._release_hold(chunk)
+        if not proven:
+            task.unproven[chunk.number] = (node_id, items_ok)
         task.chunks.close(chunk, Outcome.DONE_AFTER_FAILURE if chunk.failures else Outcome.DONE)
-        if node is not None:
-            node.observe_speed(task.sizer.expected_s(size), event.elapsed_s)
-        task.sizer.observe(size, event.elapsed_s)
         task.items_resolved += size
         task.items_bad += size - items_ok
         task.items_computed += size
-        task.items_by_node[event.node_id] = task.items_by_node.get(event.node_id, 0) + size
+        task.items_by_node[node_id] = task.items_by_node.get(node_id, 0) + size
         if node is not None:
             node.items_done += size
             node.chunks_done += 1
@@ -408,6 +498,9 @@ class Dispatcher:
         task.state = state
         task.live = False
         task.finished_at = now
+        task.unproven.clear()
+        for chunk in [chunk for chunk, holder in self._holds.items() if holder is task]:
+            self._release_hold(chunk)
         items_ok = task.items_resolved - task.items_bad
         out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed,
                                 MappingProxyType(dict(task.items_by_node))))
@@ -468,6 +561,9 @@ class Dispatcher:
                     out.append(ChunkRequeued(task.task_id, chunk.number, chunk.start, chunk.stop, node_id, reason))
                     self._wake(task)
             return
+        if chunk.failures >= task.max_attempts and chunk.held is not None:
+            self._confirm_here(task, chunk, out)  # no second node could confirm it: the shell does
+            return
         if chunk.failures >= task.max_attempts:
             task.chunks.close(chunk, Outcome.ABANDONED)
             task.items_abandoned += chunk.size
@@ -484,6 +580,8 @@ class Dispatcher:
     def _tick(self, event: Tick, now: float, out: list[Action]) -> None:
         self._close_silent(now, out)
         self._back_up_overdue(now, out)
+        if self._holds:
+            self._confirm_unreplicable(out)
 
     def _close_silent(self, now: float, out: list[Action]) -> None:
         deadlines = self._silence_deadlines
@@ -553,6 +651,9 @@ class Dispatcher:
         lone_node = self._open_nodes <= 1
         for _ in range(len(runnable)):
             task = runnable[0]
+            if task.live and (task.operation or task.requires) and not suits(task, node):
+                runnable.rotate(-1)  # not for this node: it stays runnable for others
+                continue
             chunk = task.chunks.take(node.node_id, self._total_slots, lone_node) if task.live else None
             if chunk is None and not (task.live and task.chunks.has_work()):
                 runnable.popleft()

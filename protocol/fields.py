@@ -144,6 +144,31 @@ def list_of(each: Check, most: int, what: str) -> Check:
     return check
 
 
+def labels(most: int = 64) -> Check:
+    """A JSON object of at most ``most`` entries: identifier keys, name or finite number values.
+
+    What a node says it has: its installed operations with their versions, its resources.
+    """
+
+    def check(label: str, value: Any) -> dict[str, str | float]:
+        if not isinstance(value, dict):
+            raise TypeError(f"{label} must be an object, got {type(value).__name__}")
+        if len(value) > most:
+            raise ValueError(f"{label} has {len(value)} entries, at most {most}")
+        checked: dict[str, str | float] = {}
+        for key, item in value.items():
+            key = identifier()(f"{label} key", key)
+            if isinstance(item, str):
+                checked[key] = name()(f"{label}.{key}", item)
+            elif isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item):
+                checked[key] = item
+            else:
+                raise TypeError(f"{label}.{key} must be a name or a finite number, got {short_repr(item)}")
+        return checked
+
+    return check
+
+
 def names() -> Check:
     """A chain of node names (``via``)."""
     return list_of(name(), MAX_CHAIN, "names")

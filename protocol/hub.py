@@ -33,7 +33,9 @@ Rules of this module:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeAlias
 
 from protocol import dispatcher as d
@@ -51,6 +53,20 @@ DEFAULT_MAX_NODE_SLOTS = 256
 """The most slots a plain node is granted, whatever it claims."""
 DEFAULT_MAX_LINK_SLOTS = 4096
 """The most slots a chain link is granted for itself and everything behind it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldVerdict:
+    """How a result compared with the result its chunk held for confirmation."""
+
+    node_id: str
+    """Who sent the held result."""
+    computed_by: str
+    """Which node behind that link computed it ("" for the sender itself)."""
+    valid: bool
+    """False when the held result was found wrong."""
+    confirmed: bool
+    """True when the comparison proves the new result (agreement, or every difference settled for it)."""
 
 
 class HubError(ChainconsoleError):
@@ -92,6 +108,10 @@ class ResultAccepted:
     start: int
     stop: int
     items_ok: int
+    held: bool = False
+    """The result to store is the one the shell held for confirmation, not the one being handled."""
+    confirmed: bool = True
+    """False for a replicated result stored without a second computation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +145,10 @@ class NodeRow:
     address: str
     heartbeat_age_s: float | None
     items_per_s: float
+    operations: Mapping[str, object] = field(default_factory=dict)
+    """The installed operations it runs beyond the built-ins, with their versions."""
+    resources: Mapping[str, str | float] = field(default_factory=dict)
+    """What it has that a task may require."""
 
 
 @dataclass
@@ -150,6 +174,10 @@ class NodeRecord:
     """Its items per second lately."""
     protocol_version: int = PROTOCOL_VERSION
     """The version its session speaks (what may be sent to it)."""
+    operations: dict[str, object] = field(default_factory=dict)
+    """The installed operations it said it runs, with their versions."""
+    resources: dict[str, str | float] = field(default_factory=dict)
+    """What it said it has (``gpu: 1``)."""
 
     @property
     def is_link(self) -> bool:
@@ -191,18 +219,23 @@ class Hub:
         self.nodes.pop(node_id, None)
 
     def join(self, node_id: str, slots: int, window: int, now: float, *,
+             operations: Mapping[str, object] | None = None, resources: Mapping[str, str | float] | None = None,
              deadline_in_s: float | None = None) -> list[Output]:
         """Let the Dispatcher give work to an admitted node (once it has been welcomed).
 
-        ``deadline_in_s``: the node's walltime ends that many seconds from ``now``.
+        ``operations`` are the installed operations it runs (with versions); ``resources`` what it has;
+        ``deadline_in_s``: its walltime ends that many seconds from ``now``.
         """
         record = self.nodes[node_id]
         slots = record.slots = self._granted(record, slots)
         record.window = window
+        record.operations = dict(operations or {})
+        record.resources = dict(resources or {})
         out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
                                           f"with {slots} slots", node_id=node_id)]
         deadline = None if deadline_in_s is None else now + deadline_in_s
-        return out + self.handle(d.NodeJoined(node_id, slots, window, deadline), now)
+        return out + self.handle(d.NodeJoined(node_id, slots, window, frozenset(record.operations),
+                                              MappingProxyType(record.resources), deadline), now)
 
     def depart(self, node_id: str, *, clean: bool, reason: str, now: float) -> list[Output]:
         """A node's session ended: its chunks go back in line."""
@@ -271,6 +304,7 @@ class Hub:
         for fingerprint in keys:
             del self.quarantined[fingerprint]
         if keys and node_id not in self.nodes:
+            self.dispatcher.forget_node(node_id)  # it comes back with a clean record
             return [Note("release", f"{node_id} may connect again", node_id=node_id)]
         if (routed := self._route("release", node_id)) is not None:
             return routed
@@ -301,26 +335,50 @@ class Hub:
         return self.dispatcher.wants_result(task_id, chunk, attempt)
 
     def result(self, node_id: str, task_id: str, chunk: int, attempt: int, *, items_ok: int,
-               elapsed_s: float, valid: bool, now: float, computed_by: str = "") -> list[Output]:
+               elapsed_s: float, valid: bool, now: float, computed_by: str = "",
+               held: HeldVerdict | None = None, trusted: bool = False) -> list[Output]:
         """A checked result: ``ResultAccepted`` precedes its chunk's completion if this copy wins.
 
         An invalid result is blamed on ``computed_by`` when a link forwarded it from a node
-        it reports; otherwise on the node that sent it.
+        it reports; otherwise on the node that sent it. ``held`` is the verdict of comparing
+        it with the chunk's held result, whose wrong values are blamed the same way. A
+        ``trusted`` result needs no confirmation.
         """
-        culprit = self.culprit(node_id, computed_by) if not valid else node_id
-        event = d.ResultReceived(node_id, task_id, chunk, attempt, items_ok, elapsed_s, valid=valid,
-                                 blame=culprit == node_id)
         out: list[Output] = []
+        culprit = self.culprit(node_id, computed_by) if not valid else node_id
         if culprit != node_id and self.dispatcher.lease_running(node_id, task_id, chunk, attempt):
-            out += [Note("blame", f"{culprit} (behind {node_id}) computed an invalid result of chunk "
-                                  f"{task_id}/{chunk}", node_id=culprit, task_id=task_id),
-                    SendMessage(node_id, Control("blame", culprit))]
+            out += self._pass_blame(node_id, culprit, task_id, chunk)
+        held_valid, held_blame, confirmed = None, True, trusted
+        if held is not None:
+            held_valid, confirmed = held.valid, held.confirmed or trusted
+            if not held.valid and (held_culprit := self.culprit(held.node_id, held.computed_by)) != held.node_id:
+                held_blame = False
+                out += self._pass_blame(held.node_id, held_culprit, task_id, chunk)
+        event = d.ResultReceived(node_id, task_id, chunk, attempt, items_ok, elapsed_s, valid=valid,
+                                 blame=culprit == node_id, held_valid=held_valid, held_blame=held_blame,
+                                 confirmed=confirmed)
         for output in self.handle(event, now):
-            if isinstance(output, d.ChunkCompleted) and (output.task_id, output.chunk, output.attempt) \
-                    == (task_id, chunk, attempt):
-                out.append(ResultAccepted(node_id, task_id, chunk, attempt, output.start, output.stop, items_ok))
+            if isinstance(output, d.ChunkCompleted) and not output.held and \
+                    (output.task_id, output.chunk, output.attempt) == (task_id, chunk, attempt):
+                out.append(ResultAccepted(node_id, task_id, chunk, attempt, output.start, output.stop, items_ok,
+                                          confirmed=output.confirmed))
             out.append(output)
         return out
+
+    def held_checked(self, task_id: str, chunk: int, attempt: int, *, valid: bool, node_id: str,
+                     computed_by: str, now: float) -> list[Output]:
+        """The shell computed a held result's chunk itself; a wrong one is blamed as ``result`` would."""
+        out: list[Output] = []
+        culprit = self.culprit(node_id, computed_by) if not valid else node_id
+        if culprit != node_id:
+            out += self._pass_blame(node_id, culprit, task_id, chunk)
+        return out + self.handle(d.HeldChecked(task_id, chunk, attempt, valid, blame=culprit == node_id), now)
+
+    def _pass_blame(self, link_id: str, culprit: str, task_id: str, chunk: int) -> list[Output]:
+        """A wrong value a link forwarded from a node behind it: the link counts it against that node."""
+        return [Note("blame", f"{culprit} (behind {link_id}) computed an invalid result of chunk "
+                              f"{task_id}/{chunk}", node_id=culprit, task_id=task_id),
+                SendMessage(link_id, Control("blame", culprit))]
 
     def culprit(self, node_id: str, computed_by: str) -> str:
         """Who is blamed for an invalid result ``node_id`` sent: the node behind a link that computed it, if known."""
@@ -355,6 +413,10 @@ class Hub:
                     if (record := self.nodes.get(node_id)) is not None:
                         record.items_done += stop - start
                         record.rate.add(now, stop - start)
+                    if action.held:
+                        out.append(ResultAccepted(node_id, action.task_id, action.chunk, action.attempt,
+                                                  start, stop, action.items_ok, held=True,
+                                                  confirmed=action.confirmed))
                     out.append(action)
                 case d.NodeQuarantined(node_id=node_id):
                     # A draining node's last, invalid result drains it before it is quarantined.
@@ -380,7 +442,8 @@ class Hub:
             else:
                 rate = record.rate.per_s(now)
                 row = NodeRow(record.node_id, record.name, view.state.value, view.slots, view.in_flight,
-                              view.items_done, view.errors, (), record.address, round(now - view.last_seen, 3), rate)
+                              view.items_done, view.errors, (), record.address, round(now - view.last_seen, 3), rate,
+                              record.operations, record.resources)
             tree.append((row, record.host_key))
             for entry in record.subtree:
                 tree.append((NodeRow(entry["name"], entry["name"], entry["state"], entry["slots"],
@@ -408,5 +471,6 @@ class Hub:
         self._key_of[candidate] = fingerprint
         self._key_of.move_to_end(candidate)
         while len(self._key_of) > IDS_KEPT:
-            self._key_of.popitem(last=False)
+            forgotten, _ = self._key_of.popitem(last=False)
+            self.dispatcher.forget_node(forgotten)  # the id may go to another key: its standing must not
         return candidate

@@ -53,9 +53,9 @@ from protocol.frames import (
 )
 from protocol.operations import RETURN_MODES
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The version this code speaks first; see the changelog in docs/protocol.md."""
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = (1, 2, 3)
 """Every version a front-end or chain link built from this code accepts in hello."""
 MAX_HEARTBEAT_S = 3600.0
 MAX_DEADLINE_S = 366 * 86400.0
@@ -67,6 +67,12 @@ def _field(check: Check, **kwargs: Any) -> Any:
     """Declare a message field together with the check that validates and normalises it."""
     return field(metadata={"check": check}, **kwargs)
 
+
+
+def _default(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 class _Message:
@@ -96,7 +102,7 @@ class _Message:
         for spec in dataclasses.fields(self):
             if spec.name not in self.PAYLOAD_FIELDS:
                 value = getattr(self, spec.name)
-                if spec.name in self.LATER_FIELDS and value == spec.default:
+                if spec.name in self.LATER_FIELDS and value == _default(spec):
                     continue
                 fields[spec.name] = list(value) if isinstance(value, tuple) else value
         return fields
@@ -114,7 +120,7 @@ class _Message:
     def _from_wire(cls, fields: dict[str, object], payload: memoryview | bytes) -> _Message:
         header_specs = [f for f in dataclasses.fields(cls) if f.name not in cls.PAYLOAD_FIELDS]
         known = {f.name for f in header_specs}
-        required = {f.name for f in header_specs if f.default is MISSING}
+        required = {f.name for f in header_specs if f.default is MISSING and f.default_factory is MISSING}
         if cls.PAYLOAD_FIELDS:
             known.add("arrays")
             required.add("arrays")
@@ -158,7 +164,7 @@ class Hello(_Message):
     """Node to front-end, first: who the node is and how many chunks it wants held."""
 
     TYPE: ClassVar[str] = "hello"
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("deadline_s",)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("operations", "resources", "deadline_s")
     protocol_version: int = _field(check.integer(1, MAX_VERSION))
     name: str = _field(check.name())
     slots: int = _field(check.integer(0, MAX_COUNT))
@@ -167,6 +173,10 @@ class Hello(_Message):
     via: tuple[str, ...] = _field(check.names(), default=())
     host_key: str = _field(check.key_text(), default="")
     """A chain link's public SSH host key (OpenSSH line), for the console to certify; "" if none."""
+    operations: dict[str, str | float] = _field(check.labels(), default_factory=dict)
+    """Version 3: the installed operations the node can run beyond the built-ins, with their versions."""
+    resources: dict[str, str | float] = _field(check.labels(), default_factory=dict)
+    """Version 3: what the node has that a task may require (``gpu: 1``, ``memory_gb: 64``)."""
     deadline_s: float | None = _field(check.optional(check.real(0.0, MAX_DEADLINE_S)), default=None)
     """Seconds from this hello until the node's walltime ends (a batch job's time limit);
     None, left off the wire, when it has no end. No chunk expected to outlast it is sent."""
@@ -418,6 +428,7 @@ class Submit(_ArrayMessage):
 
     TYPE: ClassVar[str] = "submit"
     PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("arrays",)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("requires",)
     name: str = _field(check.name())
     operation: str = _field(check.identifier())
     generated: Mapping[str, Mapping[str, object]] = _field(check.generator_specs())
@@ -426,6 +437,8 @@ class Submit(_ArrayMessage):
     max_attempts: int = _field(check.integer(1, MAX_INDEX))
     chunk_size: int | None = _field(check.optional(check.integer(1, MAX_INDEX)), default=None)
     """Items per chunk; None: sized from measured speed ("auto")."""
+    requires: dict[str, str | float] = _field(check.labels(16), default_factory=dict)
+    """Version 3: what a node must have to get the task's chunks."""
 
     def _check_together(self) -> None:
         if both := self.generated.keys() & self.arrays.keys():

@@ -1,9 +1,16 @@
-"""The whitelist of operations a task may ask for, as data: inputs and shape rules.
+"""The registry of operations a task may ask for: the six built-ins and installed ones.
 
-Only the operations listed in OPERATIONS ever run (docs/security.md). Each entry
-says which inputs it takes, which item shapes it accepts and the shape of one result item.
-The numpy kernels that compute them live in ``nodes/kernels.py``; a test keeps the two
-lists equal.
+Only the operations in ``OPERATIONS`` ever run (docs/security.md). Each ``Operation``
+says which inputs it takes, which item shapes it accepts, the shape of one result item,
+the batched numpy kernel that computes a chunk, and how its results are checked: by a
+cheap check of every item, or by replication on a second node. Task files name an
+operation; they never carry code.
+
+Installed Python packages add operations through the entry-point group
+``chainconsole.operations`` (docs/operations.md): each entry point names an ``Operation``
+or a list of them, loaded the first time the registry is read. A plugin that fails to
+load, or whose operations break the rules, is reported in ``OPERATIONS.problems`` and
+left out; it never stops the others.
 
 Shape rules speak of one item (the stacked first axis is not part of the shapes here) and
 phrase their problems for a person: ``invert needs square matrices, got [3, 4]``. The
@@ -12,13 +19,25 @@ caller knows where the shape came from and adds the field path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
 
 import numpy as np
 
 Shape = tuple[int, ...]
 ItemShapes = Mapping[str, Shape]
+Inputs = Mapping[str, np.ndarray]
+Kernel = Callable[[Inputs], np.ndarray]
+"""Computes a chunk: every input's items stacked along the first axis in, the result items stacked out."""
+ItemCheck = Callable[[Inputs, np.ndarray, float], np.ndarray]
+"""A cheap check: the stacked inputs and result items of the items marked ok (float64 copies) and
+τ, the relative error to allow (the operation's ``tolerance`` for the result's dtype, plus the
+check's own float64 rounding), in; one bool per item out (True: the item is right)."""
+
+ENTRY_POINT_GROUP = "chainconsole.operations"
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 RETURN_MODES: tuple[str, ...] = ("full", "norms")
 """How a task hands results back: ``full`` result items, or only the ``norms`` of each item."""
@@ -46,19 +65,42 @@ class ShapeProblem:
 
 
 @dataclass(frozen=True)
-class OperationSpec:
-    """One whitelisted operation: its inputs, its shape rule and its result shape."""
+class Operation:
+    """One operation: its inputs, shape rules, kernel and how its results are checked."""
 
     name: str
-    """The name a task file uses in ``operation``."""
+    """The name a task file uses in ``operation``: lower case, digits and ``_``, at most 40."""
     inputs: tuple[str, ...]
     """The names of the inputs it takes, in order."""
     shape_rule: Callable[[ItemShapes], list[ShapeProblem]]
     """Returns the problems with the item shapes; an empty list means they fit."""
     result_rule: Callable[[ItemShapes], Shape]
     """The shape of one result item, for item shapes that fit."""
+    kernel: Kernel
+    """Computes a chunk. It may raise ``numpy.linalg.LinAlgError`` when one item fails: the chunk
+    is then computed item by item and the failing items marked failed."""
+    version: str = "1"
+    """Changes when the kernel's results change; nodes report it (``chainconsole operations``)."""
+    description: str = ""
+    check: ItemCheck | str | None = None
+    """How ``full`` results are checked: a cheap check of every item; for the built-ins, the name
+    of their check in ``protocol.verify``; None: they are replicated on a second node."""
+    tolerance: float = 1e-9
+    """Relative error (to the item's largest value) an honest float64 result stays within: two
+    results within it agree, and a recomputation judges a result with it."""
     symmetric_inputs: tuple[str, ...] = ()
     """Inputs whose items must be symmetric matrices (only their lower triangle is read)."""
+    builtin: bool = field(default=False, compare=False)
+    """One of the six that come with chainconsole."""
+    source: str = field(default="chainconsole", compare=False)
+    """The distribution that provides it."""
+
+    @property
+    def replicated(self) -> tuple[str, ...]:
+        """The return modes whose results a second node confirms: those with no cheap check."""
+        if self.builtin:
+            return _BUILTIN_REPLICATED.get(self.name, ())
+        return RETURN_MODES if self.check is None else ("norms",)
 
     def check_shapes(self, item_shapes: ItemShapes) -> list[ShapeProblem]:
         """Return the problems with these item shapes (one entry per input named)."""
@@ -131,46 +173,116 @@ def _matmul_rule(shapes: ItemShapes) -> list[ShapeProblem]:
     return problems
 
 
-OPERATIONS: dict[str, OperationSpec] = {
-    spec.name: spec
-    for spec in (
-        OperationSpec(
-            name="invert",
-            inputs=("a",),
-            shape_rule=_square_a("invert"),
-            result_rule=lambda s: s["a"],
-        ),
-        OperationSpec(
-            name="det",
-            inputs=("a",),
-            shape_rule=_square_a("det"),
-            result_rule=lambda s: (),
-        ),
-        OperationSpec(
-            name="solve",
-            inputs=("a", "b"),
-            shape_rule=_solve_rule,
-            result_rule=lambda s: s["b"],
-        ),
-        OperationSpec(
-            name="matmul",
-            inputs=("a", "b"),
-            shape_rule=_matmul_rule,
-            result_rule=lambda s: (s["a"][0], s["b"][1]),
-        ),
-        OperationSpec(
-            name="eigvalsh",
-            inputs=("a",),
-            shape_rule=_square_a("eigvalsh"),
-            result_rule=lambda s: (s["a"][0],),
-            symmetric_inputs=("a",),
-        ),
-        OperationSpec(
-            name="svdvals",
-            inputs=("a",),
-            shape_rule=_svdvals_rule,
-            result_rule=lambda s: (min(s["a"]),),
-        ),
-    )
-}
+def _solve(inputs: Inputs) -> np.ndarray:
+    a, b = inputs["a"], inputs["b"]
+    if b.ndim == a.ndim - 1:
+        # numpy >= 2 reads a stacked b of shape (k, n) as one (k, n) matrix, not as k
+        # vectors; make each vector an n×1 matrix and drop that axis again.
+        return np.linalg.solve(a, b[..., None])[..., 0]
+    return np.linalg.solve(a, b)
+
+
+_BUILTIN_REPLICATED = {"det": RETURN_MODES, "invert": ("norms",), "solve": ("norms",), "matmul": ("norms",)}
+"""Built-in results with no check cheaper than computing them again."""
+
+BUILTINS: tuple[Operation, ...] = (
+    Operation("invert", ("a",), _square_a("invert"), lambda s: s["a"], lambda x: np.linalg.inv(x["a"]),
+              description="the inverse of each square matrix", check="freivalds", builtin=True),
+    Operation("det", ("a",), _square_a("det"), lambda s: (), lambda x: np.linalg.det(x["a"]),
+              description="the determinant of each square matrix", check="recompute", builtin=True),
+    Operation("solve", ("a", "b"), _solve_rule, lambda s: s["b"], _solve,
+              description="x with a·x = b, for each pair", check="freivalds", builtin=True),
+    Operation("matmul", ("a", "b"), _matmul_rule, lambda s: (s["a"][0], s["b"][1]),
+              lambda x: np.matmul(x["a"], x["b"]), description="a·b, for each pair", check="freivalds",
+              builtin=True),
+    Operation("eigvalsh", ("a",), _square_a("eigvalsh"), lambda s: (s["a"][0],),
+              lambda x: np.linalg.eigvalsh(x["a"]), description="the eigenvalues of each symmetric matrix, ascending",
+              check="spectrum", symmetric_inputs=("a",), builtin=True),
+    # svd(compute_uv=False) rather than svdvals, which only numpy >= 2 has.
+    Operation("svdvals", ("a",), _svdvals_rule, lambda s: (min(s["a"]),),
+              lambda x: np.linalg.svd(x["a"], compute_uv=False),
+              description="the singular values of each matrix, descending", check="spectrum", builtin=True),
+)
+
+
+class Registry(Mapping[str, Operation]):
+    """Operations by name: the built-ins, then what installed packages add (loaded on first use)."""
+
+    def __init__(self, builtins: Iterable[Operation]) -> None:
+        self._operations = {op.name: op for op in builtins}
+        self._loaded = False
+        self.problems: list[str] = []
+        """Why an installed plugin, or one of its operations, was left out."""
+
+    def _load(self) -> dict[str, Operation]:
+        if not self._loaded:
+            self._loaded = True
+            self.load_installed()
+        return self._operations
+
+    def load_installed(self) -> None:
+        """Read the ``chainconsole.operations`` entry points (again): new operations join the registry."""
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            source = entry.dist.name if entry.dist is not None else entry.value
+            try:
+                loaded = entry.load()
+            except Exception as exc:  # a broken plugin is reported, never fatal
+                self.problems.append(f"{source}: cannot load {entry.value}: {exc}")
+                continue
+            for op in loaded if isinstance(loaded, (list, tuple)) else [loaded]:
+                self.add(op, source=source)
+
+    def add(self, op: object, *, source: str = "") -> None:
+        """Add one installed operation; a wrong or clashing one goes to ``problems`` instead."""
+        problem = _problem_with(op)
+        if problem is None and op.name in self._operations and self._operations[op.name] != op:  # type: ignore[attr-defined]
+            problem = f"{op.name} is already defined by {self._operations[op.name].source}"  # type: ignore[attr-defined]
+        if problem is not None:
+            self.problems.append(f"{source}: {problem}")
+            return
+        assert isinstance(op, Operation)
+        if op.name not in self._operations:
+            self._operations[op.name] = Operation(**{**op.__dict__, "builtin": False, "source": source or op.source})
+
+    def builtin_names(self) -> tuple[str, ...]:
+        return tuple(name for name, op in self._operations.items() if op.builtin)
+
+    def __getitem__(self, name: str) -> Operation:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+def _problem_with(op: object) -> str | None:
+    if not isinstance(op, Operation):
+        return f"{op!r} is not a chainconsole Operation"
+    if not NAME_PATTERN.fullmatch(op.name):
+        return f"{op.name!r} is not an operation name (lower case letters, digits, _; at most 40)"
+    if not op.inputs or any(not NAME_PATTERN.fullmatch(name) for name in op.inputs):
+        return f"{op.name}: inputs must be one or more names, got {op.inputs!r}"
+    if not callable(op.kernel) or not (op.check is None or callable(op.check)):
+        return f"{op.name}: kernel and check must be functions"
+    if not (0 < op.tolerance < 1):
+        return f"{op.name}: tolerance must be between 0 and 1, got {op.tolerance}"
+    return None
+
+
+OPERATIONS = Registry(BUILTINS)
 """Every operation a task may ask for, by name."""
+
+
+def describe(op: Operation) -> dict[str, object]:
+    """An operation as ``chainconsole operations --json`` shows it."""
+    check = op.check if isinstance(op.check, str) else ("its own" if op.check is not None else "replicas")
+    return {"name": op.name, "version": op.version, "source": op.source, "builtin": op.builtin,
+            "inputs": list(op.inputs), "description": op.description, "check": check,
+            "replicated": list(op.replicated)}
+
+
+def installed_operations() -> dict[str, str | float]:
+    """The installed (not built-in) operations, with their versions, as a node's hello says them."""
+    return {name: op.version for name, op in OPERATIONS.items() if not op.builtin}

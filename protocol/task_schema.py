@@ -23,6 +23,7 @@ from protocol.operations import OPERATIONS, RETURN_MODES
 MAX_ATTEMPTS_LIMIT = 100
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_NAME_LENGTH = 64
+MAX_REQUIREMENTS = 16
 
 
 def _problem(message: str, **context: object) -> PydanticCustomError:
@@ -97,7 +98,10 @@ class TaskModel(_Model):
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | None = Field(
         None, description="A short name; default: the file name without .json."
     )
-    operation: Literal[tuple(OPERATIONS)] = Field(description="The operation applied to every item.")  # type: ignore[valid-type]
+    operation: str = Field(
+        description="The operation applied to every item: a built-in, or one an installed package adds.",
+        json_schema_extra=lambda schema: schema.update(enum=list(OPERATIONS.builtin_names())),
+    )
     inputs: dict[str, InputModel] = Field(description="The inputs the operation takes, by name.")
     chunk_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description='Items per chunk, or "auto" to size chunks from measured speed.'
@@ -111,6 +115,20 @@ class TaskModel(_Model):
         le=MAX_ATTEMPTS_LIMIT,
         description="How many times one chunk may be tried before its items are marked failed.",
     )
+    requires: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
+                   Annotated[str, Field(min_length=1, max_length=128)] | int | float] = Field(
+        default_factory=dict, max_length=MAX_REQUIREMENTS,
+        description="What a node must have to get this task's chunks, as its --resource options say it: "
+                    "at least this number, or exactly this name.",
+    )
+
+    @field_validator("operation")
+    @classmethod
+    def _known_operation(cls, operation: str) -> str:
+        # Checked against the registry when the file is read, so installed operations count.
+        if operation not in OPERATIONS:
+            raise _problem("{problem}", problem=_choice_message(tuple(OPERATIONS), operation))
+        return operation
 
     @field_validator("name")
     @classmethod
@@ -129,7 +147,6 @@ class TaskModel(_Model):
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "operation": tuple(OPERATIONS),
     "return": RETURN_MODES,
     "distribution": DISTRIBUTIONS,
     "dtype": DTYPES,
@@ -161,6 +178,11 @@ def _format_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _choice_message(choices: tuple[str, ...], value: object) -> str:
+    listed = ", ".join(f'"{choice}"' for choice in choices)
+    return f"must be one of {listed}, got {show_json(value)}" + _did_you_mean(value, choices)
+
+
 def _describe(error: ErrorDetails) -> str:
     """One problem line, in the words of a task file rather than of pydantic."""
     kind, loc, value = error["type"], error["loc"], error.get("input")
@@ -173,9 +195,7 @@ def _describe(error: ErrorDetails) -> str:
     elif kind == "extra_forbidden":
         message = "unknown field" + _did_you_mean(field, _fields_at(loc[:-1]))
     elif kind == "literal_error" and field in _CHOICES:
-        choices = _CHOICES[str(field)]
-        listed = ", ".join(f'"{choice}"' for choice in choices)
-        message = f"must be one of {listed}, got {show_json(value)}" + _did_you_mean(value, choices)
+        message = _choice_message(_CHOICES[str(field)], value)
     elif kind == "int_type":
         message = f"must be an integer, got {show_json(value)}"
     elif kind == "string_type":

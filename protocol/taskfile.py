@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,8 @@ class Task:
     return_mode: str
     """One of RETURN_MODES: "full" or "norms"."""
     max_attempts: int
+    requires: Mapping[str, str | float] = field(default_factory=dict)
+    """What a node must have to get the task's chunks (resource: at least this number, or this name)."""
 
     def item_shape(self, name: str) -> tuple[int, ...]:
         """The shape of one item of input ``name``."""
@@ -292,6 +294,7 @@ class Task:
             "chunk_size": self.chunk_size if self.chunk_size is not None else "auto",
             "return": self.return_mode,
             "max_attempts": self.max_attempts,
+            **({"requires": dict(self.requires)} if self.requires else {}),
         }
 
     def describe_inputs(self) -> dict[str, dict[str, Any]]:
@@ -390,6 +393,7 @@ def _build(
         chunk_size=chunk_size,
         return_mode=model.return_mode,
         max_attempts=model.max_attempts,
+        requires=dict(model.requires),
     )
 
 
@@ -462,6 +466,7 @@ def task_from_parts(
     return_mode: str,
     max_attempts: int,
     *,
+    requires: Mapping[str, str | float] | None = None,
     limits: TaskLimits = DEFAULT_LIMITS,
 ) -> Task:
     """Rebuild a Task from its parts, validating them the way parse_task does.
@@ -480,5 +485,6 @@ def task_from_parts(
         "chunk_size": "auto" if chunk_size is None else chunk_size,
         "return": return_mode,
         "max_attempts": max_attempts,
+        **({"requires": dict(requires)} if requires else {}),
     }
     return _build(document, arrays, base_dir=None, limits=limits, allow_files=False, default_name="task")

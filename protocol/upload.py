@@ -31,7 +31,7 @@ def submit_message(task: Task) -> Submit:
     generated = {n: s.to_spec() for n, s in task.inputs.items() if isinstance(s, GeneratedInput)}
     arrays = {n: s for n, s in task.inputs.items() if not isinstance(s, GeneratedInput)}
     return Submit(task.name, task.operation, generated, arrays, task.return_mode, task.max_attempts,
-                  task.chunk_size)
+                  task.chunk_size, dict(task.requires))
 
 
 def encode_upload(task: Task) -> list[Buffer]:
@@ -48,6 +48,7 @@ def encode_upload(task: Task) -> list[Buffer]:
         "inputs": {name: {"generate": spec} for name, spec in message.generated.items()},
         "chunk_size": "auto" if message.chunk_size is None else message.chunk_size,
         "return": message.return_mode, "max_attempts": message.max_attempts,
+        **({"requires": message.requires} if message.requires else {}),
     }
     return [json.dumps(document).encode()]
 
@@ -55,7 +56,8 @@ def encode_upload(task: Task) -> list[Buffer]:
 def task_from_message(message: Submit, limits: TaskLimits = DEFAULT_LIMITS) -> Task:
     """The task a ``Submit`` message holds, validated like a task file (TaskFileError if not)."""
     return task_from_parts(message.name, message.operation, message.generated, message.arrays,
-                           message.chunk_size, message.return_mode, message.max_attempts, limits=limits)
+                           message.chunk_size, message.return_mode, message.max_attempts,
+                           requires=message.requires, limits=limits)
 
 
 class UploadReader:

@@ -9,7 +9,9 @@ Every result is checked for shape, dtype and length, and every value of an item 
   and Rayleigh bounds (O(n²)); ``sample`` items per chunk also by the next power sum
   (Σλ³ = tr a³, Σσ⁴ = ‖aᵀa‖²); in ``norms`` mode every item by ‖λ‖ = ‖a‖_F;
 - ``det`` and the other ``norms`` results: one item, in a ``recompute_fraction`` of the
-  chunks, computed again and compared;
+  chunks, computed again and compared; and these results are replicated (``replicated``):
+  a second node's result is compared with the first (``compare``), and every item where
+  they differ beyond rounding is computed again here to say which is wrong;
 - items reported failed (``ok`` false): up to ``DEFAULT_FAILED_SAMPLE`` per chunk are
   computed again in the task's dtype; a failure numpy shares is honest.
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from protocol.inputs import GeneratedInput
 from protocol.messages import Assign, Result
-from protocol.operations import OPERATIONS, result_dtype
+from protocol.operations import OPERATIONS, Operation, result_dtype
 
 
 class ChunkSource(Protocol):
@@ -153,23 +155,91 @@ def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: i
     indexes = np.flatnonzero(ok)
     if not indexes.size:
         return None
-    if full and task.operation in ("invert", "solve", "matmul"):
+    op = OPERATIONS[task.operation]
+    if full and op.check == "freivalds":
         return check.freivalds(indexes, values[indexes])
-    if full and task.operation in ("eigvalsh", "svdvals"):
+    if full and op.check == "spectrum":
         sampled = _rng.choice(indexes, size=min(sample, indexes.size), replace=False)
         return check.spectrum(indexes, values[indexes], sampled)
-    if not full and task.operation in ("eigvalsh", "svdvals"):
+    if not full and op.check == "spectrum":
         return check.spectrum_norms(indexes, values[indexes])
+    if full and callable(op.check):
+        return check.declared(op, indexes, values[indexes])
     if _rng.random() >= recompute_fraction:
         return None
     index = int(_rng.choice(indexes))
     return check.recompute(index, values[index])
 
 
+AGREEMENT = 64
+"""Two results agree on an item within this many τ of its larger value; beyond, it is recomputed."""
+ARBITRATED_ITEMS = 8
+"""Items where two results differ that are computed again to say which is wrong."""
+
+
+def replicated(operation: str, return_mode: str) -> bool:
+    """Whether results of this kind have no cheap check of every item, so a second node confirms them."""
+    op = OPERATIONS.get(operation)
+    return op is not None and return_mode in op.replicated
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two results of one chunk, compared: what is wrong with either, and whether that settles it."""
+
+    first: Invalid | None
+    second: Invalid | None
+    settled: bool
+    """Every item where they differ was computed again (or none differs)."""
+
+
+def compare(task: ChunkSource, start: int, stop: int, first: Result, second: Result) -> Comparison:
+    """Compare two results that each passed ``judge``; items that differ are computed again.
+
+    Two results agree on an item within ``AGREEMENT``·τ of the larger value (τ from
+    ``TOLERANCES``); honest ones mostly do, and where they don't, the recomputation clears both. An item beyond that, or ok in one result and failed in the other, is
+    judged on its own against a float64 recomputation, within the same bounds ``judge`` uses.
+    """
+    count = stop - start
+    full = task.return_mode == "full"
+    values = [(r.result if full else r.norms).reshape(count, -1).astype(np.float64) for r in (first, second)]
+    rtol = AGREEMENT * _tolerance(task.operation, task.result_dtype)
+    with np.errstate(all="ignore"):
+        a, b = values
+        close = np.all(np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b)), axis=1)
+    same = (first.ok == second.ok) & (close | ~first.ok)
+    differing = np.flatnonzero(~same)
+    if not differing.size:
+        return Comparison(None, None, True)
+    check = _Check(task, start, stop, _tau(task))
+    problems: list[Invalid | None] = [None, None]
+    for offset in differing[:ARBITRATED_ITEMS]:
+        for side, result in enumerate((first, second)):
+            if problems[side] is None:
+                problems[side] = _item_problem(check, int(offset), result, full)
+    return Comparison(problems[0], problems[1], differing.size <= ARBITRATED_ITEMS)
+
+
+def _item_problem(check: _Check, offset: int, result: Result, full: bool) -> Invalid | None:
+    if not result.ok[offset]:
+        if check._may_fail(offset):
+            return None
+        return Invalid(f"item {check.start + offset}: reported failed but it computes")
+    values = result.result if full else result.norms
+    return check.recompute(offset, values[offset])
+
+
+def _tolerance(operation: str, dtype: np.dtype) -> float:
+    """τ: from ``TOLERANCES`` for the built-ins; an installed operation's own, scaled for float32."""
+    if operation in TOLERANCES:
+        return TOLERANCES[operation][dtype.name]
+    own = OPERATIONS[operation].tolerance
+    return own if dtype == np.float64 else own * float(np.finfo(np.float32).eps / np.finfo(np.float64).eps)
+
+
 def _tau(task: ChunkSource) -> float:
     """The bound's factor: the node's rounding in its dtype plus the check's own in float64."""
-    row = TOLERANCES[task.operation]
-    return row[task.result_dtype.name] + row["float64"]
+    return _tolerance(task.operation, task.result_dtype) + _tolerance(task.operation, np.dtype(np.float64))
 
 
 def _scale(x: np.ndarray) -> np.ndarray:
@@ -195,7 +265,7 @@ class _Check:
 
     def __init__(self, task: ChunkSource, start: int, stop: int, tau: float) -> None:
         self.task, self.start, self.stop, self.tau = task, start, stop, tau
-        self.tolerance = TOLERANCES[task.operation][task.result_dtype.name]
+        self.tolerance = _tolerance(task.operation, task.result_dtype)
         self._chunk: dict[str, np.ndarray] | None = None
 
     def _input(self, name: str, indexes: np.ndarray) -> np.ndarray:
@@ -337,6 +407,23 @@ class _Check:
             residual = np.abs(norms / s.reshape(-1) - f)
         return self._first_over(indexes, residual, np.sqrt(p) * self.tau * n * f, "norm differs from ‖a‖_F")
 
+    # -- every item: an installed operation's own check --------------------------------------
+
+    def declared(self, op: Operation, indexes: np.ndarray, values: np.ndarray) -> Invalid | None:
+        """The check an installed operation declares, on the items marked ok."""
+        inputs = {name: self._input(name, indexes) for name in self.task.inputs}
+        try:
+            with np.errstate(all="ignore"):
+                passed = np.asarray(op.check(inputs, values.astype(np.float64), self.tau), dtype=bool)  # type: ignore[operator]
+        except Exception as exc:  # the plugin's own bug: its results cannot be trusted
+            return Invalid(f"{op.name}'s check raised {exc!r}", self.tolerance)
+        if passed.shape != indexes.shape:
+            return Invalid(f"{op.name}'s check gave {passed.shape} verdicts for {indexes.size} items")
+        if not passed.all():
+            return Invalid(f"item {self.start + int(indexes[np.flatnonzero(~passed)[0]])}: {op.name} check failed",
+                           self.tolerance)
+        return None
+
     # -- items reported failed ------------------------------------------------------------
 
     def failures(self, ok: np.ndarray) -> Invalid | None:
@@ -352,12 +439,12 @@ class _Check:
         dtype = self.task.result_dtype
         try:
             with np.errstate(all="ignore"):
-                in_dtype = _REFERENCE[self.task.operation]({k: v.astype(dtype) for k, v in item.items()})
+                in_dtype = _reference(self.task.operation, {k: v.astype(dtype) for k, v in item.items()})
                 if not np.all(np.isfinite(in_dtype)):
                     return True
                 if self._near_overflow({k: v.astype(np.float64) for k, v in item.items()}, dtype):
                     return True
-                a = item["a"].astype(np.float64)
+                a = item["a"].astype(np.float64) if "a" in item else np.empty((0, 1))
                 if a.shape[-1] == a.shape[-2] and self.task.operation != "matmul":
                     return bool(np.linalg.cond(a / _scale(a[None])[0]) > MAY_FAIL_COND[dtype.name])
         except np.linalg.LinAlgError:
@@ -369,7 +456,7 @@ class _Check:
         limit = np.log(np.finfo(dtype).max) - np.log(1e6)
         if self.task.operation == "det":
             return bool(np.linalg.slogdet(item["a"])[1] > limit)
-        return bool(np.log(np.max(np.abs(_REFERENCE[self.task.operation](item)), initial=0.0)) > limit)
+        return bool(np.log(np.max(np.abs(_reference(self.task.operation, item)), initial=0.0)) > limit)
 
     # -- one item computed again ------------------------------------------------------------
 
@@ -377,6 +464,8 @@ class _Check:
         """Compare with a float64 recomputation, within the forward error bound of the operation."""
         op, full = self.task.operation, self.task.return_mode == "full"
         item = {name: array.astype(np.float64) for name, array in self._item(offset).items()}
+        if op not in TOLERANCES:
+            return self._recompute_declared(offset, item, value, full)
         a = item["a"]
         sa = float(_scale(a[None]).reshape(()))
         a = a / sa
@@ -410,6 +499,25 @@ class _Check:
             return self._fail(offset, "norm differs from its recomputation", abs(got - want), bound)
         return None
 
+    def _recompute_declared(self, offset: int, item: dict[str, np.ndarray], value: np.ndarray,
+                            full: bool) -> Invalid | None:
+        """An installed operation: within its tolerance of a float64 recomputation, relative to the largest value."""
+        try:
+            with np.errstate(all="ignore"):
+                want = np.asarray(_reference(self.task.operation, item), dtype=np.float64)
+        except np.linalg.LinAlgError:
+            return None  # fails in float64: nothing to compare with
+        if not np.all(np.isfinite(want)):
+            return None
+        if not full:
+            want = np.asarray(np.linalg.norm(want))
+        got = np.asarray(value, dtype=np.float64)
+        bound = self.tau * max(float(np.max(np.abs(want), initial=0.0)), float(np.finfo(np.float64).tiny))
+        residual = float(np.max(np.abs(got - want), initial=0.0)) if got.shape == want.shape else np.inf
+        if not residual <= bound:
+            return self._fail(offset, "differs from its recomputation", residual, bound)
+        return None
+
     def _det(self, offset: int, a: np.ndarray, sa: float, v: float, *, signed: bool) -> Invalid | None:
         """log|det| lies in [Σ log(σᵢ − δ), Σ log(σᵢ + δ)] (Weyl); the sign is fixed while σ_min > δ."""
         n = a.shape[-1]
@@ -433,12 +541,6 @@ class _Check:
         return None
 
 
-# An independent reference for one item, so a bug in the node's kernels is caught too.
-_REFERENCE = {
-    "invert": lambda x: np.linalg.inv(x["a"]),
-    "det": lambda x: np.linalg.det(x["a"]),
-    "solve": lambda x: np.linalg.solve(x["a"], x["b"]),
-    "matmul": lambda x: x["a"] @ x["b"],
-    "eigvalsh": lambda x: np.linalg.eigvalsh(x["a"]),
-    "svdvals": lambda x: np.linalg.svd(x["a"], compute_uv=False),
-}
+def _reference(operation: str, item: dict[str, np.ndarray]) -> np.ndarray:
+    """One item computed with the operation's kernel (as a batch of one)."""
+    return OPERATIONS[operation].kernel({name: value[None] for name, value in item.items()})[0]

@@ -40,7 +40,8 @@ class FakeNode:
     name: str = "fake"
     slots: int = 1
     tamper: Tamper = honest
-    """Message types beyond version 1's announced in hello (``("rejected",)`` to be told)."""
+    operations: dict = field(default_factory=dict)
+    """Installed operations it says it runs (with versions)."""
     results_sent: int = 0
     rejections: list = field(default_factory=list)
     """Every ``rejected`` message received."""
@@ -56,7 +57,7 @@ class FakeNode:
             known_hosts=([str(self.host_key_pub)], [str(self.host_key_pub)], []), config=None, agent_path=None,
             gss_host=None)
         self._process = await self._conn.create_process(subsystem="chainconsole-node", encoding=None)
-        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1))
+        self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1, operations=self.operations))
         reader = MessageReader()
         welcome = await self._next(reader)
         if isinstance(welcome, Reject):
@@ -171,6 +172,16 @@ def nan_marked_ok(assign: Assign, result: Result) -> Result:
 def scale_invert(assign: Assign, result: Result) -> Result:
     """Every inverse ×(1 + 1e-5): a tiny, uniform lie."""
     return _with_values(result, (_values(result) * (1 + 1e-5)).astype(_values(result).dtype))
+
+
+def scale_slightly(assign: Assign, result: Result) -> Result:
+    """Every value ×1.001: det and norms have no cheap check of every item."""
+    return _with_values(result, (_values(result) * 1.001).astype(_values(result).dtype))
+
+
+def some_chunks(assign: Assign, result: Result) -> Result:
+    """Every value ×1.001 in one chunk of three, honest in the others."""
+    return scale_slightly(assign, result) if assign.chunk % 3 == 1 else result
 
 
 def keep_power_sums(assign: Assign, result: Result) -> Result:

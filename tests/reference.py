@@ -33,6 +33,9 @@ OPERATIONS = {
     "matmul": lambda x: x["a"] @ x["b"],
     "eigvalsh": lambda x: np.linalg.eigvalsh(x["a"]),
     "svdvals": lambda x: np.linalg.svd(x["a"], compute_uv=False),
+    # the example package's operations (docs/examples/example-operations)
+    "cholesky": lambda x: np.linalg.cholesky(x["a"]),
+    "logdet": lambda x: np.array(np.linalg.slogdet(x["a"])),
 }
 
 

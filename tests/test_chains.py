@@ -18,7 +18,7 @@ from console.engine.host import Host
 from console.engine.keys import Role
 from protocol.taskfile import parse_task
 from tests.conftest import REPO, wait_until
-from tests.reference import expected_item
+from tests.reference import check_npz, expected_item
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -266,7 +266,8 @@ def _det_liar(assign, result):
 
 
 async def test_a_liar_behind_a_link_is_blamed_and_the_link_never_is(host: Host, tmp_path) -> None:
-    """Wrong values the link's own sampled check missed and the console caught land on the liar."""
+    """The liar's wrong det values are caught (the link replicates them on its own pool) and blamed
+    on the liar, never on the link; every value of the result is numpy's."""
     from tests.fake_node import FakeNode
 
     _node(host, tmp_path, "A", [host.server.address[1]], listen=0)
@@ -287,5 +288,7 @@ async def test_a_liar_behind_a_link_is_blamed_and_the_link_never_is(host: Host, 
         blamed = [e for e in host.frontend.events if e.kind == "blame"]
         invalid = [e for e in host.frontend.events if e.kind == "invalid"]
         assert len(blamed) == len(invalid) and all(e.node_id == "liar" for e in blamed)
+        assert check_npz(host.frontend.result_file(task_id), document, rtol=1e-7) == 400  # every value
+        assert liar.rejections, "the liar was never told why"
     finally:
         await liar.close()

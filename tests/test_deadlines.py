@@ -80,7 +80,7 @@ class DeadlineWorld:
         if node.walltime is not None:
             self.at(node.walltime, "walltime", node.node_id)
             deadline = node.walltime if self.deadlines_known else None
-        self.handle(NodeJoined(node.node_id, node.slots, node.slots * 2, deadline))
+        self.handle(NodeJoined(node.node_id, node.slots, node.slots * 2, deadline=deadline))
         self.at(self.now + 1.0, "beat", node.node_id)
 
     def run(self, until: float) -> None:

@@ -22,6 +22,7 @@ from protocol.dispatch_events import (
     ErrorCounted,
     HeartbeatReceived,
     KickRequested,
+    NodeDistrusted,
     NodeDrained,
     NodeJoined,
     NodeLeft,
@@ -86,7 +87,7 @@ def test_credit_opens_and_closes_the_window() -> None:
     held = assigned(d.handle(CreditChanged("a", 2), 1))
     assert len(held) == 2
     assert d.handle(CreditChanged("a", 1), 2) == []  # nothing new, nothing taken back
-    assert d.handle(result("a", held[0]), 3) == [ChunkCompleted("t", 0, 0, 2, 1, "a")]  # 1 held = window
+    assert d.handle(result("a", held[0]), 3) == [ChunkCompleted("t", 0, 0, 2, 1, "a", 2)]  # 1 held = window
     assert len(assigned(d.handle(CreditChanged("a", 3), 4))) == 2
 
 
@@ -334,7 +335,7 @@ def test_the_first_valid_result_wins_and_the_other_copy_is_cancelled(winner: str
     copies = {"a": original, "b": backup}
     actions = d.handle(result(winner, copies[winner]), 12)
     assert actions == [
-        ChunkCompleted("t", 0, 0, 2, copies[winner][5], winner),
+        ChunkCompleted("t", 0, 0, 2, copies[winner][5], winner, 2),
         CancelChunk(loser, "t", 0, copies[loser][5]),
         TaskFinished("t", TaskState.DONE, 2, 0, {winner: 2}),
     ]
@@ -376,7 +377,7 @@ def test_a_late_result_from_a_node_that_has_gone_is_accepted() -> None:
     (retry,) = assigned(d.handle(NodeJoined("b", 1, 1), 1))
     assert retry[5] == 2 and d.wants_result("t", 0, 1)
     assert d.handle(result("a", original), 2) == [
-        ChunkCompleted("t", 0, 0, 2, 1, "a"), CancelChunk("b", "t", 0, 2), TaskFinished("t", TaskState.DONE, 2, 0, {"a": 2}),
+        ChunkCompleted("t", 0, 0, 2, 1, "a", 2), CancelChunk("b", "t", 0, 2), TaskFinished("t", TaskState.DONE, 2, 0, {"a": 2}),
     ]
     assert d.snapshot(2).tasks[0].items_by_node == {"a": 2}
 
@@ -425,7 +426,7 @@ def test_a_chunk_failing_max_attempts_times_is_abandoned_and_the_task_still_fini
         ChunkRequeued("t", 0, 0, 2, "a", "failed: worker crashed"),
     ]  # not straight back to a: b can take it once it has room
     assert d.handle(ResultReceived("b", "t", 1, 1, 2, 0.1), 2) == [
-        ChunkCompleted("t", 1, 2, 4, 1, "b"), AssignChunk("b", "t", 0, 0, 2, 2),
+        ChunkCompleted("t", 1, 2, 4, 1, "b", 2), AssignChunk("b", "t", 0, 0, 2, 2),
     ]
     assert d.handle(ChunkFailed("b", "t", 0, 2, "worker crashed"), 3) == [
         ChunkAbandoned("t", 0, 0, 2, "failed 2 times, last: failed: worker crashed"),
@@ -444,7 +445,7 @@ def test_a_failure_that_is_not_retryable_abandons_the_chunk_at_once() -> None:
     assert not d.wants_result("t", 0, 1)
     assert assigned(actions) == []  # no other attempt at it, on a or on b
     assert d.handle(ResultReceived("b", "t", 1, 1, 2, 0.1), 2) == [
-        ChunkCompleted("t", 1, 2, 4, 1, "b"), TaskFinished("t", TaskState.FAILED, 2, 2, {"b": 2}),
+        ChunkCompleted("t", 1, 2, 4, 1, "b", 2), TaskFinished("t", TaskState.FAILED, 2, 2, {"b": 2}),
     ]
 
 
@@ -500,10 +501,11 @@ def test_errors_caught_upstream_count_towards_quarantine() -> None:
     d = Dispatcher(prefetch=0, max_node_errors=2)
     d.handle(task(items=4), 0)
     held, = assigned(d.handle(NodeJoined("b", 1, 1), 0))
-    assert d.handle(ErrorCounted("b", "caught upstream"), 1) == []
+    assert d.handle(ErrorCounted("b", "caught upstream"), 1) == [NodeDistrusted("b")]
     assert d.snapshot(1).nodes[0].errors == 1
     actions = d.handle(ErrorCounted("b", "caught upstream"), 2)
-    assert actions[:2] == [NodeQuarantined("b", "2 invalid results"), CancelChunk("b", "t", held[2], held[5])]
+    assert actions[:3] == [NodeDistrusted("b"), NodeQuarantined("b", "2 invalid results"),
+                           CancelChunk("b", "t", held[2], held[5])]
     assert d.handle(ErrorCounted("b", "again"), 3) == []  # already quarantined
     assert d.handle(ErrorCounted("nobody", "x"), 3) == []
 
@@ -519,6 +521,7 @@ def test_invalid_results_requeue_and_quarantine_the_node() -> None:
     actions = d.handle(result("a", second, valid=False), 2)
     assert actions == [
         ChunkRequeued("t", 1, 2, 4, "a", "invalid result"),
+        NodeDistrusted("a"),
         NodeQuarantined("a", "2 invalid results"),
         CancelChunk("a", "t", third[2], 1),
         ChunkRequeued("t", third[2], third[3], third[4], "a", "node quarantined"),
@@ -541,7 +544,7 @@ def test_a_node_rejoining_loses_its_old_sessions_chunks_but_keeps_its_standing()
     ]
     (fresh,) = assigned(actions)
     assert fresh == ("a", "t", 2, 4, 6, 1)
-    assert of_type(d.handle(result("a", first), 2), ChunkCompleted) == [ChunkCompleted("t", 0, 0, 2, 1, "a")]
+    assert of_type(d.handle(result("a", first), 2), ChunkCompleted) == [ChunkCompleted("t", 0, 0, 2, 1, "a", 2)]
     d.handle(result("a", fresh, valid=False), 3)
     assert d.handle(NodeJoined("a", 2, 2), 4) == []
     assert d.snapshot(4).nodes[0].state is NodeState.QUARANTINED
@@ -556,8 +559,8 @@ def test_a_draining_node_finishes_what_it_holds_then_is_drained() -> None:
     first, second = assigned(d.handle(NodeJoined("a", 2, 2), 0))
     assert d.handle(DrainRequested("a"), 1) == []
     assert d.snapshot(1).nodes[0].state is NodeState.DRAINING
-    assert d.handle(result("a", first), 2) == [ChunkCompleted("t", 0, 0, 2, 1, "a")]
-    assert d.handle(result("a", second), 3) == [ChunkCompleted("t", 1, 2, 4, 1, "a"), NodeDrained("a")]
+    assert d.handle(result("a", first), 2) == [ChunkCompleted("t", 0, 0, 2, 1, "a", 2)]
+    assert d.handle(result("a", second), 3) == [ChunkCompleted("t", 1, 2, 4, 1, "a", 2), NodeDrained("a")]
     assert d.handle(CreditChanged("a", 5), 4) == []
     assert d.handle(DrainRequested("a"), 5) == [NodeDrained("a")]
 

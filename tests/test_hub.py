@@ -176,7 +176,7 @@ def test_drain_sends_drain_then_closes_and_departs_once_the_node_holds_nothing()
     assert node_id in hub.nodes  # it still holds a chunk
     assert without_notes(answer(hub, second, 3.0)) == [
         ResultAccepted(node_id, "t", 1, 1, 2, 4, 2),
-        d.ChunkCompleted("t", 1, 2, 4, 1, node_id),
+        d.ChunkCompleted("t", 1, 2, 4, 1, node_id, 2),
         CloseSession(node_id, "drained", farewell=True),
     ]
     assert node_id not in hub.nodes and not hub.dispatcher.snapshot(3.0).nodes
@@ -284,7 +284,7 @@ def test_the_accepted_result_comes_once_right_before_its_completion() -> None:
     outputs = answer(hub, assigned(outputs)[0], 1.0)
     assert without_notes(outputs) == [
         ResultAccepted(node_id, "t", 0, 1, 0, 2, 2),
-        d.ChunkCompleted("t", 0, 0, 2, 1, node_id),
+        d.ChunkCompleted("t", 0, 0, 2, 1, node_id, 2),
         d.TaskFinished("t", d.TaskState.DONE, 2, 0, outputs[-1].items_by_node),  # type: ignore[union-attr]
     ]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.kernels import _KERNELS, compute
+from nodes.kernels import compute
 from protocol.operations import OPERATIONS
 from protocol.taskfile import load_task_file
 
@@ -53,12 +53,12 @@ def _reference(operation: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
-def test_there_is_one_kernel_per_whitelisted_operation() -> None:
-    assert set(_KERNELS) == set(OPERATIONS)
+def test_the_six_built_in_operations_are_registered() -> None:
+    assert OPERATIONS.builtin_names() == ("invert", "det", "solve", "matmul", "eigvalsh", "svdvals")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("operation", sorted(OPERATIONS.builtin_names()))
 def test_each_operation_matches_numpy_item_by_item(operation: str, dtype: type) -> None:
     inputs = _chunk(operation, dtype)
     out = compute(operation, inputs, "full")
@@ -122,7 +122,7 @@ def test_non_finite_results_are_failed_items() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("operation", sorted(OPERATIONS.builtin_names()))
 def test_norms_are_the_frobenius_norms_of_the_full_results(operation: str, dtype: type) -> None:
     inputs = _chunk(operation, dtype, count=7)
     full = compute(operation, inputs, "full").result

@@ -70,7 +70,8 @@ def test_both_inputs_of_matmul_can_be_wrong_at_once() -> None:
 
 
 def test_every_operation_names_its_inputs_and_only_eigvalsh_needs_symmetry() -> None:
-    assert {name: spec.inputs for name, spec in OPERATIONS.items()} == {
+    builtins = {name: OPERATIONS[name] for name in OPERATIONS.builtin_names()}
+    assert {name: spec.inputs for name, spec in builtins.items()} == {
         "invert": ("a",),
         "det": ("a",),
         "solve": ("a", "b"),
@@ -78,7 +79,7 @@ def test_every_operation_names_its_inputs_and_only_eigvalsh_needs_symmetry() -> 
         "eigvalsh": ("a",),
         "svdvals": ("a",),
     }
-    assert [name for name, spec in OPERATIONS.items() if spec.symmetric_inputs] == ["eigvalsh"]
+    assert [name for name, spec in builtins.items() if spec.symmetric_inputs] == ["eigvalsh"]
 
 
 def test_a_missing_input_is_a_caller_bug() -> None:
@@ -118,3 +119,16 @@ def test_task_chunk_and_kernel_agree_on_the_result_dtype() -> None:
         out = compute("matmul", {"a": a, "b": b}, "full")
         expected = np.float32 if b_dtype == a_dtype == "float32" else np.float64
         assert task.result_dtype == AssignedChunk(assign).result_dtype == out.result.dtype == expected
+
+
+def test_the_documented_operations_table_is_the_registry() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "task-files.md").read_text(encoding="utf-8")
+    table = text.split("<!-- operations -->")[1].strip().splitlines()[2:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    documented = {row[0].strip("`"): row[3] for row in rows}
+    assert list(documented) == list(OPERATIONS.builtin_names())
+    for name, replicated in documented.items():
+        want = ", ".join(f"`{mode}`" for mode in OPERATIONS[name].replicated) or "—"
+        assert replicated == want, name

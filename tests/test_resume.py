@@ -172,3 +172,29 @@ def test_task_ids_are_random_and_keep_their_t(tmp_path) -> None:
     assert all(re.fullmatch(r"t[a-z2-7]{12}", task_id) for task_id in ids)
     assert len(set(ids)) == len(ids) and ids != sorted(ids)
     assert [row.task_id for row in Journal(tmp_path / "journal.sqlite3").tasks()] == ids  # in submission order
+
+
+OLD_SCHEMA = """
+CREATE TABLE tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT UNIQUE NOT NULL, name TEXT NOT NULL,
+    owner TEXT NOT NULL, document TEXT NOT NULL, items INTEGER NOT NULL, state TEXT NOT NULL,
+    submitted_at REAL NOT NULL, finished_at REAL, summary TEXT);
+CREATE TABLE chunks (task_id TEXT NOT NULL, start INTEGER NOT NULL, stop INTEGER NOT NULL, node TEXT NOT NULL,
+    items_ok INTEGER NOT NULL, PRIMARY KEY (task_id, start));
+INSERT INTO tasks (task_id, name, owner, document, items, state, submitted_at) VALUES ('t1', 'x', 'o', '{}', 12, 'done', 0);
+INSERT INTO chunks VALUES ('t1', 0, 4, 'liar', 4);
+"""
+
+
+def test_a_journal_from_before_confirmations_opens_and_distrusts_only_unconfirmed_ranges(tmp_path) -> None:
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)
+    journal = journal_module.Journal(path)
+    try:
+        journal.chunks_stored([("t1", 4, 8, "liar", 4, False), ("t1", 8, 12, "honest", 4, False)])
+        assert journal.distrust("liar") == ["t1"]
+        assert [(c.start, c.node) for c in journal.chunks("t1")] == [(0, "liar"), (8, "honest")]  # old rows count as confirmed
+        assert journal.tasks()[0].state == "running"
+        assert journal.distrust("liar") == []
+    finally:
+        journal.close()

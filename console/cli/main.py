@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(p)
     _limit_options(p)
 
-    for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes")):
+    for name, help_text in (("tasks", "list tasks"), ("nodes", "list nodes"),
+                            ("operations", "list the operations the front-end runs, and which nodes run each")):
         p = _command(sub, name, help=help_text)
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         _client_options(p)
@@ -347,7 +348,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     None: cmd_console, "serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "node": cmd_node,
-    "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
+    "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client, "operations": cmd_client,
     "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
     "release": cmd_client, "launch": cmd_launch,
 }

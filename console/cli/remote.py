@@ -34,6 +34,10 @@ async def run_remote(state: StateDir, args: argparse.Namespace, limits: TaskLimi
                 rows = json.loads(result.stdout)
                 print(json.dumps(rows, indent=2) if args.json else _table(args.command, rows))
                 return ExitStatus.OK
+            case "operations":
+                known = json.loads((await _call(conn, "operations")).stdout)
+                print(json.dumps(known, indent=2) if args.json else _operations_table(known))
+                return ExitStatus.OK
             case "result":
                 return await _download(conn, args.task_id, Path(args.output))
             case "cancel" | "delete" | "drain" | "kick" | "release":
@@ -132,6 +136,19 @@ async def _download(conn: asyncssh.SSHClientConnection, task_id: str, output: Pa
         return process.exit_status or ExitStatus.USAGE
     os.replace(tmp, output)
     return ExitStatus.OK
+
+
+def _operations_table(known: dict) -> str:
+    columns = ("name", "version", "source", "check", "nodes")
+    data = [[op["name"], op["version"], op["source"], op["check"], ", ".join(op["nodes"]) or "none connected"]
+            for op in known["operations"]]
+    data += [[u["name"], "?", "not installed on the front-end", "-", ", ".join(u["nodes"])]
+             for u in known["unknown_here"]]
+    widths = [max([len(c)] + [len(d[i]) for d in data]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths)).rstrip() for d in data]
+    lines += [f"problem: {problem}" for problem in known["problems"]]
+    return "\n".join(lines)
 
 
 def _table(kind: str, rows: list[dict]) -> str:

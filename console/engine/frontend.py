@@ -15,9 +15,11 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
+from types import MappingProxyType
 
 import asyncssh
 import numpy as np
@@ -29,7 +31,8 @@ from console.engine.journal import (
 from console.engine.keys import KeyEntry, KeyRegistry, Role
 from console.engine.records import Event, JobRow, NodeRow, TaskRecord, TaskRow
 from console.engine.results import (
-    ResultStore, discard_results, export_npz, result_nbytes, unwritten_bytes, verify_result_files, write_summary,
+    NPZ_FILE, ResultStore, discard_results, export_npz, result_nbytes, unwritten_bytes, verify_result_files,
+    write_summary,
 )
 from console.engine.statedir import StateDir, make_private_dir
 from console.engine.writer import StoreJob, Writer
@@ -40,8 +43,9 @@ from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.hub import HubError
 from protocol.inputs import GeneratedInput, format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
+from protocol.operations import OPERATIONS, describe
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
-from protocol.verify import DEFAULT_SAMPLE
+from protocol.verify import DEFAULT_SAMPLE, replicated
 
 CERTIFICATE_DAYS = 365
 MAX_CERTIFICATES_PER_LINK = 64
@@ -236,42 +240,46 @@ class FrontEnd(HubShell):
                 record.finished.set()
                 self.tasks[row.task_id] = record
                 continue
-            folder = self.state.task_dir(row.task_id)
-            chunks = self.journal.chunks(row.task_id)
-            try:
-                if row.state == SUBMITTING:
-                    raise DamagedTask("the front-end stopped while the task was being submitted (interrupted)")
-                task = task_from_document(row.document, folder)
-                if task.count != row.items:
-                    raise DamagedTask(f"its inputs hold {task.count} items, not the {row.items} submitted")
-                if chunks:
-                    problem = verify_result_files(folder, count=task.count, item_shape=task.result_item_shape,
-                                                  dtype=task.result_dtype, return_mode=task.return_mode)
-                    if problem:
-                        raise DamagedTask(problem)
-                else:
-                    discard_results(folder)  # nothing in them is trusted: start them afresh
-                record = self._make_record(row.task_id, task, row.owner, row.submitted_at)
-            except (DamagedTask, OSError, ValueError) as exc:
-                reason = f"cannot resume: {exc}"
-                summary = _failed_summary(row, reason)
-                self.writer.post(self.journal.set_state, row.task_id, "failed", summary, task_id=row.task_id)
-                record = TaskRecord(row.task_id, row.name, row.owner, row.items,
-                                    str((row.document or {}).get("operation", "")),
-                                    str((row.document or {}).get("return", "full")), row.submitted_at,
-                                    state="failed", finished_at=time.time(), summary=summary)
-                record.finished.set()
-                self.tasks[row.task_id] = record
-                self.log("damaged", f"{row.name}: {reason}", task_id=row.task_id)
-                continue
+            self._resume_task(row)
+
+    def _resume_task(self, row: JournaledTask) -> None:
+        """Resubmit a journaled task with the ranges it has stored, or fail it if it cannot be rebuilt."""
+        folder = self.state.task_dir(row.task_id)
+        chunks = self.journal.chunks(row.task_id)
+        try:
+            if row.state == SUBMITTING:
+                raise DamagedTask("the front-end stopped while the task was being submitted (interrupted)")
+            task = task_from_document(row.document, folder)
+            if task.count != row.items:
+                raise DamagedTask(f"its inputs hold {task.count} items, not the {row.items} submitted")
+            if chunks:
+                problem = verify_result_files(folder, count=task.count, item_shape=task.result_item_shape,
+                                              dtype=task.result_dtype, return_mode=task.return_mode)
+                if problem:
+                    raise DamagedTask(problem)
+            else:
+                discard_results(folder)  # nothing in them is trusted: start them afresh
+            record = self._make_record(row.task_id, task, row.owner, row.submitted_at)
+        except (DamagedTask, OSError, ValueError) as exc:
+            reason = f"cannot resume: {exc}"
+            summary = _failed_summary(row, reason)
+            self.writer.post(self.journal.set_state, row.task_id, "failed", summary, task_id=row.task_id)
+            record = TaskRecord(row.task_id, row.name, row.owner, row.items,
+                                str((row.document or {}).get("operation", "")),
+                                str((row.document or {}).get("return", "full")), row.submitted_at,
+                                state="failed", finished_at=time.time(), summary=summary)
+            record.finished.set()
             self.tasks[row.task_id] = record
-            completed = tuple((c.start, c.stop) for c in chunks)
-            failed = sum(c.stop - c.start - c.items_ok for c in chunks)
-            for c in chunks:
-                if c.node:
-                    record.items_by_node[c.node] = record.items_by_node.get(c.node, 0) + c.stop - c.start
-            self.log("resumed", f"{row.name}: {len(chunks)} stored chunks kept", task_id=row.task_id)
-            self.run(_submitted(row.task_id, task, row.owner, completed, failed))
+            self.log("damaged", f"{row.name}: {reason}", task_id=row.task_id)
+            return
+        self.tasks[row.task_id] = record
+        completed = tuple((c.start, c.stop) for c in chunks)
+        failed = sum(c.stop - c.start - c.items_ok for c in chunks)
+        for c in chunks:
+            if c.node:
+                record.items_by_node[c.node] = record.items_by_node.get(c.node, 0) + c.stop - c.start
+        self.log("resumed", f"{row.name}: {len(chunks)} stored chunks kept", task_id=row.task_id)
+        self.run(_submitted(row.task_id, task, row.owner, completed, failed))
 
     def cancel(self, task_id: str, *, by: str = "") -> None:
         """Stop a task; what is stored stays, the rest of its items fail."""
@@ -469,7 +477,8 @@ class FrontEnd(HubShell):
         values = result.result if result.result is not None else result.norms
         self.writer.store(StoreJob(accepted.task_id, record.store, accepted.start, accepted.stop,
                                    accepted.node_id, accepted.items_ok, result.ok, values,
-                                   on_error=lambda exc: self.face_store_failed(accepted, exc)))
+                                   on_error=lambda exc: self.face_store_failed(accepted, exc),
+                                   confirmed=accepted.confirmed))
         for listener in self._accept_listeners:
             listener((accepted.task_id, accepted.chunk, accepted.attempt))
 
@@ -496,16 +505,41 @@ class FrontEnd(HubShell):
                 record = self.tasks[task_id]
                 if record.store is not None:
                     self.writer.store(StoreJob(task_id, record.store, start, stop, "", 0))
+            case d.ChunkReopened(task_id=task_id, chunk=chunk, start=start, node_id=node_id, reason=reason):
+                self.log("reopen", f"chunk {task_id}/{chunk} of {node_id} computed again: {reason}",
+                         task_id=task_id, node_id=node_id)
+                self.writer.post(self.journal.chunk_reopened, task_id, start, task_id=task_id)
+            case d.NodeDistrusted(node_id=node_id):
+                self._in_background(self._reopen_finished(node_id))
             case d.NodeQuarantined(node_id=node_id, reason=reason):
                 self.log("quarantine", f"{node_id} quarantined: {reason}", node_id=node_id)
             case d.TaskFinished():
                 self._task_finished(output)
 
     def _task_finished(self, action: d.TaskFinished) -> None:
-        record = self.tasks[action.task_id]
-        job = asyncio.get_running_loop().create_task(self._seal(record, action))
+        self._in_background(self._seal(self.tasks[action.task_id], action))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.get_running_loop().create_task(work)
         self._finishing.add(job)
         job.add_done_callback(self._finishing.discard)
+
+    async def _reopen_finished(self, node_id: str) -> None:
+        """A node was caught lying: its unconfirmed chunks in finished tasks are computed again."""
+        try:
+            task_ids = await self.writer.call(self.journal.distrust, node_id)
+        except (OSError, sqlite3.Error) as exc:
+            self.log("error", f"cannot reopen the finished tasks of {node_id}: {exc}", node_id=node_id)
+            return
+        rows = {row.task_id: row for row in self.journal.tasks() if row.task_id in task_ids}
+        for task_id, row in rows.items():
+            record = self.tasks.get(task_id)
+            if record is None or not record.finished.is_set():
+                continue  # deleted meanwhile, or still sealing
+            (self.state.task_dir(task_id) / NPZ_FILE).unlink(missing_ok=True)
+            self.log("reopen", f"{row.name} running again: {node_id}, caught with a wrong result, "
+                               "computed part of it unconfirmed", task_id=task_id, node_id=node_id)
+            self._resume_task(row)
 
     async def _seal(self, record: TaskRecord, action: d.TaskFinished) -> None:
         """Make the results durable, then — only then — report the task finished."""
@@ -588,7 +622,8 @@ class FrontEnd(HubShell):
         if view is not None:
             state = "running" if record.state == "running" else view.state.value
             return TaskRow(record.task_id, record.name, record.owner, state, record.items,
-                           view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s)
+                           view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s,
+                           view.waiting)
         return None
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
@@ -627,6 +662,18 @@ class FrontEnd(HubShell):
             return dict(record.summary.get("items_per_node", {}))
         view = self.hub.dispatcher.task_view(task_id, self.now())
         return dict(view.items_by_node) if view is not None else {}
+
+    def operations(self) -> dict:
+        """What this front-end knows to run, and which connected nodes run each (built-ins: all)."""
+        rows = [row for row in self.node_rows() if row.state in ("idle", "busy", "draining")]
+        listed = []
+        for op in OPERATIONS.values():
+            runs = [row.node_id for row in rows if op.builtin or op.name in row.operations]
+            listed.append({**describe(op), "nodes": runs})
+        unknown = sorted({name for row in rows for name in row.operations} - set(OPERATIONS))
+        return {"operations": listed, "problems": list(OPERATIONS.problems),
+                "unknown_here": [{"name": name, "nodes": [r.node_id for r in rows if name in r.operations]}
+                                 for name in unknown]}
 
     def pending_keys(self) -> list:
         """The node keys refused so far and waiting for an operator (``PendingKey`` records)."""
@@ -720,4 +767,7 @@ def _submitted(task_id: str, task: Task, owner: str, completed: tuple[tuple[int,
     """The Dispatcher's view of a task: automatic chunks stay within one frame's size."""
     return d.TaskSubmitted(task_id, task.count, task.chunk_size, task.max_attempts, owner,
                            completed=completed, completed_failed=failed,
-                           max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)))
+                           max_chunk_size=max(1, MAX_CHUNK_BYTES // max(task.item_nbytes, 1)),
+                           replicate=replicated(task.operation, task.return_mode),
+                           operation="" if OPERATIONS[task.operation].builtin else task.operation,
+                           requires=MappingProxyType(dict(task.requires)))

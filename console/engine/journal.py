@@ -60,9 +60,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     stop     INTEGER NOT NULL,
     node     TEXT NOT NULL,
     items_ok INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (task_id, start)
 );
 """
+ADDED_COLUMNS = {"chunks": {"confirmed": "INTEGER NOT NULL DEFAULT 1"}}
+"""Columns added since the first schema, for journals made before them."""
 
 
 TASK_ID_CHARS = 12
@@ -112,11 +115,19 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_columns()
             self._db.execute("SELECT task_id, document, summary FROM tasks LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalDamaged(f"the journal {path} is damaged ({exc}); move it aside to start "
                                  "with an empty one (its tasks are then forgotten)") from None
+
+    def _add_columns(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -157,17 +168,36 @@ class Journal:
                 (state, json.dumps(summary) if summary is not None else None, finished, task_id),
             )
 
-    def chunks_stored(self, rows: list[tuple[str, int, int, str, int]]) -> None:
-        """Record stored ranges ``(task_id, start, stop, node, items_ok)`` in one transaction.
+    def chunks_stored(self, rows: list[tuple[str, int, int, str, int, bool]]) -> None:
+        """Record stored ranges ``(task_id, start, stop, node, items_ok, confirmed)`` in one transaction.
 
         Call it only once their values are durable on disk: a row is the journal's word
         that a resumed task need not compute the range again.
         """
         with self._lock, self._transaction():
             self._db.executemany(
-                "INSERT OR REPLACE INTO chunks (task_id, start, stop, node, items_ok) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO chunks (task_id, start, stop, node, items_ok, confirmed)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+
+    def chunk_reopened(self, task_id: str, start: int) -> None:
+        """Forget a stored range whose result is no longer trusted: a resumed task computes it again."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM chunks WHERE task_id = ? AND start = ?", (task_id, start))
+
+    def distrust(self, node: str) -> list[str]:
+        """Forget the unconfirmed ranges ``node`` stored in done or failed tasks, and mark those
+        tasks running again (their ids are returned): a resumed task computes the ranges again."""
+        with self._lock, self._transaction():
+            ids = [row[0] for row in self._db.execute(
+                "SELECT DISTINCT chunks.task_id FROM chunks JOIN tasks ON tasks.task_id = chunks.task_id"
+                " WHERE chunks.node = ? AND chunks.confirmed = 0 AND tasks.state IN ('done', 'failed')", (node,))]
+            for task_id in ids:
+                self._db.execute("DELETE FROM chunks WHERE task_id = ? AND node = ? AND confirmed = 0", (task_id, node))
+                self._db.execute("UPDATE tasks SET state = 'running', finished_at = NULL, summary = NULL"
+                                 " WHERE task_id = ?", (task_id,))
+        return ids
 
     def delete_task(self, task_id: str) -> None:
         """Forget a task: its row and its stored chunk ranges, in one transaction."""

@@ -62,6 +62,8 @@ class TaskRow:
     submitted_at: float
     wall_s: float | None
     items_per_s: float
+    waiting: str = ""
+    """Why no connected node gets its chunks ("no connected node has operation cholesky"), or ""."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class StoreJob:
     ok: Any = None
     values: Any = None
     on_error: Callable[[Exception], None] | None = None
+    confirmed: bool = True
+    """False for a replicated result stored without a second computation (it may be distrusted later)."""
 
     @property
     def nbytes(self) -> int:
@@ -214,7 +216,8 @@ class Writer:
                 durable.append(job)
         if durable:
             try:
-                self.journal.chunks_stored([(j.task_id, j.start, j.stop, j.node, j.items_ok) for j in durable])
+                self.journal.chunks_stored([(j.task_id, j.start, j.stop, j.node, j.items_ok, j.confirmed)
+                                             for j in durable])
             except Exception as exc:
                 for job in durable:
                     self._store_failed(job, exc)

@@ -32,6 +32,7 @@ USAGE = """commands:
   submit [--detach]     read a task (JSON) on stdin and run it
   watch ID              follow a task until it ends (JSON lines)
   tasks | nodes         list as JSON
+  operations            what the front-end runs, and which nodes run each (JSON)
   status ID             one task as JSON
   result ID             the results as .npz bytes on stdout
   cancel ID
@@ -183,6 +184,10 @@ class Session:
 
     async def cmd_nodes(self, args: list[str]) -> int:
         self.out([asdict(r) for r in self.frontend.node_rows()])
+        return ExitStatus.OK
+
+    async def cmd_operations(self, args: list[str]) -> int:
+        self.out(self.frontend.operations())
         return ExitStatus.OK
 
     async def cmd_result(self, args: list[str]) -> int:

@@ -1,9 +1,10 @@
-"""What checking results costs: the same tasks with the front-end's checks on and off.
+"""What checking results costs: the same tasks with the front-end's checks off, on without
+replicas, and on with replicas (the default).
 
 Two local nodes × 1 slot over real SSH; alternating runs, --repeat each, medians:
-  W1  invert 1,500 of 384×384, norms, 25 per chunk (checked by recomputing a sample)
-  W3  det of 50,000 8×8, full results, 10 per chunk (recomputing a sample; dispatch-bound)
-  F   invert 1,000 of 256×256, full results, 25 per chunk (Freivalds on every item)
+  W1  invert 1,500 of 384×384, norms, 25 per chunk (a recomputed sample, and replicas)
+  W3  det of 50,000 8×8, full results, 10 per chunk (a recomputed sample, and replicas; dispatch-bound)
+  F   invert 1,000 of 256×256, full results, 25 per chunk (Freivalds on every item; no replicas)
 
     python tests/benchmarks/bench_checking.py [--scale 1.0] [--repeat 3]
 """
@@ -25,7 +26,10 @@ sys.path.insert(0, str(REPO))
 from console.engine.host import Host  # noqa: E402
 from console.ssh.server import ServerSettings  # noqa: E402
 from console.engine.statedir import StateDir  # noqa: E402
+from protocol.replication import ReplicationPolicy  # noqa: E402
 from protocol.taskfile import parse_task  # noqa: E402
+
+CONFIGS = ("off", "checks", "checks+replicas")
 
 WORKLOADS = {  # return mode, items, n, operation, items per chunk
     "W1": ("norms", 1500, 384, "invert", 25),
@@ -34,12 +38,14 @@ WORKLOADS = {  # return mode, items, n, operation, items per chunk
 }
 
 
-async def _one(workload: str, checked: bool, scale: float, seed: int) -> float:
+async def _one(workload: str, config: str, scale: float, seed: int) -> float:
     mode, count, n, operation, chunk = WORKLOADS[workload]
-    options = {} if checked else {"verify_sample": 0}
+    options = {"verify_sample": 0} if config == "off" else {}
     with tempfile.TemporaryDirectory() as tmp:
         host = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), local_nodes=2, frontend_options=options)
         await host.start()
+        if config == "checks":
+            host.frontend.hub.dispatcher.replication = ReplicationPolicy(probation=0, rate=0.0)
         try:
             while len(host.frontend.node_rows()) < 2:
                 await asyncio.sleep(0.05)
@@ -60,13 +66,14 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     for workload in WORKLOADS:
-        times: dict[bool, list[float]] = {True: [], False: []}
+        times: dict[str, list[float]] = {config: [] for config in CONFIGS}
         for run in range(args.repeat):
-            for checked in (False, True):
-                times[checked].append(await _one(workload, checked, args.scale, 500 + run))
-        off, on = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{workload}: unchecked {off:.2f} s, checked {on:.2f} s, ratio {on / off:.3f} "
-              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            for config in CONFIGS:
+                times[config].append(await _one(workload, config, args.scale, 500 + run))
+        off, checks, replicas = (statistics.median(times[config]) for config in CONFIGS)
+        print(f"{workload}: off {off:.2f} s, checks {checks:.2f} s ({checks / off:.3f}×), "
+              f"checks+replicas {replicas:.2f} s ({replicas / off:.3f}×) (load {os.getloadavg()[0]:.1f})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+"""When a result of a replicated task waits for a second computation before it is stored.
+
+``det`` results and the ``norms`` of ``invert``, ``solve`` and ``matmul`` have no check
+cheaper than computing them again (``protocol.verify.replicated``). The Dispatcher holds
+such a result until a second node's result for the chunk confirms it; this policy says
+which results are held: every one of a node on probation, a random share of the others.
+The draw happens when the result arrives, so a node cannot tell which of its results are.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+DEFAULT_PROBATION = 5
+"""Confirmed results a node needs, after joining or after an invalid result, before only a sample is replicated."""
+DEFAULT_REPLICA_RATE = 0.1
+"""Share of a proven node's results that a second computation confirms."""
+
+
+@dataclass(frozen=True)
+class ReplicationPolicy:
+    """Which results of replicated tasks are held for a second computation."""
+
+    probation: int = DEFAULT_PROBATION
+    rate: float = DEFAULT_REPLICA_RATE
+    chance: Callable[[], float] = field(default=random.random, compare=False)
+    """Uniform draws in [0, 1); tests pass their own."""
+
+    def wanted(self, proven: int) -> bool:
+        """Whether a result of a node with ``proven`` confirmed results is held."""
+        return proven < self.probation or self.chance() < self.rate
