@@ -67,10 +67,15 @@ class NodeSettings:
     keepalive_count: int = 2
     drain_grace_s: float = 60.0
     """How long a stopping node keeps computing what it holds before handing it back."""
+    deadline: float | None = None
+    """When this node's walltime ends (``time.time()``), told to the front-end in hello so
+    it sends no chunk expected to outlast it; the node stops on its own then. None: no end."""
     resources: dict[str, str | float] = field(default_factory=dict)
     """What this node has that a task may require (``--resource gpu=1``)."""
 
 
+DEADLINE_SLACK_S = 2.0
+"""The deadline told in hello is this much before the walltime: time to send the last result and bye."""
 OUTBOX_LIMIT = 64
 OUTBOX_BYTES = 256 * 1024 * 1024
 """Results kept while disconnected, at most this many and this large; the oldest go first."""
@@ -109,6 +114,9 @@ class NodeAgent:
             except ExecutorUnavailable as exc:
                 self.say(str(exc))
                 return exc.status
+            if self.settings.deadline is not None:
+                delay = max(0.0, self.settings.deadline - time.time())
+                asyncio.get_running_loop().call_later(delay, self._walltime_reached)
             while not self.stopping.is_set() and not self._left:
                 for host, port in self.settings.upstreams:
                     if self.stopping.is_set() or self._left:
@@ -132,8 +140,13 @@ class NodeAgent:
             await self.work.close()
 
     def stop(self) -> None:
-        """Finish what is held, hand the rest back, say bye (called on SIGINT/SIGTERM)."""
+        """Finish what is held, hand the rest back, say bye (called on SIGINT/SIGTERM/SIGUSR1)."""
         self.stopping.set()
+
+    def _walltime_reached(self) -> None:
+        if not self.stopping.is_set():
+            self.say("walltime reached: stopping")
+            self.stop()
 
     async def _connect_and_work(self, host: str, port: int) -> bool:
         """One session with one upstream; True if it got as far as working."""
@@ -199,9 +212,10 @@ class NodeAgent:
         process = await conn.create_process(subsystem=NODE_SUBSYSTEM, encoding=None)
         channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
+        left = None if s.deadline is None else max(0.0, s.deadline - time.time() - DEADLINE_SLACK_S)
         self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
                          f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line,
-                         operations=installed_operations(), resources=s.resources))
+                         operations=installed_operations(), resources=s.resources, deadline_s=left))
         first = await channel.receive()
         if isinstance(first, Reject):
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)
@@ -258,7 +272,10 @@ class NodeAgent:
         await self.stopping.wait()
         self.say("stopping: finishing held chunks")
         self._send(Credit(0))
-        deadline = time.monotonic() + self.settings.drain_grace_s
+        grace = self.settings.drain_grace_s
+        if self.settings.deadline is not None:  # past the walltime the batch system kills us anyway
+            grace = min(grace, max(0.0, self.settings.deadline - time.time()))
+        deadline = time.monotonic() + grace
         while self.work.held and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._send(Bye("node stopping"))
@@ -304,10 +321,15 @@ def _size(result: Result) -> int:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DRAIN_SIGNAL = signal.SIGUSR1
+"""The walltime is near (Slurm's ``--signal=B:USR1@N``): drain, as on SIGTERM, but never stop at once."""
 
 
 def install_signal_handlers(agent: NodeAgent) -> None:
-    """SIGINT, SIGTERM or SIGHUP: stop cleanly; a second one: stop at once (workers follow)."""
+    """SIGINT, SIGTERM or SIGHUP: stop cleanly; a second one: stop at once (workers follow).
+
+    SIGUSR1 drains the same way; repeated, it changes nothing.
+    """
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -316,5 +338,11 @@ def install_signal_handlers(agent: NodeAgent) -> None:
             os._exit(128 + sig)
         agent.stop()
 
+    def on_drain_signal() -> None:
+        if not agent.stopping.is_set():
+            agent.say(f"{DRAIN_SIGNAL.name}: the walltime is near, draining")
+            agent.stop()
+
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(DRAIN_SIGNAL, on_drain_signal)

@@ -41,6 +41,35 @@ def address_argument(*, listening: bool = False) -> Callable[[str], tuple[str, i
     return parse
 
 
+WALLTIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def walltime(text: str) -> float:
+    """Seconds of a walltime: ``3600``, ``90s``, ``30m``, ``2h``, ``1d``, or Slurm's ``[D-]HH:MM:SS`` / ``MM:SS``."""
+    spec = text.strip()
+    try:
+        if ":" in spec or "-" in spec:
+            days, _, clock = spec.rpartition("-")
+            if "-" in spec and not days.isdigit():
+                raise ValueError
+            parts = [float(p) for p in clock.split(":")]
+            if len(parts) > 3 or any(p < 0 for p in parts):
+                raise ValueError
+            seconds = 0.0
+            for part in parts if len(parts) == 3 else [0.0] * (3 - len(parts)) + parts:
+                seconds = seconds * 60 + part
+            seconds += float(days or 0) * 86400
+        elif spec[-1:].lower() in WALLTIME_UNITS:
+            seconds = float(spec[:-1]) * WALLTIME_UNITS[spec[-1:].lower()]
+        else:
+            seconds = float(spec)
+    except (ValueError, IndexError):
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a walltime such as 3600, 45m, 2h or 1-12:00:00")
+    return seconds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", type=address_argument(), action="append", required=True, metavar="HOST:PORT",
                         help="front-end (or chain link) to connect to; repeat to list upstreams to fail over to, in order")
@@ -62,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "existing Dask cluster (needs --scheduler; pip install 'chainconsole[dask]')")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="with --executor dask: the Dask scheduler (tcp://HOST:8786) or its scheduler file")
+    parser.add_argument("--deadline", type=walltime, metavar="WALLTIME",
+                        help="this node's walltime ends this long from now (3600, 45m, 2h, 1-12:00:00): it is "
+                             "given no chunk expected to outlast it and stops then; SIGUSR1 drains it earlier")
     parser.add_argument("--resource", type=_resource, action="append", default=[], metavar="KEY=VALUE",
                         help="something this node has that a task may require (gpu=1, memory_gb=64); repeatable")
     parser.add_argument("--exit-with", type=int, metavar="PID",
@@ -116,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=executor.slots,
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
         blas_threads=args.blas_threads, resources=dict(args.resource),
+        deadline=None if args.deadline is None else time.time() + args.deadline,
     )
     return asyncio.run(_main(settings, executor, args.listen, state, args.exit_with))
 

@@ -107,7 +107,8 @@ class HubShell:
         if hello.host_key:  # a chain link: it must know whom to let in
             session.send(NodeKeys(self.face_node_keys()[:MAX_NODE_KEYS]))
         self.carry_out(self.hub.join(node_id, hello.slots, hello.window, self.now(),
-                                     operations=hello.operations, resources=hello.resources))
+                                     operations=hello.operations, resources=hello.resources,
+                                     deadline_in_s=hello.deadline_s))
         return node_id
 
     async def received(self, node_id: str, message: object) -> None:

@@ -247,6 +247,15 @@ class TaskChunks:
             chunk.queue = Queue.READY
             self._ready.append(chunk)
 
+    def put_back(self, chunk: Chunk) -> None:
+        """Return a chunk ``take`` just gave out and that was not issued, to the head of its line."""
+        chunk.queue = Queue.BACKUP if chunk.live else Queue.READY
+        (self._backups if chunk.live else self._ready).appendleft(chunk)
+
+    def waiting_items(self) -> int:
+        """Items no node holds and that wait for one: not carved yet, or back in line."""
+        return self.remaining + sum(c.size for c in self._ready if c.queue is Queue.READY)
+
     def want_backup(self, chunk: Chunk) -> bool:
         """Line an overdue chunk up for one backup copy; False if it is already in line."""
         if chunk.queue is not Queue.NONE:

@@ -65,6 +65,9 @@ class NodeJoined:
     window: int
     operations: frozenset[str] = frozenset()
     resources: Mapping[str, str | float] = field(default_factory=lambda: MappingProxyType({}))
+    deadline: float | None = None
+    """When the node's walltime ends, on the Dispatcher's clock; None: no end known.
+    No chunk expected to outlast it is assigned to the node."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ and this module holds one. The shell sees them only as the frozen views built at
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -18,6 +18,10 @@ HUNGRY, TOPPING = 1, 2
 """Room tiers of a node: an idle slot, or only prefetch room left."""
 COMPACT_SLACK = 1024
 """Stale queue entries tolerated beyond twice the live ones before a queue is compacted."""
+SLOWNESS_SMOOTHING = 0.3
+"""Weight of the newest chunk in a node's measured speeds (for deadlines)."""
+SPEEDS_KEPT = 16
+"""Tasks whose speed on a node the node remembers (for deadlines)."""
 
 
 class TrackedNode:
@@ -26,7 +30,7 @@ class TrackedNode:
     __slots__ = (
         "node_id", "slots", "window", "capacity", "leases", "last_seen", "joined_at", "items_done",
         "chunks_done", "errors", "proven", "draining", "quarantined", "gone", "in_hungry", "in_topping",
-        "operations", "resources",
+        "operations", "resources", "deadline", "slowness", "speeds",
     )
 
     def __init__(self, node_id: str, now: float) -> None:
@@ -49,6 +53,24 @@ class TrackedNode:
         # whether the node has an entry in each room deque (entries may be stale)
         self.in_hungry = False
         self.in_topping = False
+        self.deadline: float | None = None  # when its walltime ends (NodeJoined.deadline)
+        self.slowness: float | None = None  # its chunk times over the tasks' expected ones, smoothed
+        self.speeds: OrderedDict[str, float] = OrderedDict()  # task → its seconds per item here, smoothed
+
+    def observe_speed(self, task_id: str, items: int, expected_s: float | None, elapsed_s: float) -> None:
+        """Fold one chunk's time into the task's speed on this node, and against what the task
+        expected of it (the fleet's speed) into ``slowness``, for tasks it has not run yet."""
+        if items <= 0 or not 0 <= elapsed_s < float("inf"):
+            return
+        sample = elapsed_s / items
+        old = self.speeds.pop(task_id, None)
+        self.speeds[task_id] = sample if old is None else old + SLOWNESS_SMOOTHING * (sample - old)
+        while len(self.speeds) > SPEEDS_KEPT:
+            self.speeds.popitem(last=False)
+        if expected_s is None or not expected_s > 0:
+            return
+        ratio = elapsed_s / expected_s
+        self.slowness = ratio if self.slowness is None else self.slowness + SLOWNESS_SMOOTHING * (ratio - self.slowness)
 
     @property
     def assignable(self) -> bool:

@@ -43,6 +43,9 @@ Rules of this module (docs/architecture.md, "Sans-I/O at the core"):
   that only forwarded them: `ResultReceived.blame`), and so do errors caught upstream
   (`ErrorCounted`); at `max_node_errors` it gets no more work and what it holds is
   cancelled and requeued, until the operator releases it.
+- Deadlines: a node that reported when its walltime ends (`NodeJoined.deadline`) gets no
+  chunk expected to outlast it — the task's measured seconds per item times the chunk's
+  size, after what the node already queues on its slots — and the chunk waits for another.
 - Nothing from the network makes it raise: unknown ids and stale attempts are ignored.
 - Assigning costs the same whatever the number of nodes and chunks (and grows only with
   the number of runnable tasks): deques of nodes with room and of runnable tasks, per-task queues, and queues and heaps of deadlines whose
@@ -118,6 +121,8 @@ DEFAULT_SHARE_HALF_LIFE_S = 60.0
 """How fast a task's past share of the nodes is forgotten: a second of compute counts half
 after this long, so a task that arrives behind a long one catches up within minutes."""
 """Invalid results after which a node is quarantined."""
+DEFAULT_DEADLINE_MARGIN = 1.25
+"""Chunk times are taken this much longer than measured when weighed against a node's deadline."""
 STANDING_KEPT = 10_000
 """Departed nodes whose errors and confirmed results are remembered."""
 
@@ -137,6 +142,7 @@ class Dispatcher(Replicas):
         min_lease_s: float = DEFAULT_MIN_LEASE_S,
         max_node_errors: int = DEFAULT_MAX_NODE_ERRORS,
         share_half_life_s: float = DEFAULT_SHARE_HALF_LIFE_S,
+        deadline_margin: float = DEFAULT_DEADLINE_MARGIN,
         replication: ReplicationPolicy = ReplicationPolicy(),
     ) -> None:
         self._prefetch = max(0, prefetch)
@@ -146,6 +152,7 @@ class Dispatcher(Replicas):
         self._min_lease_s = min_lease_s
         self._max_node_errors = max(1, max_node_errors)
         self._share_half_life_s = share_half_life_s
+        self._deadline_margin = max(1.0, deadline_margin)
         self.replication = replication
         """Which results of replicated tasks wait for a second computation (may be changed at any time)."""
         self._standing: OrderedDict[str, tuple[int, int]] = OrderedDict()  # departed: (errors, proven)
@@ -217,6 +224,10 @@ class Dispatcher(Replicas):
         lease = open_chunk.lease(attempt) if open_chunk is not None else None
         return lease is not None and not lease.ended and lease.node_id == node_id
 
+    def items_waiting(self) -> int:
+        """Items of live tasks that wait for a node: no node has room for them (a launcher's backlog)."""
+        return sum(task.chunks.waiting_items() for task in self._tasks.values() if task.live)
+
     def held_attempt(self, task_id: str, chunk: int) -> int | None:
         """The attempt whose result the chunk holds for confirmation, if any."""
         task = self._tasks.get(task_id)
@@ -279,6 +290,7 @@ class Dispatcher(Replicas):
         node.window = max(0, event.window)
         node.operations = frozenset(event.operations)
         node.resources = dict(event.resources)
+        node.deadline = event.deadline
         node.capacity = self._capacity(node)
         self._account(node, +1)
         self._room.offer(node, len(self._nodes))
@@ -399,6 +411,8 @@ class Dispatcher(Replicas):
                 self._blame(held.node_id, now, out)
         if event.valid:
             items_ok = min(max(0, event.items_ok), chunk.size)  # a count from the network
+            if node is not None:
+                node.observe_speed(task.task_id, chunk.size, task.sizer.expected_s(chunk.size), event.elapsed_s)
             task.sizer.observe(chunk.size, event.elapsed_s)
             task.serve(event.elapsed_s, now, self._share_half_life_s)
             if event.confirmed:
@@ -652,6 +666,9 @@ class Dispatcher(Replicas):
                     self._runnable.remove(task)
                     task.runnable = False
                 continue
+            if self._outlasts_deadline(node, task, chunk, now):
+                task.chunks.put_back(chunk)
+                continue
             # The task goes to the back of the line: among equals, the next one comes first.
             self._runnable.remove(task)
             self._runnable.append(task)
@@ -675,3 +692,27 @@ class Dispatcher(Replicas):
         half_life = self._share_half_life_s
         return sorted(line, key=lambda t: (-t.priority, t.recent_service_s(now, half_life), t.running_chunks,
                                            turn[id(t)]))
+
+    def _outlasts_deadline(self, node: TrackedNode, task: TrackedTask, chunk: Chunk, now: float) -> bool:
+        """Whether the chunk would still run on the node when the node's walltime ends.
+
+        A chunk is expected to take, with a margin, its items times the seconds per item the
+        node itself took on the task's chunks; for a task it has not run yet, the task's
+        measured time for its size (the target chunk time before any is measured) times how
+        much slower than that the node has been (never taken as faster); it starts after the chunks the node holds,
+        shared out over its slots, as if none of them had begun.
+        """
+        if node.deadline is None:
+            return False
+        held_s = sum(self._expected_on(node, lease.task, lease.chunk) for lease in node.leases)
+        start = now + held_s / max(node.slots, 1)
+        return start + self._expected_on(node, task, chunk) > node.deadline
+
+    def _expected_on(self, node: TrackedNode, task: TrackedTask, chunk: Chunk) -> float:
+        own = node.speeds.get(task.task_id)
+        if own is not None:  # how fast this very node ran the task's chunks
+            return own * chunk.size * self._deadline_margin
+        expected_s = task.sizer.expected_s(chunk.size)
+        if expected_s is None:
+            expected_s = self._target_chunk_s
+        return expected_s * max(1.0, node.slowness or 1.0) * self._deadline_margin

@@ -220,10 +220,11 @@ class Hub:
 
     def join(self, node_id: str, slots: int, window: int, now: float, *,
              operations: Mapping[str, object] | None = None, resources: Mapping[str, str | float] | None = None,
-             ) -> list[Output]:
+             deadline_in_s: float | None = None) -> list[Output]:
         """Let the Dispatcher give work to an admitted node (once it has been welcomed).
 
-        ``operations`` are the installed operations it runs (with versions); ``resources`` what it has.
+        ``operations`` are the installed operations it runs (with versions); ``resources`` what it has;
+        ``deadline_in_s``: its walltime ends that many seconds from ``now``.
         """
         record = self.nodes[node_id]
         slots = record.slots = self._granted(record, slots)
@@ -232,8 +233,9 @@ class Hub:
         record.resources = dict(resources or {})
         out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
                                           f"with {slots} slots", node_id=node_id)]
+        deadline = None if deadline_in_s is None else now + deadline_in_s
         return out + self.handle(d.NodeJoined(node_id, slots, window, frozenset(record.operations),
-                                              MappingProxyType(record.resources)), now)
+                                              MappingProxyType(record.resources), deadline), now)
 
     def depart(self, node_id: str, *, clean: bool, reason: str, now: float) -> list[Output]:
         """A node's session ended: its chunks go back in line."""

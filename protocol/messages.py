@@ -59,6 +59,7 @@ PROTOCOL_VERSION = 3
 SUPPORTED_VERSIONS = (1, 2, 3)
 """Every version a front-end or chain link built from this code accepts in hello."""
 MAX_HEARTBEAT_S = 3600.0
+MAX_DEADLINE_S = 366 * 86400.0
 # Decode errors stay short enough to send back in an Error message.
 MAX_ERROR_TEXT = 1000
 
@@ -164,7 +165,7 @@ class Hello(_Message):
     """Node to front-end, first: who the node is and how many chunks it wants held."""
 
     TYPE: ClassVar[str] = "hello"
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("operations", "resources")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("operations", "resources", "deadline_s")
     protocol_version: int = _field(check.integer(1, MAX_VERSION))
     name: str = _field(check.name())
     slots: int = _field(check.integer(0, MAX_COUNT))
@@ -177,6 +178,9 @@ class Hello(_Message):
     """Version 3: the installed operations the node can run beyond the built-ins, with their versions."""
     resources: dict[str, str | float] = _field(check.labels(), default_factory=dict)
     """Version 3: what the node has that a task may require (``gpu: 1``, ``memory_gb: 64``)."""
+    deadline_s: float | None = _field(check.optional(check.real(0.0, MAX_DEADLINE_S)), default=None)
+    """Seconds from this hello until the node's walltime ends (a batch job's time limit);
+    None, left off the wire, when it has no end. No chunk expected to outlast it is sent."""
 
 
 @dataclass(frozen=True)

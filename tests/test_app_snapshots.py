@@ -105,6 +105,9 @@ class ScriptedFrontEnd:
     def pending_keys(self) -> list[str]:
         return ["one key"]
 
+    def job_rows(self) -> list:
+        return []  # no launcher: the jobs table stays hidden
+
 
 class ScriptedHost:
     """A Host whose front-end is scripted: started and stopped, nothing listens."""

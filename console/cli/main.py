@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warn when the task would not fit this state folder's free space (default: the usual one)")
     _limit_options(p)
 
+    from console.launch.cli import add_arguments as launch_arguments
+
+    launch_arguments(_command(sub, "launch", help="start and keep nodes: on SSH hosts, or as Slurm jobs"), _command)
+
     keys = _command(sub, "keys", help="keys and who may log in").add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
     p = _command(keys, "show", help="paths and fingerprints")
@@ -178,6 +182,18 @@ def _hosting_options(p: argparse.ArgumentParser) -> None:
                    help="node processes to start on this machine (default 0)")
     p.add_argument("--metrics", type=address_argument(listening=True), metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--launch", type=_launch_spec, action="append", metavar="slurm:N|ssh:HOSTS", default=argparse.SUPPRESS,
+                   help="run a launcher too: up to N Slurm jobs, or a node on each of HOSTS (repeatable)")
+
+
+def _launch_spec(text: str) -> str:
+    from console.launch.spec import LaunchSpec
+
+    try:
+        LaunchSpec.parse(text)
+    except ChainconsoleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -221,7 +237,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     from console.tui.app import run_console
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
-                       limits=limits_from(args), metrics=getattr(args, "metrics", None))
+                       limits=limits_from(args), metrics=getattr(args, "metrics", None),
+                       launch=tuple(getattr(args, "launch", ())))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -231,7 +248,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
                    {"limits": limits_from(args), "keep_results_s": args.keep_results},
-                   metrics=getattr(args, "metrics", None))
+                   metrics=getattr(args, "metrics", None), launch=tuple(getattr(args, "launch", ())))
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -331,6 +348,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return run_keys(state_dir(args), args)
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from console.launch.cli import run_launch
+
+    return run_launch(state_dir(args), args)
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     from console.cli.attach import run_attach
     from console.cli.client import resolve_endpoint
@@ -364,7 +387,7 @@ COMMANDS = {
     "node": cmd_node, "keys": cmd_keys, "submit": cmd_client, "tasks": cmd_client, "nodes": cmd_client,
     "operations": cmd_client,
     "result": cmd_client, "cancel": cmd_client, "delete": cmd_client, "drain": cmd_client, "kick": cmd_client,
-    "release": cmd_client,
+    "release": cmd_client, "launch": cmd_launch,
 }
 
 

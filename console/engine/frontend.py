@@ -16,6 +16,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 from types import MappingProxyType
@@ -27,8 +28,8 @@ from console.engine.journal import (
     SUBMITTING, DamagedTask, Journal, JournaledTask, array_inputs_nbytes, save_array_inputs, task_document,
     task_from_document,
 )
-from console.engine.keys import KeyRegistry, Role
-from console.engine.records import Event, NodeRow, TaskRecord, TaskRow
+from console.engine.keys import KeyEntry, KeyRegistry, Role
+from console.engine.records import Event, JobRow, NodeRow, TaskRecord, TaskRow
 from console.engine.results import (
     NPZ_FILE, ResultStore, discard_results, export_npz, result_nbytes, unwritten_bytes, verify_result_files,
     write_summary,
@@ -59,6 +60,20 @@ DEFAULT_DISK_MARGIN = 64 * 1024 * 1024
 (plus ``DISK_MARGIN_FRACTION`` of that): the journal, summaries and ``.npz`` exports need room."""
 DISK_MARGIN_FRACTION = 0.05
 DEFAULT_PRUNE_EVERY_S = 60.0
+MAX_JOBS_SHOWN = 1000
+"""Jobs of one launcher the front-end keeps to show."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The signal a launcher scales by (``FrontEnd.backlog``, ``ssh … backlog``)."""
+
+    items_waiting: int
+    """Items of unfinished tasks that no node has room for."""
+    tasks_unfinished: int
+    nodes: int
+    """Nodes connected and not draining."""
+    slots: int
 
 
 class FrontEndError(ChainconsoleError):
@@ -116,6 +131,7 @@ class FrontEnd(HubShell):
         self._listeners: list[Callable[[Event], None]] = []
         self._assign_listeners: list[Callable[[ChunkId], None]] = []
         self._accept_listeners: list[Callable[[ChunkId], None]] = []
+        self._jobs: dict[str, tuple[JobRow, ...]] = {}  # launcher → its jobs as it last reported them
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -667,6 +683,48 @@ class FrontEnd(HubShell):
     def pending_keys(self) -> list:
         """The node keys refused so far and waiting for an operator (``PendingKey`` records)."""
         return self.registry.pending()
+
+    def enrol_launcher_key(self, public_key: str, launcher: str, *, by: str = "") -> KeyEntry:
+        """Trust a launcher's fresh node key until ``withdraw_launcher_key`` (in memory only).
+
+        The nodes the launcher starts log in with it; nothing else is trusted by it, and a
+        restart of the front-end forgets it.
+        """
+        entry = self.registry.enrol_launched(public_key, launcher)
+        self.log("keys", f"launcher {entry.launcher} enrolled node key {entry.fingerprint}{_by(by)}")
+        self.refresh_node_keys()
+        return entry
+
+    def withdraw_launcher_key(self, fingerprint: str) -> None:
+        """Stop trusting a launcher's node key; the sessions of its nodes are closed."""
+        entry = next((e for e in self.registry.launched() if e.fingerprint == fingerprint), None)
+        if entry is None or not self.registry.withdraw_launched(fingerprint):
+            return
+        self.log("keys", f"launcher {entry.launcher} withdrew node key {fingerprint}")
+        self.refresh_node_keys()
+        for node_id, record in list(self.hub.nodes.items()):
+            if record.fingerprint == fingerprint and node_id in self.sessions:
+                self.sessions[node_id].close("its launcher stopped", farewell=True)
+
+    def report_jobs(self, launcher: str, jobs: tuple[JobRow, ...] | None) -> None:
+        """A launcher's jobs now (None: the launcher is gone), for the faces to show."""
+        if jobs is None:
+            self._jobs.pop(launcher, None)
+        else:
+            self._jobs[launcher] = tuple(jobs)[:MAX_JOBS_SHOWN]
+
+    def job_rows(self) -> list[JobRow]:
+        """Every launcher's jobs (or hosts), launcher by launcher."""
+        return [job for jobs in self._jobs.values() for job in jobs]
+
+    def backlog(self) -> Backlog:
+        """What a launcher scales by: the work waiting for a node, and the nodes there are."""
+        rows = self.node_rows()
+        live = [r for r in rows if r.state in ("connecting", "idle", "busy")]
+        unfinished = [r for r in self.tasks.values() if not r.finished.is_set()]
+        return Backlog(items_waiting=self.hub.dispatcher.items_waiting(),
+                       tasks_unfinished=len(unfinished),
+                       nodes=len(live), slots=sum(r.slots for r in live))
 
     def approve_key(self, fingerprint: str, name: str = ""):
         """Authorize a pending node key as a node (its ``KeyEntry``); it gets in on its next try."""

@@ -24,11 +24,18 @@ from console.engine.metrics import FrontEndMetrics, MetricsServer
 from console.engine.keys import initialize
 from console.ssh.server import FrontEndServer, ServerSettings
 from nodes.agent import STOP_SIGNALS
+from protocol.errors import ChainconsoleError
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
+
+class LaunchRefused(ChainconsoleError):
+    """A launcher that cannot be started now."""
+
 
 NODE_STOP_GRACE_S = 10.0
 LOCAL_PREFIX = "local"
 """Local nodes are called local1, local2, …"""
+LAUNCHER_STOP_S = 120.0
+"""How long stopping waits for launchers to drain their nodes and end their jobs."""
 FRONTEND_BLAS_THREADS = 1
 
 
@@ -46,6 +53,8 @@ class Host:
     frontend_options: dict = field(default_factory=dict)
     metrics: tuple[str, int] | None = None
     """Where to serve Prometheus metrics (``--metrics``); None: not at all."""
+    launch: tuple[str, ...] = ()
+    """Launchers to run in this process (``--launch slurm:N``, ``--launch ssh:HOSTS``)."""
 
     def __post_init__(self) -> None:
         self.frontend: FrontEnd | None = None
@@ -55,6 +64,8 @@ class Host:
         """Every node process this host started, to stop at the end."""
         self.local: dict[str, subprocess.Popen] = {}
         """The latest process of each local node, by name."""
+        self.launchers: list = []
+        self._launcher_runs: list[asyncio.Task] = []
         self.warnings: list[str] = []
         """What start-up found wrong in the state folder and fixed (permissions)."""
         self._lock = StateLock(self.state)
@@ -82,6 +93,7 @@ class Host:
                 await self.metrics_server.start()
             for _ in range(self.local_nodes):
                 self.add_local_node()
+            self._start_launchers(address)
         except BaseException:
             await self.stop()
             raise
@@ -125,9 +137,63 @@ class Host:
         self.nodes.append(proc)
         self.local[name] = proc
 
-    async def stop(self) -> None:
-        """Stop local nodes (they finish and say bye), then the server, then the front-end."""
+    def _start_launchers(self, address: tuple[str, int]) -> None:
+        from console.launch.spec import LaunchSpec
+
+        specs = [LaunchSpec.parse(text) for text in self.launch]  # all checked before any starts
+        for spec in specs:
+            self._start_launcher(spec, address)
+
+    def _start_launcher(self, spec, address: tuple[str, int]) -> None:
+        from console.launch.spec import make_launcher
+
+        assert self.frontend is not None
+        frontend = self.frontend
+        if spec.name in self.running_launchers():
+            raise LaunchRefused(f"a launcher named {spec.name} runs already")
+        launcher = make_launcher(spec, frontend, address,
+                                 lambda line, name=spec.name: frontend.log("launch", f"{name}: {line}"))
+        self.launchers.append(launcher)
+        self._launcher_runs.append(asyncio.get_running_loop().create_task(self._run_launcher(launcher)))
+
+    def add_launcher(self, text: str) -> None:
+        """Start one more launcher (``slurm:N``, ``ssh:HOSTS``) while the front-end runs."""
+        from console.launch.spec import LaunchSpec
+
+        if self.server is None:
+            raise LaunchRefused("the front-end is not running")
+        self._start_launcher(LaunchSpec.parse(text), self.server.address)
+
+    def running_launchers(self) -> list[str]:
+        """The names of the launchers that run (not stopping)."""
+        return [launcher.name for launcher in self.launchers if not launcher.stopping.is_set()]
+
+    def stop_launcher(self, name: str) -> None:
+        """Stop a launcher: its nodes drain, its jobs end, its key is withdrawn."""
+        for launcher in self.launchers:
+            if launcher.name == name:
+                launcher.stop()
+
+    async def _run_launcher(self, launcher) -> None:
         try:
+            await launcher.run()
+        except Exception as exc:  # a launcher that fails must not take the front-end with it
+            assert self.frontend is not None
+            self.frontend.log("error", f"launcher {launcher.name} stopped: {exc}")
+        finally:
+            launcher.stop()
+            if launcher in self.launchers:
+                self.launchers.remove(launcher)
+
+    async def stop(self) -> None:
+        """Stop launchers (their nodes drain, their jobs end), local nodes, then the server and the front-end."""
+        try:
+            for launcher in self.launchers:
+                launcher.stop()
+            if self._launcher_runs:
+                await asyncio.wait(self._launcher_runs, timeout=LAUNCHER_STOP_S)
+            for run in self._launcher_runs:
+                run.cancel()
             for proc in self.nodes:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
@@ -149,17 +215,19 @@ class Host:
         await self.stop()
 
 
-def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots: int = 1) -> subprocess.Popen:
+def start_local_node(state: StateDir, address: tuple[str, int], name: str, slots: int = 1,
+                     extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """Start a full node process on this machine that connects over SSH like any other.
 
-    It stops when this process exits, however that happens (``--exit-with``).
+    It stops when this process exits, however that happens (``--exit-with``); ``extra``
+    are more ``chainconsole node`` options.
     """
     host, port = address
     logs = make_private_dir(state.root / "logs")
     log = open(os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     cmd = [sys.executable, "-m", "nodes", "--connect", f"{host}:{port}", "--name", name,
            "--slots", str(slots), "--key", str(state.node_key),
-           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root), "--exit-with", str(os.getpid())]
+           "--host-key", str(state.host_key_pub), "--state-dir", str(state.root), "--exit-with", str(os.getpid()), *extra]
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     finally:

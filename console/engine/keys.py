@@ -8,6 +8,11 @@ limits where the key may log in from; the ``no-…`` and ``restrict`` options as
 what this server never allows anyway; a line with an option this server cannot honour
 (``command=``, ``cert-authority``, ``principals=``) is reported and skipped rather than
 let in with less restriction than it asks for.
+
+One more way in, for the nodes a launcher starts: an operator's launcher enrols a fresh
+node key of its own for as long as it runs (``enrol_launched``). Such a key is held in
+memory only — never written to a file, so a front-end that restarts or a launcher that
+dies leaves nothing trusted behind — and is a node key and nothing more.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ HONOURED_OPTIONS = frozenset({
     "environment", "permitopen",
 })
 """Options an authorized-keys line may carry; a line with any other is skipped."""
+MAX_LAUNCHED = 64
+"""Launcher node keys enrolled at once."""
 
 
 class KeyError_(ChainconsoleError):
@@ -75,6 +82,8 @@ class KeyEntry:
         except ValueError:
             return False  # a from= pattern cannot match an address we do not know
         return self.line.validate(key, address, address) is not None
+    launcher: str = ""
+    """The launcher that enrolled it for its run (in memory only); "" for a key in a file."""
 
 
 @dataclass
@@ -199,13 +208,40 @@ class KeyRegistry:
             Role.OBSERVER: state.authorized_observers,
         }
         self._cache: dict[Role, tuple[float, list[KeyEntry]]] = {}
+        self._launched: dict[str, KeyEntry] = {}  # fingerprint → a launcher's node key, in memory only
 
     def entries(self) -> list[KeyEntry]:
-        """Every authorized key, operators first (a key listed twice counts with the first)."""
+        """Every authorized key, operators first (a key listed twice counts with the first), launchers'
+        node keys last."""
         result: list[KeyEntry] = []
         for role in (Role.OPERATOR, Role.USER, Role.OBSERVER, Role.NODE):
             result.extend(self._entries(role))
+        result.extend(self._launched.values())
         return result
+
+    def enrol_launched(self, public_key: str, launcher: str) -> KeyEntry:
+        """Trust ``public_key`` as a node key of ``launcher`` until ``withdraw_launched``.
+
+        A key some file already authorizes is refused: a launcher enrols a key it made.
+        """
+        key = parse_public_key(public_key)
+        fp = fingerprint(key)
+        if self.find(fp) is not None:
+            raise KeyError_(f"key {fp} is already authorized; a launcher enrols a fresh key of its own")
+        if len(self._launched) >= MAX_LAUNCHED:
+            raise KeyError_(f"{MAX_LAUNCHED} launcher keys are enrolled already, the most allowed")
+        name = _safe_name(launcher)
+        entry = KeyEntry(Role.NODE, name, fp, public_key_line(key), launcher=name)
+        self._launched[fp] = entry
+        return entry
+
+    def withdraw_launched(self, fp: str) -> bool:
+        """Stop trusting a launcher's node key; True if it was enrolled."""
+        return self._launched.pop(fp, None) is not None
+
+    def launched(self) -> list[KeyEntry]:
+        """The node keys launchers enrolled, in the order they did."""
+        return list(self._launched.values())
 
     def _entries(self, role: Role) -> list[KeyEntry]:
         path = self._files[role]
@@ -264,8 +300,8 @@ class KeyRegistry:
         return KeyEntry(role, _safe_name(name), fp, public_key_line(key))
 
     def remove(self, fp: str) -> bool:
-        """Remove the key with fingerprint ``fp`` from every file; True if it was anywhere."""
-        found = self._drop_pending(fp)
+        """Remove the key with fingerprint ``fp`` from every file (and a launcher's); True if it was anywhere."""
+        found = self._drop_pending(fp) | self.withdraw_launched(fp)
         for path in self._files.values():
             if not path.exists():
                 continue

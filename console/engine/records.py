@@ -13,7 +13,7 @@ from console.engine.results import ResultStore
 from protocol.hub import NodeRow
 from protocol.taskfile import Task
 
-__all__ = ["Event", "NodeRow", "TaskRecord", "TaskRow"]
+__all__ = ["Event", "JobRow", "NodeRow", "TaskRecord", "TaskRow"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,16 @@ class TaskRow:
     items_per_s: float
     waiting: str = ""
     """Why no connected node gets its chunks ("no connected node has operation cholesky"), or ""."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job or host of a launcher, as the console shows it beside the nodes."""
+
+    launcher: str
+    job_id: str
+    """The batch system's job id, or the host of ``launch ssh``."""
+    state: str
+    """``pending``, ``starting``, ``running``, ``draining``, ``ending``, ``restarting``, ``stopped`` …"""
+    node: str = ""
+    """The name its node goes by once it connects."""

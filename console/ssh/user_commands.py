@@ -20,10 +20,11 @@ import asyncssh
 
 from console.engine.console_stream import chunks_object
 from console.engine.frontend import FrontEnd, FrontEndError
-from console.engine.records import TaskRecord
+from console.engine.records import JobRow, TaskRecord
 from console.engine.keys import KeyEntry, KeyError_, Role
 from console.ssh.watch_stream import stream_console
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
+from protocol.fields import MAX_NAME
 from protocol.upload import MAX_UPLOAD_STREAM, UploadReader
 
 PROGRESS_EVERY_S = 0.5
@@ -43,7 +44,11 @@ USAGE = """commands:
   delete ID             remove a finished task's files and journal rows
   drain NODE | kick NODE | release NODE     (operators)
   approve FINGERPRINT [--name NAME]          authorize a pending node key (operators)
+  backlog               work waiting for nodes, as JSON (operators)
+  launcher NAME         read a node public key on stdin; it is trusted as
+                        NAME's node key until stdin ends or the session does (operators)
 """
+MAX_KEY_LINE = 8192
 
 
 class UsageError(ChainconsoleError):
@@ -256,6 +261,42 @@ class Session:
         self.out({"fingerprint": entry.fingerprint, "name": entry.name, "state": "approved"})
         return ExitStatus.OK
 
+    async def cmd_backlog(self, args: list[str]) -> int:
+        self._require_operator()
+        self.out(asdict(self.frontend.backlog()))
+        return ExitStatus.OK
+
+    async def cmd_launcher(self, args: list[str]) -> int:
+        """Hold a launcher's node key enrolled for as long as this session stays open."""
+        self._require_operator()
+        name = self._one_arg(args, "launcher name")
+        line = b""
+        while not line.endswith(b"\n") and len(line) <= MAX_KEY_LINE:
+            data = await self.process.stdin.read(MAX_KEY_LINE)
+            if not data:
+                break
+            line += data
+        if len(line) > MAX_KEY_LINE:
+            raise UsageError("the public key line is too long")
+        try:
+            entry = self.frontend.enrol_launcher_key(line.decode("utf-8", errors="replace").strip(), name,
+                                                     by=self.key.name)
+        except ChainconsoleError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            self.out({"launcher": entry.launcher, "fingerprint": entry.fingerprint, "state": "enrolled"})
+            # What follows are the launcher's reports of its jobs, one JSON list a line.
+            while report := await self.process.stdin.readline():
+                rows = _job_rows(entry.launcher, report)
+                if rows is not None:
+                    self.frontend.report_jobs(entry.launcher, rows)
+        except (asyncssh.Error, OSError):
+            pass  # the launcher's connection dropped: the key goes all the same
+        finally:
+            self.frontend.report_jobs(entry.launcher, None)
+            self.frontend.withdraw_launcher_key(entry.fingerprint)
+        return ExitStatus.OK
+
     def _node_action(self, args: list[str], action: Callable[..., None], state: str) -> int:
         """An operator's action on one node, by name."""
         self._require_operator()
@@ -263,6 +304,26 @@ class Session:
         action(node, by=self.key.name)
         self.out({"node": node, "state": state})
         return ExitStatus.OK
+
+
+def _job_rows(launcher: str, report: bytes) -> tuple[JobRow, ...] | None:
+    """A launcher's report of its jobs (``[{"job_id", "state", "node"}, …]``); None if it is not one.
+
+    What does not parse changes nothing: a launcher's bad line must not end its enrolment.
+    """
+    try:
+        items = json.loads(report)
+        rows = tuple(JobRow(launcher, _short(item["job_id"]), _short(item["state"]), _short(item.get("node", "")))
+                     for item in items)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return rows
+
+
+def _short(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return "".join(c for c in value if c.isprintable())[:MAX_NAME]
 
 
 class ServesAFrontEnd(Protocol):

@@ -56,6 +56,8 @@ DRAINABLE_NODE_STATES = frozenset({"idle", "busy"})
 WORKING_NODE_STATES = DRAINABLE_NODE_STATES
 """Nodes that take new work: when none is left, live tasks stall."""
 DEPARTED_NODE_STATES = frozenset({"left", "drained", "kicked", "lost"})
+PALETTE_SLURM_JOBS = (1, 4, 16)
+"""The Slurm launchers the command palette offers: at most this many jobs."""
 
 TASK_FILES = Filters(
     ("Task files (*.json)", lambda p: p.suffix.lower() == ".json"),
@@ -400,6 +402,26 @@ class ConsoleApp(App[None]):
         for action, title in titles.items():
             if self.applies(action, screen):
                 yield SystemCommand(title, helps[action].capitalize(), partial(self.run_action, action))
+        if self._host_running:
+            yield from self._launcher_commands()
+
+    def _launcher_commands(self) -> Iterable[SystemCommand]:
+        """Start a Slurm launcher, or stop a running one (``--launch`` from the palette)."""
+        running = self.host.running_launchers()
+        if "slurm" not in running:
+            for jobs in PALETTE_SLURM_JOBS:
+                yield SystemCommand(f"Launch Slurm jobs: up to {jobs}",
+                                    f"keep up to {jobs} Slurm jobs running nodes while work waits (sbatch)",
+                                    partial(self._launch, f"slurm:{jobs}"))
+        for name in running:
+            yield SystemCommand(f"Stop launcher {name}", "drain its nodes, end its jobs, withdraw its key",
+                                partial(self.host.stop_launcher, name))
+
+    def _launch(self, spec: str) -> None:
+        try:
+            self.host.add_launcher(spec)
+        except ChainconsoleError as exc:
+            self.notify(str(exc), title="Cannot launch", severity="error")
 
     # -- actions ------------------------------------------------------------------------------
 
@@ -664,10 +686,11 @@ def _count_nodes(nodes: list[NodeRow]) -> str:
 
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,
-                limits: TaskLimits = DEFAULT_LIMITS, metrics: tuple[str, int] | None = None) -> int:
+                limits: TaskLimits = DEFAULT_LIMITS, metrics: tuple[str, int] | None = None,
+                launch: tuple[str, ...] = ()) -> int:
     """Run the console until the operator quits; return the process exit status."""
     host, port = listen or DEFAULT_LISTEN
     app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits},
-                          metrics=metrics), handle_signals=True)
+                          metrics=metrics, launch=launch), handle_signals=True)
     app.run()
     return app.return_code or ExitStatus.OK

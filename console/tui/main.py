@@ -18,6 +18,7 @@ from console.engine.records import Event
 from console.tui.footer import FittedFooter
 from console.tui.snapshot import ConsoleSnapshot
 from console.tui.status import ClusterTotals, HostIdentity, StatusHeader
+from console.tui.jobs import JobsTable
 from console.tui.tables import NodesTable, TasksTable
 
 EVENT_LINES = 1000
@@ -123,6 +124,7 @@ class MainScreen(Screen[None]):
         nodes = NodesTable(id="nodes")
         nodes.border_title = "Nodes"
         yield nodes
+        yield JobsTable(id="jobs")
         tasks = TasksTable(id="tasks")
         tasks.border_title = "Tasks"
         yield tasks
@@ -160,6 +162,7 @@ class MainScreen(Screen[None]):
         totals = ClusterTotals.of(list(snapshot.nodes), list(snapshot.tasks), snapshot.pending_keys)
         self.query_one(StatusHeader).show(identity, uptime, totals, per_s)
         self.query_one(Sparkline).data = series
+        self.query_one(JobsTable).show(snapshot.jobs)
         self._show_rows()
 
     def add_events(self, events: Iterable[Event]) -> None:

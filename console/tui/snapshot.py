@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from console.engine.frontend import FrontEndError
-from console.engine.records import NodeRow, TaskRow
+from console.engine.records import JobRow, NodeRow, TaskRow
 from protocol.dispatch_events import ChunkView
 
 if TYPE_CHECKING:
@@ -29,13 +29,17 @@ class ConsoleSnapshot:
     pending_keys: int = 0
     nodes_by_id: Mapping[str, NodeRow] = field(default_factory=dict, compare=False)
     tasks_by_id: Mapping[str, TaskRow] = field(default_factory=dict, compare=False)
+    jobs: tuple[JobRow, ...] = ()
+    """The launchers' jobs (or hosts), as they last reported them."""
 
     @classmethod
-    def of(cls, nodes: list[NodeRow], tasks: list[TaskRow], pending_keys: int) -> ConsoleSnapshot:
+    def of(cls, nodes: list[NodeRow], tasks: list[TaskRow], pending_keys: int,
+           jobs: list[JobRow] | None = None) -> ConsoleSnapshot:
         return cls(
             tuple(nodes), tuple(tasks), pending_keys,
             MappingProxyType({n.node_id: n for n in nodes}),
             MappingProxyType({t.task_id: t for t in tasks}),
+            tuple(jobs or ()),
         )
 
 
@@ -47,7 +51,8 @@ def take_snapshot(host: Host) -> ConsoleSnapshot:
     frontend = host.frontend
     if frontend is None or host.server is None:
         return EMPTY
-    return ConsoleSnapshot.of(frontend.node_rows(), frontend.task_rows(), len(frontend.pending_keys()))
+    return ConsoleSnapshot.of(frontend.node_rows(), frontend.task_rows(), len(frontend.pending_keys()),
+                              frontend.job_rows())
 
 
 @dataclass(frozen=True)
