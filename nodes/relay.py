@@ -193,7 +193,10 @@ class Relay(HubShell):
         return True
 
     def _from_own_pool(self, message: object) -> None:
-        """The link's own pool answered: trusted, no check."""
+        """The link's own pool answered (trusted, no check), or changed its window."""
+        if isinstance(message, Credit):
+            self.carry_out(self.hub.credit(self.name, message.window, None, self.now()))
+            return
         if not isinstance(message, (Result, Failed)):
             return
         chunk = self.face_chunk(self.name, message)

@@ -9,13 +9,14 @@ chunks over the nodes behind it.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from nodes.pool import ChunkJob, WorkerCrashed, WorkerPool
-from protocol.messages import Assign, Failed, Result
+from nodes.pool import ChunkError, ChunkJob, WorkerCrashed, WorkerPool
+from protocol.messages import Assign, Credit, Failed, Result
 
 Emit = Callable[[object], None]
 ChunkKey = tuple[str, int, int]
@@ -56,27 +57,59 @@ def key_of(message: Assign | Result | Failed) -> ChunkKey:
     return (message.task_id, message.chunk, message.attempt)
 
 
+GROUP_TARGET_S = 0.004
+"""A pool job holds as many queued chunks as its worker computes in about this long (by the
+chunks' measured times), so the hand-off to a worker is paid once per group."""
+MAX_GROUP = 16
+"""Chunks in one pool job, at most."""
+JOBS_PER_SLOT = 2
+"""Pool jobs in flight per slot: one computing, one waiting in the worker's queue."""
+HELD_TARGET_S = 0.02
+"""Short chunks: the window asks for about this much work per slot, so the next chunks
+arrive before a worker runs dry (a round trip is about a millisecond)."""
+MAX_WINDOW_PER_SLOT = 48
+"""Chunks held per slot, at most, however short they are."""
+TIMES_KEPT = 256
+"""Tasks whose chunk time is remembered, at most (the oldest are forgotten first)."""
+
+
 @dataclass
 class _Held:
     assign: Assign
-    future: Future
-    waiter: asyncio.Task | None = None
+    future: Future | None = None
+    """The pool job computing it (with others of its group); None while queued here."""
 
 
 class LocalWork:
-    """Chunks computed in this node's worker processes, one per slot."""
+    """Chunks computed in this node's worker processes, one per slot.
+
+    Assignments wait in a queue here and go to the pool in groups (``GROUP_TARGET_S``), at
+    most ``JOBS_PER_SLOT`` jobs per slot at a time. The window is slots plus prefetch until
+    chunks turn out to be short; then it grows so that each slot holds about
+    ``HELD_TARGET_S`` of work, and shrinks again (with a ``credit``) as soon as a chunk of a
+    task not measured yet, or a slow one, arrives.
+    """
 
     def __init__(self, slots: int, *, prefetch: int = 1, blas_threads: int = 1) -> None:
         self.slots = slots
         self.prefetch = prefetch
         self.pool = WorkerPool(slots, blas_threads=blas_threads)
         self._held: dict[ChunkKey, _Held] = {}
+        self._queue: deque[ChunkKey] = deque()
+        self._jobs: set[asyncio.Task] = set()
+        self._chunk_s: dict[str, float] = {}  # task id -> seconds per chunk, smoothed
+        self._window = self.base_window
         self._emit: Emit = lambda message: None
         self._warming: asyncio.Task | None = None
+        self._closed = False
+
+    @property
+    def base_window(self) -> int:
+        return self.slots + self.prefetch
 
     @property
     def window(self) -> int:
-        return self.slots + self.prefetch
+        return self._window
 
     @property
     def held(self) -> int:
@@ -91,55 +124,128 @@ class LocalWork:
         self._warming = asyncio.get_running_loop().create_task(self.pool.warm_up())
 
     async def close(self) -> None:
+        self._closed = True
         if self._warming is not None:
             self._warming.cancel()
         for held in self._held.values():
-            held.future.cancel()
-            if held.waiter is not None:
-                held.waiter.cancel()
+            if held.future is not None:
+                held.future.cancel()
+        for job in list(self._jobs):
+            job.cancel()
         self._held.clear()
+        self._queue.clear()
         self.pool.close()
 
     def assign(self, assign: Assign) -> None:
-        job = ChunkJob(assign.operation, assign.start, assign.stop, assign.return_mode,
-                       {k: dict(v) for k, v in assign.generated.items()}, dict(assign.arrays))
-        held = _Held(assign, self.pool.submit(job))
-        held.waiter = asyncio.get_running_loop().create_task(self._finish(held))
-        self._held[key_of(assign)] = held
+        key = key_of(assign)
+        if key in self._held:
+            return  # the same attempt twice: it is being computed
+        self._held[key] = _Held(assign)
+        self._queue.append(key)
+        if assign.task_id not in self._chunk_s and self._window > self.base_window:
+            self._set_window(self.base_window)  # a task not measured yet: hold no more of it
+        self._start_jobs()
 
     def cancel(self, key: ChunkKey) -> None:
         held = self._held.get(key)
-        if held is not None and held.future.cancel():
-            self._held.pop(key, None)
-            if held.waiter is not None:
-                held.waiter.cancel()
+        if held is not None and held.future is None:  # still queued here; a computing one finishes
+            del self._held[key]
 
     def upstream_lost(self) -> None:
         """Drop what has not started; chunks already computing finish and are offered later."""
-        for key in list(self._held):
-            self.cancel(key)
+        for key, held in list(self._held.items()):
+            if held.future is None or held.future.cancel():
+                del self._held[key]
+        self._queue.clear()
 
     def handle(self, message: object) -> bool:
         return False
 
-    async def _finish(self, held: _Held) -> None:
-        a = held.assign
-        key = key_of(a)
+    # -- groups of chunks through the pool -------------------------------------------------
+
+    def _start_jobs(self) -> None:
+        limit = self.slots * JOBS_PER_SLOT
+        while self._queue and len(self._jobs) < limit and not self._closed:
+            # Share what is queued among the free job places, so no slot idles while another queues.
+            share = -(-len(self._queue) // (limit - len(self._jobs)))
+            group = self._take_group(min(share, MAX_GROUP))
+            if not group:
+                break
+            future = self.pool.submit([_job(held.assign) for held in group])
+            for held in group:
+                held.future = future
+            job = asyncio.get_running_loop().create_task(self._finish(group, future))
+            self._jobs.add(job)
+
+    def _take_group(self, most: int) -> list[_Held]:
+        """Queued chunks, in order, up to ``most`` and about ``GROUP_TARGET_S`` of work."""
+        group: list[_Held] = []
+        budget = GROUP_TARGET_S
+        while self._queue and len(group) < most:
+            held = self._held.get(self._queue[0])
+            if held is None or held.future is not None:
+                self._queue.popleft()  # cancelled while queued
+                continue
+            cost = self._chunk_s.get(held.assign.task_id, GROUP_TARGET_S)
+            if group and cost > budget:
+                break
+            budget -= cost
+            group.append(held)
+            self._queue.popleft()
+        return group
+
+    async def _finish(self, group: list[_Held], future: Future) -> None:
         try:
-            done = await self.pool.result(held.future)
-        except asyncio.CancelledError:
+            try:
+                outcomes = await self.pool.result(future)
+            except asyncio.CancelledError:
+                return
+            except WorkerCrashed as exc:
+                outcomes = [ChunkError(str(exc))] * len(group)
+            except Exception as exc:  # a bug in the hand-off: report it, never die of it
+                outcomes = [ChunkError(f"{type(exc).__name__}: {exc}")] * len(group)
+            for held, outcome in zip(group, outcomes):
+                a = held.assign
+                if self._held.pop(key_of(a), None) is None:
+                    continue  # gone with its upstream
+                if isinstance(outcome, ChunkError):
+                    self._emit(Failed(a.task_id, a.chunk, a.attempt, clean_reason(outcome.reason)))
+                else:
+                    self._measured(a.task_id, outcome.elapsed_s)
+                    self._emit(Result(a.task_id, a.chunk, a.attempt, outcome.ok, outcome.result, outcome.norms,
+                                      outcome.elapsed_s))
+        finally:
+            self._jobs.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if not self._closed:
+            self._resize_window()
+            self._start_jobs()
+
+    # -- the window ---------------------------------------------------------------------------
+
+    def _measured(self, task_id: str, seconds: float) -> None:
+        before = self._chunk_s.pop(task_id, None)
+        self._chunk_s[task_id] = seconds if before is None else 0.7 * before + 0.3 * seconds
+        if len(self._chunk_s) > TIMES_KEPT:
+            del self._chunk_s[next(iter(self._chunk_s))]
+
+    def _resize_window(self) -> None:
+        """Size the window to the slowest task held (or just answered) by its chunk time."""
+        tasks = {held.assign.task_id for held in self._held.values()} or set(list(self._chunk_s)[-1:])
+        if not tasks or any(task not in self._chunk_s for task in tasks):
             return
-        except WorkerCrashed as exc:
-            if self._held.pop(key, None) is not None:
-                self._emit(Failed(a.task_id, a.chunk, a.attempt, str(exc), True))
-            return
-        except Exception as exc:  # a kernel bug: report it, never die of it
-            if self._held.pop(key, None) is not None:
-                self._emit(Failed(a.task_id, a.chunk, a.attempt, clean_reason(f"{type(exc).__name__}: {exc}")))
-            return
-        if self._held.pop(key, None) is None:
-            return  # cancelled while computing
-        self._emit(Result(a.task_id, a.chunk, a.attempt, done.ok, done.result, done.norms, done.elapsed_s))
+        slowest = max(self._chunk_s[task] for task in tasks)
+        per_slot = min(MAX_WINDOW_PER_SLOT, int(HELD_TARGET_S / max(slowest, 1e-6)))
+        self._set_window(max(self.base_window, self.slots * per_slot))
+
+    def _set_window(self, window: int) -> None:
+        if window != self._window:
+            self._window = window
+            self._emit(Credit(window))
+
+
+def _job(assign: Assign) -> ChunkJob:
+    return ChunkJob(assign.operation, assign.start, assign.stop, assign.return_mode,
+                    {k: dict(v) for k, v in assign.generated.items()}, dict(assign.arrays))
 
 
 def clean_reason(text: str, limit: int = 1000) -> str:
