@@ -11,15 +11,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncssh
-import platformdirs
+from typing import TYPE_CHECKING
 
-from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
-from nodes.lifeline import watch_parent
-from nodes.relay import Relay, RelaySettings
-from nodes.work import LocalWork
 from protocol.addresses import AddressError, parse_address
 from protocol.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from nodes.agent import NodeSettings
+    from nodes.work import LocalWork
+
+# The SSH stack, the agent and the chain link are imported when a node runs, after its
+# worker processes have started importing numpy: start-up overlaps instead of adding up,
+# and ``console.cli.main`` reads these arguments without loading any of it.
 
 APP_NAME = "chainconsole"
 ORPHAN_GRACE_S = 10.0
@@ -62,11 +65,30 @@ def run(args: argparse.Namespace) -> int:
     if args.slots < 1 or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
         return ExitStatus.USAGE
+    import platformdirs
+
     state = args.state_dir or Path(platformdirs.user_data_dir(APP_NAME))
     key_path = args.key or state / "node_key"
     if args.host_key is not None and not args.host_key.exists():
         print(f"chainconsole node: no host key file {args.host_key}", file=sys.stderr)
         return ExitStatus.USAGE
+    from nodes.pool import WorkerPool
+
+    pool = WorkerPool(args.slots, blas_threads=args.blas_threads)
+    pool.start_workers()  # they import numpy while this process loads the rest
+    try:
+        from nodes.work import LocalWork
+
+        return _run(args, state, key_path, LocalWork(args.slots, prefetch=args.prefetch, pool=pool))
+    finally:
+        pool.close()
+
+
+def _run(args: argparse.Namespace, state: Path, key_path: Path, local: LocalWork) -> int:
+    import asyncssh
+
+    from nodes.agent import NodeSettings
+
     if not key_path.exists():
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-node-{args.name}")
@@ -85,15 +107,19 @@ def run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
         blas_threads=args.blas_threads,
     )
-    return asyncio.run(_main(settings, args.listen, state, args.exit_with))
+    return asyncio.run(_main(settings, local, args.listen, state, args.exit_with))
 
 
-async def _main(settings: NodeSettings, listen: tuple[str, int] | None, state: Path,
+async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int] | None, state: Path,
                 exit_with: int | None = None) -> int:
-    local = LocalWork(settings.slots, prefetch=settings.prefetch, blas_threads=settings.blas_threads)
+    from nodes.agent import NodeAgent, install_signal_handlers
+    from nodes.lifeline import watch_parent
+
     if listen is None:
         agent = NodeAgent(settings, local)
     else:
+        from nodes.relay import Relay, RelaySettings
+
         relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key"), local)
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)

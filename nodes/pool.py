@@ -32,11 +32,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from nodes.lifeline import exit_now, watch_parent
 from protocol.errors import ChainconsoleError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: a node starts its workers before loading it
+    import numpy as np
 
 DEFAULT_BLAS_THREADS = 1
 TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGHUP}
@@ -100,6 +102,8 @@ def _shared_dir() -> Path | None:
 
 def _share(array: np.ndarray) -> np.ndarray | SharedArray:
     """In a worker: put a large array in shared memory and return its handle; small ones stay."""
+    import numpy as np
+
     folder = _shared["dir"]
     if folder is None or array.nbytes < SHARED_RESULT_BYTES:
         return array
@@ -122,6 +126,8 @@ def _unshare(value: np.ndarray | SharedArray | None) -> np.ndarray | None:
     """In the node: map a shared result (and unlink it: the mapping keeps it alive)."""
     if not isinstance(value, SharedArray):
         return value
+    import numpy as np
+
     path = SHM_DIR / value.name
     dtype = np.dtype(value.dtype)
     fd = os.open(path, os.O_RDONLY)
@@ -231,6 +237,7 @@ class WorkerPool:
     def __init__(self, slots: int, *, blas_threads: int = DEFAULT_BLAS_THREADS) -> None:
         self.slots = slots
         self.blas_threads = blas_threads
+        self._warming: list[Future] = []
         self._executor = self._new_executor()
         sweep_shared(os.getpid())
 
@@ -242,11 +249,16 @@ class WorkerPool:
             initargs=(self.blas_threads, os.getpid()),
         )
 
+    def start_workers(self) -> None:
+        """Start every worker now (no event loop needed), so the first chunk does not wait for one."""
+        if not self._warming:
+            with _terminal_signals_blocked():
+                self._warming = [self._executor.submit(_warm_up) for _ in range(self.slots)]
+
     async def warm_up(self) -> None:
-        """Start every worker now, so the first chunk does not pay for process start-up."""
-        with _terminal_signals_blocked():
-            futures = [self._executor.submit(_warm_up) for _ in range(self.slots)]
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        """Start every worker (unless started already) and wait until they are up."""
+        self.start_workers()
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in self._warming))
 
     def submit(self, jobs: Sequence[ChunkJob]) -> Future:
         """Queue a group of chunks as one job; the future can be cancelled while it has not started."""

@@ -90,10 +90,12 @@ class LocalWork:
     task not measured yet, or a slow one, arrives.
     """
 
-    def __init__(self, slots: int, *, prefetch: int = 1, blas_threads: int = 1) -> None:
+    def __init__(self, slots: int, *, prefetch: int = 1, blas_threads: int = 1,
+                 pool: WorkerPool | None = None) -> None:
+        """``pool``: workers started already (of ``slots`` workers); None starts a pool here."""
         self.slots = slots
         self.prefetch = prefetch
-        self.pool = WorkerPool(slots, blas_threads=blas_threads)
+        self.pool = pool or WorkerPool(slots, blas_threads=blas_threads)
         self._held: dict[ChunkKey, _Held] = {}
         self._queue: deque[ChunkKey] = deque()
         self._jobs: set[asyncio.Task] = set()

@@ -16,15 +16,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from threadpoolctl import threadpool_limits
 
 from console.engine.frontend import FrontEnd
-from console.engine.metrics import FrontEndMetrics, MetricsServer
 from console.engine.keys import initialize
 from console.ssh.server import FrontEndServer, ServerSettings
 from nodes.agent import STOP_SIGNALS
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
+
+if TYPE_CHECKING:
+    from console.engine.metrics import MetricsServer
 
 NODE_STOP_GRACE_S = 10.0
 FRONTEND_BLAS_THREADS = 1
@@ -69,6 +72,8 @@ class Host:
             self.server = FrontEndServer(self.frontend, self.settings)
             address = await self.server.start()
             if self.metrics is not None:
+                from console.engine.metrics import FrontEndMetrics, MetricsServer  # only when asked for
+
                 self.metrics_server = MetricsServer(FrontEndMetrics(self.frontend), *self.metrics)
                 await self.metrics_server.start()
             for i in range(self.local_nodes):
