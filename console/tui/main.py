@@ -146,8 +146,9 @@ class MainScreen(Screen[None]):
         nodes.show(list(self._snapshot.nodes), self.query_text)
         tasks.show(list(self._snapshot.tasks), self.query_text)
         suffix = f"  filter: {self.query_text}" if self.query_text else ""
-        nodes.border_title = f"Nodes ({nodes.row_count}){suffix}"
-        tasks.border_title = f"Tasks ({tasks.row_count}){suffix}"
+        for table, title in ((nodes, f"Nodes ({nodes.row_count}){suffix}"), (tasks, f"Tasks ({tasks.row_count}){suffix}")):
+            if table.border_title != title:  # setting it, even unchanged, redraws the table
+                table.border_title = title
 
     # -- selection ----------------------------------------------------------------------------
 

@@ -112,7 +112,13 @@ class StatusHeader(Static):
     """
 
     def show(self, identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> None:
-        self.update(header_text(identity, uptime, totals, per_s))
+        text = header_text(identity, uptime, totals, per_s)
+        if text.plain == getattr(self, "_shown", None):
+            return
+        self._shown = text.plain
+        # Its height is fixed: a repaint, not a layout of the whole screen (which, with 200
+        # nodes in the tables, cost more than the rest of a refresh together).
+        self.update(text, layout=False)
 
 
 def header_text(identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> Text:
