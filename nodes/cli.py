@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host-key", type=Path, metavar="FILE",
                         help="the front-end's public host key to pin (default: the one recorded on first connection)")
     parser.add_argument("--blas-threads", type=int, default=1, metavar="N", help="BLAS threads per worker (default 1)")
-    parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
+    parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1); more while chunks are short")
     parser.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
     parser.add_argument("--exit-with", type=int, metavar="PID",

@@ -109,14 +109,17 @@ def _share(array: np.ndarray) -> np.ndarray | SharedArray:
         return array
     name = f"{SHM_PREFIX}{_shared['node_pid']}-{os.getpid()}-{next(_names)}"
     array = np.ascontiguousarray(array)
-    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return array  # no room or no permission: the pipe still works
     try:
         view, done = memoryview(array).cast("B"), 0
         while done < len(view):
             done += os.pwrite(fd, view[done:], done)
-    except BaseException:
+    except OSError:  # /dev/shm is full: pickled through the pipe after all
         os.unlink(folder / name)
-        raise
+        return array
     finally:
         os.close(fd)
     return SharedArray(name, array.dtype.str, array.shape)
