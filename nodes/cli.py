@@ -12,17 +12,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncssh
-import platformdirs
+from typing import TYPE_CHECKING
 
-from nodes.agent import NodeAgent, NodeSettings, install_signal_handlers
-from nodes.executor import Executor, ExecutorUnavailable
-from nodes.executors import EXECUTORS, make_executor
-from nodes.lifeline import watch_parent
-from nodes.relay import Relay, RelaySettings
-from nodes.work import LocalWork
 from protocol.addresses import AddressError, parse_address
 from protocol.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from nodes.agent import NodeSettings
+    from nodes.work import LocalWork
+
+# The SSH stack, the agent and the chain link are imported when a node runs, after its
+# worker processes have started importing numpy: start-up overlaps instead of adding up,
+# and ``console.cli.main`` reads these arguments without loading any of it.
 
 APP_NAME = "chainconsole"
 ORPHAN_GRACE_S = 10.0
@@ -83,9 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host-key", type=Path, metavar="FILE",
                         help="the front-end's public host key to pin (default: the one recorded on first connection)")
     parser.add_argument("--blas-threads", type=int, default=1, metavar="N", help="BLAS threads per worker (default 1)")
-    parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1)")
+    parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1); more while chunks are short")
     parser.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
+    from nodes.executors import EXECUTORS
+
     parser.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
                         help="what computes the chunks: this machine's worker processes (default), or an "
                              "existing Dask cluster (needs --scheduler; pip install 'chainconsole[dask]')")
@@ -119,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.slots is not None and args.slots < 1) or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
         return ExitStatus.USAGE
+    from nodes.executor import ExecutorUnavailable
+    from nodes.executors import make_executor
+
     try:
         executor = make_executor(args.executor, slots=args.slots, blas_threads=args.blas_threads,
                                  scheduler=args.scheduler, say=lambda text: print(f"[{args.name}] {text}",
@@ -126,11 +132,32 @@ def run(args: argparse.Namespace) -> int:
     except ExecutorUnavailable as exc:
         print(f"chainconsole node: {exc}", file=sys.stderr)
         return exc.status
+    import platformdirs
+
     state = args.state_dir or Path(platformdirs.user_data_dir(APP_NAME))
     key_path = args.key or state / "node_key"
     if args.host_key is not None and not args.host_key.exists():
         print(f"chainconsole node: no host key file {args.host_key}", file=sys.stderr)
         return ExitStatus.USAGE
+    start_workers = getattr(executor, "start_workers", None)
+    if start_workers is not None:
+        start_workers()  # worker processes import numpy while this process loads the rest
+    from nodes.work import LocalWork
+
+    local = LocalWork(executor, prefetch=args.prefetch)
+    try:
+        return _run(args, state, key_path, local)
+    finally:
+        shutdown = getattr(executor, "shutdown", None)
+        if shutdown is not None:
+            shutdown()  # workers of a node that never ran (a bad key) go too
+
+
+def _run(args: argparse.Namespace, state: Path, key_path: Path, local: LocalWork) -> int:
+    import asyncssh
+
+    from nodes.agent import NodeSettings
+
     if not key_path.exists():
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = asyncssh.generate_private_key("ssh-ed25519", comment=f"chainconsole-node-{args.name}")
@@ -145,20 +172,24 @@ def run(args: argparse.Namespace) -> int:
         return ExitStatus.USAGE
     print(f"node {args.name}: key {fingerprint}", file=sys.stderr, flush=True)
     settings = NodeSettings(
-        upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=executor.slots,
+        upstreams=tuple(args.connect), key_path=key_path, name=args.name, slots=local.slots,
         prefetch=args.prefetch, host_key=args.host_key, recorded_host_key=state / "frontend_host_key.pub",
         blas_threads=args.blas_threads, resources=dict(args.resource),
         deadline=None if args.deadline is None else time.time() + args.deadline,
     )
-    return asyncio.run(_main(settings, executor, args.listen, state, args.exit_with))
+    return asyncio.run(_main(settings, local, args.listen, state, args.exit_with))
 
 
-async def _main(settings: NodeSettings, executor: Executor, listen: tuple[str, int] | None, state: Path,
+async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int] | None, state: Path,
                 exit_with: int | None = None) -> int:
-    local = LocalWork(executor, prefetch=settings.prefetch)
+    from nodes.agent import NodeAgent, install_signal_handlers
+    from nodes.lifeline import watch_parent
+
     if listen is None:
         agent = NodeAgent(settings, local)
     else:
+        from nodes.relay import Relay, RelaySettings
+
         relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key"), local)
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nodes.executor import ExecutorUnavailable, Resized
-from nodes.pool import ChunkDone, ChunkJob, WorkerCrashed, compute_chunk
+from nodes.pool import ChunkDone, ChunkError, ChunkJob, WorkerCrashed, compute_chunk
 from protocol.errors import ExitStatus
 
 try:
@@ -116,24 +116,38 @@ class DaskExecutor:
                 self._slots = threads
                 resized(threads)
 
-    def submit(self, job: ChunkJob) -> distributed.Future:
-        return self._client.submit(compute_chunk, job, pure=False)
+    def submit(self, jobs: Sequence[ChunkJob]) -> list[distributed.Future]:
+        """One Dask task per chunk: the cluster spreads a group over its threads."""
+        return [self._client.submit(compute_chunk, job, pure=False) for job in jobs]
 
-    def cancel(self, future: distributed.Future) -> bool:
-        """Drop the chunk on the cluster; its answer is never awaited (a running task's is discarded)."""
-        self._cancelled[future.key] = None
+    def cancel(self, futures: list[distributed.Future]) -> bool:
+        """Drop the group on the cluster; its answers are never awaited (running tasks' are discarded)."""
+        for future in futures:
+            self._cancelled[future.key] = None
         while len(self._cancelled) > CANCELLED_KEPT:
             del self._cancelled[next(iter(self._cancelled))]
-        task = asyncio.get_running_loop().create_task(self._cancel(future))
+        task = asyncio.get_running_loop().create_task(self._cancel(futures))
         self._pending_cancels.add(task)
         task.add_done_callback(self._pending_cancels.discard)
         return True
 
-    async def _cancel(self, future: distributed.Future) -> None:
+    async def _cancel(self, futures: list[distributed.Future]) -> None:
         with contextlib.suppress(OSError):
-            await self._client.cancel([future])
+            await self._client.cancel(futures)
 
-    async def result(self, future: distributed.Future) -> ChunkDone:
+    async def result(self, futures: list[distributed.Future]) -> list[ChunkDone | ChunkError]:
+        """Each chunk's answer; a kernel's error answers its chunk alone."""
+        outcomes: list[ChunkDone | ChunkError] = []
+        for future in futures:
+            try:
+                outcomes.append(await self._one(future))
+            except WorkerCrashed as exc:  # that chunk alone goes to another attempt
+                outcomes.append(ChunkError(str(exc)))
+            except Exception as exc:  # the kernel raised on the worker
+                outcomes.append(ChunkError(f"{type(exc).__name__}: {exc}"))
+        return outcomes
+
+    async def _one(self, future: distributed.Future) -> ChunkDone:
         try:
             return await future
         except FutureCancelledError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from protocol import dispatcher as d
@@ -29,6 +30,17 @@ from protocol.verify import DEFAULT_SAMPLE, Invalid, compare, judge
 DEFAULT_TICK_S = 0.5
 REJECTED_SINCE = 2
 """The protocol version that added ``rejected``: older nodes are never sent it."""
+MAX_PREFETCH = 63
+"""Chunks a node may hold beyond each slot, at most, when its window asks for them: a node
+computing chunks of a fraction of a millisecond needs dozens in hand to stay busy across a
+round trip (the reference node asks for that many only while its chunks are that short)."""
+INLINE_CHECK_S = 0.001
+"""A task whose result checks take at most this much CPU time (smoothed over its recent
+checks) is checked on the event loop: handing a check of tens of microseconds to a thread
+and back costs more than the check. A task's first result, and tasks with slower checks,
+are checked on a thread, so the loop stays responsive."""
+CHECK_TIMES_KEPT = 1024
+"""Tasks whose check time is remembered, at most (the oldest are forgotten first)."""
 
 
 class NodeLink(Protocol):
@@ -44,12 +56,20 @@ ChunkId = tuple[str, int, int]
 """(task id, chunk, attempt) as this hub's Dispatcher knows the chunk."""
 
 
+def _timed_judge(target: object, start: int, stop: int, result: Result, sample: int,
+                 clock: Callable[[], float] = time.perf_counter) -> tuple[Invalid | None, float]:
+    """``judge`` a result, and how long it took by ``clock``."""
+    began = clock()
+    problem = judge(target, start, stop, result, sample=sample)  # type: ignore[arg-type]
+    return problem, clock() - began
+
+
 class HubShell:
     """Node sessions in, hub outputs carried out; faces override the ``face_*`` methods."""
 
     def __init__(self, *, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 5.0,
                  tick_s: float = DEFAULT_TICK_S, verify_sample: int = DEFAULT_SAMPLE) -> None:
-        self.hub = h.Hub(d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s))
+        self.hub = h.Hub(d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s, prefetch=MAX_PREFETCH))
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.tick_s = tick_s
@@ -61,6 +81,7 @@ class HubShell:
         self._held: dict[tuple[str, int], tuple[int, str, Result]] = {}  # (task, chunk) → (attempt, node, result)
         self._confirmations: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
+        self._check_s: dict[str, float] = {}  # task id -> CPU time of a check, smoothed
 
     def now(self) -> float:
         return time.monotonic()
@@ -137,7 +158,8 @@ class HubShell:
             self.carry_out(self.hub.depart(node_id, clean=clean, reason=reason, now=self.now()))
 
     async def result(self, node_id: str, result: Result, *, trusted: bool = False) -> None:
-        """Check a result off the event loop, settle it, then wait while the face's store is behind.
+        """Check a result (off the event loop unless its task's checks are quick), settle it, then wait
+        while the face's store is behind.
 
         A ``trusted`` result (a chain link's own pool) skips the checks but still settles a held
         result of its chunk: it confirms it, or proves it wrong.
@@ -149,7 +171,15 @@ class HubShell:
         target, start, stop = self.face_check_target(chunk)
         problem = None
         if not trusted:
-            problem = await asyncio.to_thread(judge, target, start, stop, result, sample=self.verify_sample)
+            task_id = chunk[0]
+            typical = self._check_s.get(task_id)
+            if typical is not None and typical <= INLINE_CHECK_S:
+                problem, took = _timed_judge(target, start, stop, result, self.verify_sample)
+            else:
+                # CPU time on a thread: its waits for the interpreter lock are not the check's cost.
+                problem, took = await asyncio.to_thread(_timed_judge, target, start, stop, result,
+                                                        self.verify_sample, time.thread_time)
+            self._note_check(task_id, took)
         verdict = None
         held = self._held.get(chunk[:2])
         if (problem is None and held is not None and held[0] != chunk[2]
@@ -166,6 +196,13 @@ class HubShell:
                                         confirmed=not comparison.second and comparison.settled)
         self.settle(node_id, chunk, result, problem, verdict, trusted=trusted)
         await self.face_drained()
+
+    def _note_check(self, task_id: str, took: float) -> None:
+        before = self._check_s.pop(task_id, None)
+        # Re-inserted, so the most recent task comes last and the oldest is forgotten first.
+        self._check_s[task_id] = took if before is None else 0.8 * before + 0.2 * took
+        if len(self._check_s) > CHECK_TIMES_KEPT:
+            del self._check_s[next(iter(self._check_s))]
 
     def settle(self, node_id: str, chunk: ChunkId, result: Result, problem: Invalid | None = None,
                held: h.HeldVerdict | None = None, *, trusted: bool = False) -> None:

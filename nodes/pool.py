@@ -5,6 +5,12 @@ loop) and limit their BLAS threads in their initializer, so slots × threads nev
 oversubscribe the cores. A worker that dies (the OOM killer, a segfault) breaks the
 pool: every chunk it held fails with ``WorkerCrashed`` and a fresh pool takes over.
 
+Short chunks travel in groups: one pool job computes several chunks and returns an
+outcome per chunk, so the hand-off to a worker and back (about 0.7 ms) is paid once per
+group. A large result comes back through shared memory (a file in ``/dev/shm`` that the
+worker writes and the node maps and unlinks at once) instead of being pickled through a
+pipe, which costs several copies of it on both sides.
+
 A worker never outlives its node: it watches its parent and exits when the node is
 gone, even a node that was SIGKILLed. It ignores SIGINT and SIGHUP, which a terminal
 sends to the whole foreground process group: the node decides how to stop, and stops
@@ -15,22 +21,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import mmap
 import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-
-import numpy as np
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nodes.lifeline import exit_now, watch_parent
 from protocol.errors import ChainconsoleError
 
+if TYPE_CHECKING:  # numpy is imported where it is used: a node starts its workers before loading it
+    import numpy as np
+
 DEFAULT_BLAS_THREADS = 1
 TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+SHARED_RESULT_BYTES = 1024 * 1024
+"""Results at least this large come back from a worker through shared memory."""
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "chainconsole-"
+"""Shared results are named ``chainconsole-<node pid>-<worker pid>-<n>``."""
 
 
 class WorkerCrashed(ChainconsoleError):
@@ -59,6 +75,106 @@ class ChunkDone:
     elapsed_s: float
 
 
+@dataclass(frozen=True)
+class ChunkError:
+    """A chunk of a group whose computation raised: why, fit for a ``failed`` message."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SharedArray:
+    """A worker's result left in shared memory: where, and how to read it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+_shared = {"node_pid": 0, "dir": None}  # set in a worker by its initializer
+_names = itertools.count()
+
+
+def _shared_dir() -> Path | None:
+    """Where shared results go on this machine; None where there is no ``/dev/shm``."""
+    return SHM_DIR if SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK) else None
+
+
+def _share(array: np.ndarray) -> np.ndarray | SharedArray:
+    """In a worker: put a large array in shared memory and return its handle; small ones stay."""
+    import numpy as np
+
+    folder = _shared["dir"]
+    if folder is None or array.nbytes < SHARED_RESULT_BYTES:
+        return array
+    name = f"{SHM_PREFIX}{_shared['node_pid']}-{os.getpid()}-{next(_names)}"
+    array = np.ascontiguousarray(array)
+    try:
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return array  # no room or no permission: the pipe still works
+    try:
+        view, done = memoryview(array).cast("B"), 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], done)
+    except OSError:  # /dev/shm is full: pickled through the pipe after all
+        os.unlink(folder / name)
+        return array
+    finally:
+        os.close(fd)
+    return SharedArray(name, array.dtype.str, array.shape)
+
+
+def _unshare(value: np.ndarray | SharedArray | None) -> np.ndarray | None:
+    """In the node: map a shared result (and unlink it: the mapping keeps it alive)."""
+    if not isinstance(value, SharedArray):
+        return value
+    import numpy as np
+
+    path = SHM_DIR / value.name
+    dtype = np.dtype(value.dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.unlink(path)
+        size = int(np.prod(value.shape)) * dtype.itemsize
+        if size == 0:
+            return np.empty(value.shape, dtype)
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, dtype=dtype).reshape(value.shape)
+
+
+def sweep_shared(node_pid: int, *, everything: bool = False) -> int:
+    """Remove shared results left behind: by dead nodes or dead workers (all of ``node_pid``'s
+    with ``everything``). Returns how many were removed."""
+    folder = _shared_dir()
+    if folder is None:
+        return 0
+    removed = 0
+    for path in folder.glob(f"{SHM_PREFIX}*"):
+        try:
+            owner, worker = (int(part) for part in path.name[len(SHM_PREFIX):].split("-")[:2])
+        except ValueError:
+            continue
+        mine = owner == node_pid
+        if (mine and (everything or not _alive(worker))) or (not mine and not _alive(owner)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _terminal_signals_blocked():
     """Workers started in here begin life with SIGINT and SIGHUP blocked.
@@ -79,6 +195,7 @@ def _init_worker(blas_threads: int, node_pid: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINAL_SIGNALS)
     watch_parent(node_pid, exit_now())
+    _shared.update(node_pid=node_pid, dir=_shared_dir())
     import nodes.kernels  # noqa: F401  (numpy must be loaded for threadpoolctl to find its BLAS)
     from threadpoolctl import threadpool_limits
 
@@ -102,14 +219,31 @@ def compute_chunk(job: ChunkJob) -> ChunkDone:
     return ChunkDone(out.ok, out.result, out.norms, time.perf_counter() - began)
 
 
+def compute_chunks(jobs: Sequence[ChunkJob]) -> list[ChunkDone | ChunkError]:
+    """Run in a worker: compute a group of chunks, one outcome each; large results shared."""
+    outcomes: list[ChunkDone | ChunkError] = []
+    for job in jobs:
+        try:
+            done = compute_chunk(job)
+        except Exception as exc:  # a kernel bug: that chunk fails, the group goes on
+            outcomes.append(ChunkError(f"{type(exc).__name__}: {exc}"))
+            continue
+        if done.result is not None:
+            done = replace(done, result=_share(done.result))
+        outcomes.append(done)
+    return outcomes
+
+
 class WorkerPool:
     """A pool of worker processes that replaces itself when a worker dies (an ``Executor``)."""
 
     def __init__(self, slots: int, *, blas_threads: int = DEFAULT_BLAS_THREADS) -> None:
         self.slots = slots
         self.blas_threads = blas_threads
+        self._warming: list[Future] = []
+        self._warm_task: asyncio.Task | None = None
         self._executor = self._new_executor()
-        self._warming: asyncio.Task | None = None
+        sweep_shared(os.getpid())
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -123,34 +257,40 @@ class WorkerPool:
         """Start the workers in the background; the pool never changes size (``resized`` unused)."""
         # Workers start while the node connects: the first chunk finds them ready, and
         # joining does not wait for them.
-        self._warming = asyncio.get_running_loop().create_task(self.warm_up())
+        self._warm_task = asyncio.get_running_loop().create_task(self.warm_up())
+
+    def start_workers(self) -> None:
+        """Start every worker now (no event loop needed), so the first chunk does not wait for one."""
+        if not self._warming:
+            with _terminal_signals_blocked():
+                self._warming = [self._executor.submit(_warm_up) for _ in range(self.slots)]
 
     async def warm_up(self) -> None:
-        """Start every worker now, so the first chunk does not pay for process start-up."""
-        with _terminal_signals_blocked():
-            futures = [self._executor.submit(_warm_up) for _ in range(self.slots)]
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        """Start every worker (unless started already) and wait until they are up."""
+        self.start_workers()
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in self._warming))
 
-    def submit(self, job: ChunkJob) -> Future:
-        """Queue ``job``; the future can be cancelled while it has not started."""
+    def submit(self, jobs: Sequence[ChunkJob]) -> Future:
+        """Queue a group of chunks as one job; the future can be cancelled while it has not started."""
         with _terminal_signals_blocked():  # the pool starts (or replaces) workers on submit
             try:
-                return self._executor.submit(compute_chunk, job)
+                return self._executor.submit(compute_chunks, list(jobs))
             except BrokenProcessPool:
                 self._replace()
-                return self._executor.submit(compute_chunk, job)
+                return self._executor.submit(compute_chunks, list(jobs))
 
-    def cancel(self, future: Future) -> bool:
-        """Drop a chunk that has not started; one already computing runs to its end."""
-        return future.cancel()
-
-    async def result(self, future: Future) -> ChunkDone:
-        """Wait for a submitted job; ``WorkerCrashed`` if its worker died."""
+    async def result(self, future: Future) -> list[ChunkDone | ChunkError]:
+        """Wait for a submitted group; ``WorkerCrashed`` if its worker died."""
         try:
-            return await asyncio.wrap_future(future)
+            outcomes = await asyncio.wrap_future(future)
         except BrokenProcessPool:
             self._replace()
             raise WorkerCrashed("a worker process died while computing this chunk") from None
+        return [replace(o, result=_unshare(o.result)) if isinstance(o, ChunkDone) else o for o in outcomes]
+
+    def cancel(self, future: Future) -> bool:
+        """Drop a group that has not started; one already computing runs to its end."""
+        return future.cancel()
 
     def _replace(self) -> None:
         broken = self._executor
@@ -158,8 +298,14 @@ class WorkerPool:
             return  # already replaced by another chunk's failure
         self._executor = self._new_executor()
         broken.shutdown(wait=False, cancel_futures=True)
+        sweep_shared(os.getpid())
 
     async def close(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the workers (no event loop needed)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        sweep_shared(os.getpid(), everything=True)

@@ -58,11 +58,21 @@ ARRAY_DTYPES: dict[str, np.dtype] = {
     np.dtype(name).newbyteorder("<").str: np.dtype(name).newbyteorder("<")
     for name in ("float64", "float32", "bool", "int64", "uint8")
 }
+_CANONICAL: dict[np.dtype, np.dtype] = {
+    **{np.dtype(name): dtype for name, dtype in ARRAY_DTYPES.items()},
+    **{dtype.newbyteorder(">"): dtype for dtype in ARRAY_DTYPES.values()},
+    **{np.dtype(dtype.name): dtype for dtype in ARRAY_DTYPES.values()},
+}
+"""Every spelling of an allowed dtype, to its wire dtype (looked up per array, so a dict)."""
 MAX_ARRAY_RANK = 8
 MAX_ARRAY_NAME = 128
 # A zero-size array may still have huge other dimensions; numpy refuses shapes whose
 # extent overflows, so bound it ourselves and report a clear reason instead.
 _MAX_ARRAY_EXTENT = 2**62
+
+
+_HEADER_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+"""Built once: json.dumps with these arguments would build an encoder on every call."""
 
 
 def short_repr(value: object, limit: int = 40) -> str:
@@ -90,7 +100,7 @@ def encode_frame(
     if not all(isinstance(key, str) for key in header):
         raise LocalProtocolError("frame header keys must be strings")
     try:
-        text = json.dumps(dict(header), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _HEADER_ENCODER.encode(dict(header))
         header_bytes = text.encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(f"frame header is not plain finite JSON: {exc}") from None
@@ -108,17 +118,33 @@ def encode_frame(
     return [prefix + header_bytes, *(part for part in parts if part.nbytes)]
 
 
-COALESCE_LIMIT = 256 * 1024
-"""Frames up to this size are written as one piece: an SSH channel sends each write as
-its own packet (with its own encryption and system call), so small frames in one write
-cost a third of three writes; larger payloads still go uncopied."""
+JOIN_LIMIT = 256 * 1024
+"""Small pieces are joined into writes of up to this size: an SSH channel sends each write
+as its own packet (with its own encryption and system call), so many small frames in one
+write cost a fraction of a write each."""
+LARGE_PIECE = 64 * 1024
+"""A piece at least this large is written on its own, uncopied."""
 
 
-def coalesce(pieces: list[Buffer], limit: int = COALESCE_LIMIT) -> list[Buffer]:
-    """The pieces of a frame, joined into one when the frame is small."""
-    if len(pieces) > 1 and sum(memoryview(p).nbytes for p in pieces) <= limit:
-        return [b"".join(pieces)]
-    return pieces
+def join_pieces(pieces: Sequence[Buffer], limit: int = JOIN_LIMIT, large: int = LARGE_PIECE) -> list[Buffer]:
+    """The pieces of one or more frames as few writes: runs of small pieces joined, large ones as they are."""
+    out: list[Buffer] = []
+    run: list[Buffer] = []
+    size = 0
+    for piece in pieces:
+        n = memoryview(piece).nbytes
+        if n >= large or size + n > limit:
+            if run:
+                out.append(run[0] if len(run) == 1 else b"".join(run))
+                run, size = [], 0
+            if n >= large:
+                out.append(piece)
+                continue
+        run.append(piece)
+        size += n
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 class _Stage(enum.Enum):
@@ -281,7 +307,12 @@ def _parse_header(raw: bytes | bytearray) -> dict[str, object]:
 
 def canonical_dtype(dtype: np.dtype) -> np.dtype | None:
     """Return the wire dtype for an allowed dtype of either byte order, else None."""
-    return ARRAY_DTYPES.get(dtype.newbyteorder("<").str)
+    try:
+        return _CANONICAL[dtype]
+    except KeyError:
+        return ARRAY_DTYPES.get(dtype.newbyteorder("<").str)
+    except TypeError:  # not hashable: not a dtype we know
+        return None
 
 
 def pack_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[list[dict], list[memoryview]]:

@@ -76,6 +76,37 @@ def _default(spec: dataclasses.Field[Any]) -> Any:
     return spec.default
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a message class's fields are, worked out once per class (the hot path reads it)."""
+
+    checks: tuple[tuple[str, Check], ...]
+    header: tuple[tuple[str, bool, object], ...]
+    """(name, added after version 1, default) of each field that travels in the header."""
+    known: frozenset[str]
+    required: frozenset[str]
+
+
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(cls: type[_Message]) -> _Layout:
+    try:
+        return _LAYOUTS[cls]
+    except KeyError:
+        pass
+    specs = dataclasses.fields(cls)
+    header = [f for f in specs if f.name not in cls.PAYLOAD_FIELDS]
+    extra = {"arrays"} if cls.PAYLOAD_FIELDS else set()
+    layout = _LAYOUTS[cls] = _Layout(
+        checks=tuple((f.name, f.metadata["check"]) for f in specs),
+        header=tuple((f.name, f.name in cls.LATER_FIELDS, _default(f)) for f in header),
+        known=frozenset({f.name for f in header} | extra),
+        required=frozenset({f.name for f in header if f.default is MISSING and f.default_factory is MISSING} | extra),
+    )
+    return layout
+
+
 class _Message:
     """What every message shares: field checks on construction and the header mapping."""
 
@@ -89,10 +120,10 @@ class _Message:
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):
-            checked = spec.metadata["check"](spec.name, getattr(self, spec.name))
+        layout = _layout(type(self))
+        for name, check in layout.checks:
             # Frozen: normalised values (int for np.int64, tuple for list) go in this way.
-            object.__setattr__(self, spec.name, checked)
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         self._check_together()
 
     def _check_together(self) -> None:
@@ -106,6 +137,13 @@ class _Message:
                 if spec.name in self.LATER_FIELDS and value == _default(spec):
                     continue
                 fields[spec.name] = list(value) if isinstance(value, tuple) else value
+
+
+        for name, later, default in _layout(type(self)).header:
+            value = getattr(self, name)
+            if later and value == default:
+                continue
+            fields[name] = list(value) if isinstance(value, tuple) else value
         return fields
 
     def _payload_arrays(self) -> dict[str, np.ndarray]:
@@ -119,12 +157,8 @@ class _Message:
 
     @classmethod
     def _from_wire(cls, fields: dict[str, object], payload: memoryview | bytes) -> _Message:
-        header_specs = [f for f in dataclasses.fields(cls) if f.name not in cls.PAYLOAD_FIELDS]
-        known = {f.name for f in header_specs}
-        required = {f.name for f in header_specs if f.default is MISSING and f.default_factory is MISSING}
-        if cls.PAYLOAD_FIELDS:
-            known.add("arrays")
-            required.add("arrays")
+        layout = _layout(cls)
+        known, required = layout.known, layout.required
         if missing := required - fields.keys():
             raise ValueError(f"missing {', '.join(sorted(missing))}")
         if extra := fields.keys() - known:

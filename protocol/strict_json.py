@@ -17,8 +17,9 @@ class StrictJsonError(ValueError):
 
 def loads(text: str) -> object:
     """Parse JSON text; ``json.JSONDecodeError`` or ``StrictJsonError`` (both ValueErrors) if it is not strict JSON."""
-    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant,
-                      object_pairs_hook=_unique_keys)
+    if not isinstance(text, str):
+        raise TypeError(f"JSON text must be str, not {type(text).__name__}")
+    return _DECODER.decode(text)
 
 
 def _finite_float(text: str) -> float:
@@ -39,3 +40,8 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
         raise StrictJsonError(f'an object repeats the key "{repeated[:64]}"')
     return result
+
+
+# Built once: json.loads with these arguments would build a decoder on every call.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant,
+                            object_pairs_hook=_unique_keys)

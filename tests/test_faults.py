@@ -173,7 +173,10 @@ async def test_the_front_end_killed_mid_task_resumes_without_losing_work(tmp_pat
         recomputed = computed - 6000
         # nodes × window × chunk size, twice: the results in flight to the front-end, and those
         # it had accepted but its writer had not yet group-committed (fsync, then the journal).
-        in_flight_bound = 2 * (2 * 2 * 20)
+        # These chunks take about a millisecond, so a node's window widens to its largest.
+        from nodes.work import MAX_WINDOW_PER_SLOT
+
+        in_flight_bound = 2 * (2 * MAX_WINDOW_PER_SLOT * 20)
         print(f"\nfront-end crash: {kept} items stored before the crash, {recomputed} recomputed "
               f"(at most {in_flight_bound} were in flight)")
         assert 0 <= recomputed <= in_flight_bound

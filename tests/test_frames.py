@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.frames import (
-    coalesce,
     DEFAULT_MAX_HEADER,
     DEFAULT_MAX_PAYLOAD,
     Frame,
     FrameDecoder,
     encode_frame,
+    join_pieces,
     pack_arrays,
     unpack_arrays,
 )
@@ -466,10 +466,25 @@ def test_unpack_only_ever_raises_remote_protocol_error(meta: object, payload: by
     assert sum(array.nbytes for array in arrays.values()) == len(payload)
 
 
-def test_small_frames_are_coalesced_into_one_write_and_large_ones_are_not() -> None:
+def test_small_frames_are_joined_into_one_write_and_large_pieces_go_alone_uncopied() -> None:
     small = encode_frame({"type": "x"}, [b"a" * 10, b"b" * 5])
     assert len(small) > 1
-    (joined,) = coalesce(small)
+    (joined,) = join_pieces(small)
     assert bytes(joined) == b"".join(bytes(p) for p in small)
-    large = encode_frame({"type": "x"}, [memoryview(bytes(300 * 1024))])
-    assert coalesce(large) == large
+    big = memoryview(bytes(300 * 1024))
+    large = encode_frame({"type": "x"}, [big])
+    head, body = join_pieces(large)
+    assert body is large[1] and bytes(head) == bytes(large[0])
+
+
+def test_many_frames_join_in_order_into_writes_within_the_limit() -> None:
+    frames = [encode_frame({"type": "x", "n": n}, [bytes([n]) * (n * 100)]) for n in range(60)]
+    pieces = [piece for frame in frames for piece in frame]
+    writes = join_pieces(pieces, limit=16 * 1024, large=8 * 1024)
+    assert b"".join(bytes(w) for w in writes) == b"".join(bytes(p) for p in pieces)
+    assert all(len(w) <= 16 * 1024 for w in writes)
+    assert len(writes) < len(pieces) / 4
+    decoder = FrameDecoder()
+    for write in writes:
+        decoder.feed(write)
+    assert [decoder.next_frame().header["n"] for _ in frames] == list(range(60))

@@ -16,16 +16,20 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from threadpoolctl import threadpool_limits
 
 from console.engine.frontend import FrontEnd, FrontEndError
-from console.engine.metrics import FrontEndMetrics, MetricsServer
 from console.engine.keys import initialize
 from console.ssh.server import FrontEndServer, ServerSettings
 from nodes.agent import STOP_SIGNALS
 from protocol.errors import ChainconsoleError
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
+
+if TYPE_CHECKING:
+    from console.engine.metrics import MetricsServer
+
 
 class LaunchRefused(ChainconsoleError):
     """A launcher that cannot be started now."""
@@ -89,6 +93,8 @@ class Host:
             self.server = FrontEndServer(self.frontend, self.settings)
             address = await self.server.start()
             if self.metrics is not None:
+                from console.engine.metrics import FrontEndMetrics, MetricsServer  # only when asked for
+
                 self.metrics_server = MetricsServer(FrontEndMetrics(self.frontend), *self.metrics)
                 await self.metrics_server.start()
             for _ in range(self.local_nodes):

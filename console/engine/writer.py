@@ -4,8 +4,8 @@ The event loop never waits on a disk. It hands the writer jobs — store a chunk
 mark a range failed, run a journal write or any other call — and goes on; the writer
 carries them out one after another in the order they came.
 
-Stored ranges are group-committed: the writer writes the values and ``ok`` flags of every
-range it has queued (``pwrite`` and the ``ok`` memory map), fsyncs each result file they
+Stored ranges are group-committed, at most every ``DEFAULT_COMMIT_INTERVAL_S``: the writer
+writes the values and ``ok`` flags of every range it has queued (``pwrite`` and the ``ok`` memory map), fsyncs each result file they
 touched, and only then records the batch's ranges in the journal, in one transaction. A
 power loss can lose the last ranges (they are computed again), never make the journal
 call a range stored whose values did not reach the disk. A call job first commits every
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,10 @@ DEFAULT_MAX_BACKLOG_RANGES = 512
 """Ranges queued for the writer beyond which a node's session waits, however small they are."""
 MAX_BATCH = 512
 """Jobs taken at once, at most, into one group commit."""
+DEFAULT_COMMIT_INTERVAL_S = 0.01
+"""Group commits of stored ranges start at most this often: ranges arriving meanwhile join
+the next one, so a stream of small results costs one pair of fsyncs per interval (about
+0.2 ms of CPU each here) instead of one per handful of results."""
 
 
 @dataclass(eq=False)
@@ -80,12 +85,15 @@ class Writer:
 
     def __init__(self, journal: Journal, report: Callable[[str, str], None], *,
                  max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
-                 max_backlog_ranges: int = DEFAULT_MAX_BACKLOG_RANGES) -> None:
+                 max_backlog_ranges: int = DEFAULT_MAX_BACKLOG_RANGES,
+                 commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S) -> None:
         """``report(task_id, message)`` is called on the loop for a failed job nobody awaits."""
         self.journal = journal
         self.report = report
         self.max_backlog_bytes = max_backlog_bytes
         self.max_backlog_ranges = max_backlog_ranges
+        self.commit_interval_s = commit_interval_s
+        self._last_commit = 0.0  # monotonic time of the last group commit, on the writer's thread
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +169,10 @@ class Writer:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            if isinstance(batch[0], StoreJob):
+                wait = self._last_commit + self.commit_interval_s - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)  # the ranges that come meanwhile share this commit
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -202,6 +214,7 @@ class Writer:
         """Make the written ranges durable, then record them in one journal transaction."""
         if not jobs:
             return
+        self._last_commit = time.monotonic()
         durable: list[StoreJob] = []
         broken: dict[int, Exception] = {}
         for store in {id(job.store): job.store for job in jobs}.values():

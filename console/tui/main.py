@@ -193,8 +193,11 @@ class MainScreen(Screen[None]):
         tasks.show(list(self._snapshot.tasks), self.query_text)
         suffix = f"  filter: {self.query_text}" if self.query_text else ""
         marked = f" · {len(self.marked)} marked" if self.marked else ""
-        nodes.border_title = " ".join(filter(None, (f"Nodes ({nodes.row_count}){marked}", nodes.sort_label))) + suffix
-        tasks.border_title = " ".join(filter(None, (f"Tasks ({tasks.row_count})", tasks.sort_label))) + suffix
+        titles = ((nodes, " ".join(filter(None, (f"Nodes ({nodes.row_count}){marked}", nodes.sort_label))) + suffix),
+                  (tasks, " ".join(filter(None, (f"Tasks ({tasks.row_count})", tasks.sort_label))) + suffix))
+        for table, title in titles:
+            if table.border_title != title:  # setting it, even unchanged, redraws the table
+                table.border_title = title
 
     # -- sorting and marking ------------------------------------------------------------------
 

@@ -114,13 +114,21 @@ class StatusHeader(Static):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._shown: tuple | None = None
+        self._shown_text: str | None = None
 
     def show(self, identity: HostIdentity, uptime: str, totals: ClusterTotals, per_s: float) -> None:
         self._shown = (identity, uptime, totals, per_s)
-        self.update(header_text(identity, uptime, totals, per_s, self.size.width or None))
+        text = header_text(identity, uptime, totals, per_s, self.size.width or None)
+        if text.plain == self._shown_text:
+            return
+        self._shown_text = text.plain
+        # Its height is fixed: a repaint, not a layout of the whole screen (which, with 200
+        # nodes in the tables, cost more than the rest of a refresh together).
+        self.update(text, layout=False)
 
     def on_resize(self) -> None:
         if self._shown is not None:
+            self._shown_text = None
             self.show(*self._shown)
 
 

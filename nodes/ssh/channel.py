@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 
 import asyncssh
 
-from protocol.frames import coalesce
+from protocol.frames import Buffer, join_pieces
 from protocol.messages import MessageReader, encode_message
 
 READ_SIZE = 1024 * 1024
@@ -21,6 +22,13 @@ class MessageChannel:
     ``receive`` returns the next message, or None at a clean end of stream; a stream that
     breaks the protocol raises ``RemoteProtocolError``. ``send`` never raises: a broken
     channel is marked closed and the read loop sees the end.
+
+    Sends are coalesced: every message sent during one turn of the event loop is written
+    when the turn ends, small frames joined into one write. asyncssh makes each write an
+    SSH packet of its own (encrypted, with its own system call), so the dozens of
+    assignments a credit releases, or the results of a batch of short chunks, cost one
+    packet instead of one each. The order of messages never changes; ``close`` writes what
+    is queued first.
     """
 
     def __init__(self, reader: asyncssh.SSHReader, writer: asyncssh.SSHWriter,
@@ -29,6 +37,8 @@ class MessageChannel:
         self._writer = writer
         self._end = end
         self._messages = MessageReader()
+        self._pending: list[Buffer] = []
+        self._flush_scheduled = False
         self.closed = False
 
     async def receive(self) -> object | None:
@@ -41,21 +51,37 @@ class MessageChannel:
         return message
 
     def send(self, message: object) -> bool:
-        """Write one message (small frames in one write, so one SSH packet); False if closed."""
+        """Queue one message for the write at the end of this loop turn; False if closed."""
         if self.closed:
             return False
+        self._pending.extend(encode_message(message))
+        if not self._flush_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a test driving the channel by hand): write now
+                self.flush()
+            else:
+                self._flush_scheduled = True
+                loop.call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Write every queued message now, small pieces joined; a broken channel closes."""
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        if self.closed or not pending:
+            return
         try:
-            for piece in coalesce(encode_message(message)):
+            for piece in join_pieces(pending):
                 self._writer.write(piece)
         except BROKEN:
             self.close("connection broken")
-            return False
-        return True
 
     def close(self, reason: str) -> None:
         """End the channel (and, on a server, the connection it belongs to); idempotent."""
         if self.closed:
             return
+        self.flush()
         self.closed = True
         with contextlib.suppress(Exception):
             self._end(reason)

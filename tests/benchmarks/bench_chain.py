@@ -1,12 +1,13 @@
 """Throughput through a chain link against the same nodes connected directly.
 
-Runs, alternately and --repeat times each, a compute-bound task (invert 384×384, norms,
-25 items per chunk) on:
+Runs, alternately and --repeat times each, one task on:
   direct: console → N1, N2            (two nodes × 1 slot)
   chain:  console → A(link) → B      (the link computes too: the same two slots)
-and prints the median wall times and the ratio chain / direct (target ≤ 1.10).
+and prints the median wall times and the ratio chain / direct. The task is compute-bound
+(``--shape w1``: invert 384×384, norms, 25 items per chunk; target ≤ 1.10) or
+dispatch-bound (``--shape w3``: det of 8×8, full results, 10 items per chunk; target ≤ 1.2).
 
-    python tests/benchmarks/bench_chain.py [--items 600] [--repeat 3] [--json OUT.json]
+    python tests/benchmarks/bench_chain.py [--shape w1|w3] [--items 600] [--repeat 3] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -49,7 +50,21 @@ def _node(host: Host, folder: Path, name: str, upstream: int, listen: int | None
     return proc
 
 
-async def _one(shape: str, items: int, seed: int) -> float:
+SHAPES = {
+    "w1": {"operation": "invert", "chunk_size": 25, "return": "norms", "n": 384},
+    "w3": {"operation": "det", "chunk_size": 10, "return": "full", "n": 8},
+}
+"""The task of each ``--shape``: W1's and W3's of the cluster benchmark."""
+
+
+def task_document(name: str, shape: str, items: int, seed: int) -> dict:
+    kind = SHAPES[shape]
+    return {"name": name, "operation": kind["operation"], "chunk_size": kind["chunk_size"], "return": kind["return"],
+            "inputs": {"a": {"generate": {"count": items, "shape": [kind["n"], kind["n"]], "seed": seed}}}}
+
+
+async def run_one(shape: str, items: int, seed: int, task: str = "w1") -> float:
+    """Seconds for one task of ``task``'s shape, its nodes connected ``shape`` ("direct" or "chain")."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         host = Host(StateDir(folder / "state"), ServerSettings(port=0))
@@ -71,8 +86,7 @@ async def _one(shape: str, items: int, seed: int) -> float:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{shape}: nodes did not connect")
                 await asyncio.sleep(0.05)
-            document = {"name": shape, "operation": "invert", "chunk_size": 25, "return": "norms",
-                        "inputs": {"a": {"generate": {"count": items, "shape": [384, 384], "seed": seed}}}}
+            document = task_document(shape, task, items, seed)
             began = time.perf_counter()
             task_id = await host.frontend.submit(parse_task(document), "operator")
             summary = await host.frontend.wait(task_id)
@@ -85,6 +99,7 @@ async def _one(shape: str, items: int, seed: int) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="w1", help="the task: W1's or W3's (default w1)")
     parser.add_argument("--items", type=int, default=600)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path)
@@ -92,7 +107,7 @@ async def main() -> None:
     times: dict[str, list[float]] = {"direct": [], "chain": []}
     for run in range(args.repeat):
         for shape in ("direct", "chain"):
-            times[shape].append(await _one(shape, args.items, 100 + run))
+            times[shape].append(await run_one(shape, args.items, 100 + run, args.shape))
             print(f"run {run + 1}: {shape:6} {times[shape][-1]:.2f} s", flush=True)
     direct, chain = statistics.median(times["direct"]), statistics.median(times["chain"])
     load = os.getloadavg()[0]

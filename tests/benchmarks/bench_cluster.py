@@ -12,7 +12,14 @@ every system alike:
 - ``dask-tcp`` / ``dask-tls``: a dask.distributed LocalCluster of N worker processes,
   ``client.map`` over the same chunks (skipped when dask is not installed);
 - W4 runs W1 on 3 nodes twice: fault-free (``warm``) and with one node SIGKILLed at 50%
-  (``warm-kill``).
+  (``warm-kill``);
+- ``COLD20``: ``chainconsole run`` of a 20-item task, start to finish (median of --repeat
+  runs after one that fills the bytecode cache);
+- ``CHAIN``: a W3-shaped task through a chain link against the same two nodes connected
+  directly (``bench_chain.py --shape w3``).
+
+At the end it prints the issue's table: each target, the figure measured in this run and
+a verdict, with the load average (the console's keys are ``bench_console.py``'s rows).
 
 Every run's results are compared with the pool's. Ratios (system ÷ pool, median over the
 repeats of the ratio within one repeat) are what to report: the machine is shared and
@@ -20,6 +27,7 @@ noisy. The front-end's peak memory is measured in its own process.
 
     python tests/benchmarks/bench_cluster.py [--workloads W1,W2,W3,W4] [--repeat 3] [--nodes 2]
         [--systems pool,warm,cold,dask-tcp,dask-tls] [--json OUT.json] [--quick] [--profile DIR]
+    python tests/benchmarks/bench_cluster.py --workloads W1,W2,W3,COLD20,CHAIN --systems pool,warm
 """
 
 from __future__ import annotations
@@ -45,13 +53,22 @@ import numpy as np  # noqa: E402
 from cluster_systems import DaskSystem, PoolSystem, WarmChainconsole, profiled, run_cold  # noqa: E402
 from cluster_workloads import WARM_UP, Workload, load_results, same_results, workloads  # noqa: E402
 from profile_summary import render  # noqa: E402
+from bench_chain import run_one as run_chain_task  # noqa: E402
 
 SYSTEMS = ("pool", "warm", "cold", "dask-tcp", "dask-tls")
 RECOVERY_SYSTEMS = ("pool", "warm", "warm-kill")
 LABELS = {"pool": "pool (spawn)", "warm": "chainconsole warm", "cold": "chainconsole cold",
           "dask-tcp": "dask tcp", "dask-tls": "dask tls", "warm-kill": "chainconsole warm, 1 node killed"}
-TARGETS = {"W1": 1.05, "W2": 1.3, "W3": 2.5}
+TARGETS = {"W1": 1.05, "W2": 1.10, "W3": 2.0}
 """Warm chainconsole ÷ pool, at most (and faster than Dask over TLS)."""
+CPU_PER_CHUNK_TARGET_MS = {"W3": 0.25}
+"""Front-end CPU, and node-agent CPU (all agents together), per chunk, at most."""
+COLD_TARGET_S = 1.2
+CHAIN_TARGET = 1.2
+EXTRAS = ("COLD20", "CHAIN")
+"""Rows of the issue's table measured outside the workloads' rounds."""
+CHAIN_ITEMS = {False: 50_000, True: 5_000}
+"""Items of the W3-shaped chain task, full and ``--quick``."""
 RSS_TARGET_MIB = 300
 
 
@@ -99,10 +116,22 @@ class WorkloadReport:
             found.append(f"{name} warm CPU per run: front-end {cpu['frontend']:.2f} s, node agents "
                          f"{cpu['agents']:.2f} s, workers {cpu['workers']:.2f} s; per chunk "
                          f"{1000 * cpu['frontend'] / chunks:.2f} ms + {1000 * cpu['agents'] / chunks:.2f} ms")
+            if name in CPU_PER_CHUNK_TARGET_MS:
+                target = CPU_PER_CHUNK_TARGET_MS[name]
+                for part, label in (("frontend", "front-end"), ("agents", "node-agent")):
+                    ms = 1000 * cpu[part] / chunks
+                    found.append(f"{name} {label} CPU per chunk ≤ {target} ms: {ms:.2f} ms {_verdict(ms <= target)}")
         if "warm-kill" in self.times:
             found.append(f"{name} one node killed at {self.workload.kill_at:.0%}: "
                          f"{self.paired('warm-kill', 'warm'):.2f}× the fault-free run on {self.nodes} nodes")
         return found
+
+    def cpu_per_chunk_ms(self) -> dict[str, float]:
+        """Median CPU milliseconds per chunk of the front-end, all node agents and all workers."""
+        if not self.cpu_s:
+            return {}
+        chunks = len(self.workload.jobs())
+        return {part: 1000 * statistics.median(run[part] for run in self.cpu_s) / chunks for part in self.cpu_s[0]}
 
     def to_json(self) -> dict:
         return {
@@ -222,6 +251,72 @@ def profile_workload(systems: Systems, workload: Workload, nodes: int, folder: P
     return [render(f"{workload.name} {name}", path) for name, path in zip(targets, outputs)]
 
 
+COLD_TASK = Workload("cold20", "a 20-item task from a cold start", "det", 20, 8, 10, "full")
+
+
+def bench_cold(root: Path, nodes: int, repeat: int, say: Callable[[str], None]) -> list[float]:
+    """``chainconsole run`` of a 20-item task, ``repeat`` times after one untimed run."""
+    times = []
+    for round_ in range(repeat + 1):
+        folder = root / f"cold20-{round_}"
+        seconds = run_cold(COLD_TASK, nodes, folder)
+        problem = same_results(load_results(folder / "out.npz"), load_results(folder / "out.npz"))
+        assert not problem
+        shutil.rmtree(folder, ignore_errors=True)
+        if round_:  # the first run fills the bytecode cache, as installing a package does
+            times.append(seconds)
+            say(f"COLD20 round {round_}/{repeat} chainconsole run, 20 items    {seconds:8.2f} s")
+    return times
+
+
+def bench_chain(items: int, repeat: int, say: Callable[[str], None]) -> dict[str, list[float]]:
+    """A W3-shaped task through a chain link and direct, alternately, ``repeat`` times each."""
+    import asyncio
+
+    times: dict[str, list[float]] = {"direct": [], "chain": []}
+    for round_ in range(repeat):
+        order = ("direct", "chain") if round_ % 2 == 0 else ("chain", "direct")
+        for shape in order:
+            times[shape].append(asyncio.run(run_chain_task(shape, items, 300 + round_, "w3")))
+            say(f"CHAIN round {round_ + 1}/{repeat} {shape:<6} W3 shape, {items:,} items {times[shape][-1]:8.2f} s")
+    return times
+
+
+def issue_table(reports: list[WorkloadReport], cold: list[float], chain: dict[str, list[float]],
+                load: tuple[float, float]) -> str:
+    """The issue's targets, what this run measured, and a verdict for each."""
+    by_name = {r.workload.name: r for r in reports}
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def ratio_row(name: str) -> None:
+        report = by_name.get(name)
+        if report is not None and "warm" in report.times:
+            value = report.ratio("warm")
+            rows.append((f"{name} warm ÷ pool", f"{value:.2f}×", f"≤ {TARGETS[name]}×", value <= TARGETS[name]))
+
+    ratio_row("W3")
+    w3 = by_name.get("W3")
+    if w3 is not None and w3.cpu_s:
+        cpu = w3.cpu_per_chunk_ms()
+        target = CPU_PER_CHUNK_TARGET_MS["W3"]
+        rows.append(("front-end CPU per W3 chunk", f"{cpu['frontend']:.2f} ms", f"≤ {target} ms", cpu["frontend"] <= target))
+        rows.append(("node-agent CPU per W3 chunk", f"{cpu['agents']:.2f} ms", f"≤ {target} ms", cpu["agents"] <= target))
+        rows.append(("worker CPU per W3 chunk (for scale)", f"{cpu['workers']:.2f} ms", "", None))
+    ratio_row("W1")
+    ratio_row("W2")
+    if cold:
+        value = statistics.median(cold)
+        rows.append(("cold `chainconsole run`, 20 items", f"{value:.2f} s", f"≤ {COLD_TARGET_S} s", value <= COLD_TARGET_S))
+    if chain["direct"]:
+        value = statistics.median(c / d for c, d in zip(chain["chain"], chain["direct"]))
+        rows.append(("through a chain link, W3 shape", f"{value:.2f}× direct", f"≤ {CHAIN_TARGET}×", value <= CHAIN_TARGET))
+    lines = [f"{'issue row':<38} {'measured':>14} {'target':>10}  verdict"]
+    for label, value, target, ok in rows:
+        lines.append(f"{label:<38} {value:>14} {target:>10}  {'' if ok is None else _verdict(ok)}")
+    lines.append(f"(console keys: bench_console.py; load average {load[0]:.2f} before, {load[1]:.2f} after)")
+    return "\n".join(lines)
+
+
 def table(reports: list[WorkloadReport]) -> str:
     lines = [f"{'workload':<9} {'system':<33} {'median s':>9} {'× pool':>7} {'runs':>5}"]
     for report in reports:
@@ -255,7 +350,8 @@ def machine() -> dict[str, object]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated, from W1,W2,W3,W4")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,COLD20,CHAIN",
+                        help="comma-separated, from W1,W2,W3,W4,COLD20,CHAIN")
     parser.add_argument("--repeat", type=int, help="runs of each system per workload; the median counts "
                                                    "(default 3, 1 with --quick)")
     parser.add_argument("--nodes", type=int, default=2, help="nodes × 1 slot, and pool and dask workers (default 2)")
@@ -269,8 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.workloads = [name.strip().upper() for name in args.workloads.split(",") if name.strip()]
     args.systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
     for name in args.workloads:
-        if name not in known:
-            parser.error(f"unknown workload {name!r}; known: {', '.join(known)}")
+        if name not in known and name not in EXTRAS:
+            parser.error(f"unknown workload {name!r}; known: {', '.join([*known, *EXTRAS])}")
     for system in args.systems:
         if system not in SYSTEMS:
             parser.error(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}")
@@ -304,8 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     reports: list[WorkloadReport] = []
     profiles: list[str] = []
     began = time.perf_counter()
+    cold: list[float] = []
+    chain: dict[str, list[float]] = {"direct": [], "chain": []}
     try:
         for name in args.workloads:
+            if name == "COLD20":
+                cold = bench_cold(root, args.nodes, args.repeat, say)
+                continue
+            if name == "CHAIN":
+                chain = bench_chain(CHAIN_ITEMS[args.quick], args.repeat, say)
+                continue
             workload = known[name]
             nodes = workload.nodes or args.nodes
             say(workload.describe())
@@ -323,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"(1 min); {time.perf_counter() - began:.0f} s in all")
+    print()
+    print(issue_table(reports, cold, chain, (load_before[0], load_after[0])))
     for text in profiles:
         print(text)
     if args.json:
@@ -334,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_after": load_after,
             "setup_s": systems.setup_s,
             "workloads": {r.workload.name: r.to_json() for r in reports},
+            "cold20_s": cold,
+            "chain_w3_s": chain,
+            "issue_table": issue_table(reports, cold, chain, (load_before[0], load_after[0])).splitlines(),
             "profiles": profiles,
         }, indent=2) + "\n")
     return 1 if any(r.problems for r in reports) else 0
