@@ -132,6 +132,9 @@ class ScriptedHost:
     def local_running(self, name: str) -> bool:
         return True
 
+    def running_launchers(self) -> list[str]:
+        return []
+
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

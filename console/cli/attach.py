@@ -241,6 +241,15 @@ class AttachedFrontEnd:
     async def restart_local_node(self, node_id: str) -> None:
         raise FrontEndError("an attached console cannot start nodes on the front-end's machine")
 
+    def running_launchers(self) -> list[str] | None:
+        return None  # launchers run beside the front-end (chainconsole launch), not in an attached console
+
+    def add_launcher(self, spec: str) -> None:
+        raise FrontEndError("an attached console cannot run launchers; run chainconsole launch beside it")
+
+    def stop_launcher(self, name: str) -> None:
+        raise FrontEndError("an attached console cannot stop launchers")
+
     async def save_results(self, task_id: str, target: Path) -> None:
         """Stream the task's ``.npz`` into ``target`` (removed again if the download fails)."""
         if self._conn is None:

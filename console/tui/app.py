@@ -407,7 +407,9 @@ class ConsoleApp(App[None]):
 
     def _launcher_commands(self) -> Iterable[SystemCommand]:
         """Start a Slurm launcher, or stop a running one (``--launch`` from the palette)."""
-        running = self.host.running_launchers()
+        running = self.source.running_launchers()
+        if running is None:
+            return
         if "slurm" not in running:
             for jobs in PALETTE_SLURM_JOBS:
                 yield SystemCommand(f"Launch Slurm jobs: up to {jobs}",
@@ -415,11 +417,11 @@ class ConsoleApp(App[None]):
                                     partial(self._launch, f"slurm:{jobs}"))
         for name in running:
             yield SystemCommand(f"Stop launcher {name}", "drain its nodes, end its jobs, withdraw its key",
-                                partial(self.host.stop_launcher, name))
+                                partial(self.source.stop_launcher, name))
 
     def _launch(self, spec: str) -> None:
         try:
-            self.host.add_launcher(spec)
+            self.source.add_launcher(spec)
         except ChainconsoleError as exc:
             self.notify(str(exc), title="Cannot launch", severity="error")
 

@@ -102,6 +102,15 @@ class ConsoleSource(Protocol):
     async def restart_local_node(self, node_id: str) -> None:
         """Start local node ``node_id`` again after it was drained, kicked or lost."""
 
+    def running_launchers(self) -> list[str] | None:
+        """The launchers this console runs; None where it cannot run any (attached)."""
+
+    def add_launcher(self, spec: str) -> None:
+        """Start a launcher (``slurm:N``, ``ssh:HOSTS``) in the console's process."""
+
+    def stop_launcher(self, name: str) -> None:
+        """Stop a launcher: its nodes drain, its jobs end."""
+
 
 BY = "the console"
 
@@ -206,6 +215,15 @@ class HostedFrontEnd:
 
     async def restart_local_node(self, node_id: str) -> None:
         self.host.restart_local_node(node_id)
+
+    def running_launchers(self) -> list[str] | None:
+        return self.host.running_launchers()
+
+    def add_launcher(self, spec: str) -> None:
+        self.host.add_launcher(spec)
+
+    def stop_launcher(self, name: str) -> None:
+        self.host.stop_launcher(name)
 
     async def save_results(self, task_id: str, target: Path) -> None:
         # Building the .npz the first time reads every result from disk: not on the loop.
