@@ -184,7 +184,11 @@ class HubShell:
         held = self._held.get(chunk[:2])
         if (problem is None and held is not None and held[0] != chunk[2]
                 and self.hub.dispatcher.held_attempt(*chunk[:2]) == held[0]):
-            comparison = await asyncio.to_thread(compare, target, start, stop, held[2], result)
+            typical = self._check_s.get(chunk[0])
+            if typical is not None and typical <= INLINE_CHECK_S:  # as quick as its checks: on the loop
+                comparison = compare(target, start, stop, held[2], result)
+            else:
+                comparison = await asyncio.to_thread(compare, target, start, stop, held[2], result)
             if self.hub.dispatcher.held_attempt(*chunk[:2]) == held[0]:  # still held after the wait
                 attempt, held_node, held_result = held
                 if comparison.first:
