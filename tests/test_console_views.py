@@ -3,8 +3,6 @@ sort by column, a node's detail screen, the events filter and export, marking no
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,10 @@ from console.tui.main import MainScreen
 from console.tui.node_detail import NodeDetailScreen
 from console.tui.tables import NodesTable, TasksTable
 from tests.conftest import wait_until
-from tests.test_app_snapshots import EVENTS, NODES, still_app
+from tests.test_app_snapshots import EVENTS, NODES, still_app, utc  # noqa: F401  (utc: the zone, autouse)
 
 pytestmark = pytest.mark.timeout(60)
 SIZE = (140, 40)
-
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def order(table: NodesTable | TasksTable) -> list[str]:
