@@ -11,10 +11,9 @@ import subprocess
 import sys
 
 import asyncssh
-import numpy as np
 import pytest
 
-from console.engine.host import Host
+from console.engine.host import Host, start_local_node
 from console.engine.keys import Role
 from protocol.errors import TaskFileError
 from protocol.operations import OPERATIONS
@@ -60,19 +59,11 @@ def test_the_example_package_adds_two_operations(plugin_site: str) -> None:
 
 
 def _start_node(host: Host, name: str, site: str | None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (site, str(REPO)) if p)}
+    """A node process that finds the example package only when ``site`` is given."""
     assert host.server is not None
-    from console.engine.host import start_local_node
-
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = env["PYTHONPATH"]
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the node inherits this environment
+        patch.setenv("PYTHONPATH", os.pathsep.join(p for p in (site, str(REPO)) if p))
         proc = start_local_node(host.state, host.server.address, name)
-    finally:
-        if previous is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = previous
     host.nodes.append(proc)
     return proc
 

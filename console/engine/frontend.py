@@ -527,12 +527,12 @@ class FrontEnd(HubShell):
     async def _reopen_finished(self, node_id: str) -> None:
         """A node was caught lying: its unconfirmed chunks in finished tasks are computed again."""
         try:
-            task_ids = await self.writer.call(self.journal.distrust, node_id)
+            rows = await self.writer.call(self.journal.distrust, node_id)
         except (OSError, sqlite3.Error) as exc:
             self.log("error", f"cannot reopen the finished tasks of {node_id}: {exc}", node_id=node_id)
             return
-        rows = {row.task_id: row for row in self.journal.tasks() if row.task_id in task_ids}
-        for task_id, row in rows.items():
+        for row in rows:
+            task_id = row.task_id
             record = self.tasks.get(task_id)
             if record is None or not record.finished.is_set():
                 continue  # deleted meanwhile, or still sealing

@@ -186,9 +186,9 @@ class Journal:
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM chunks WHERE task_id = ? AND start = ?", (task_id, start))
 
-    def distrust(self, node: str) -> list[str]:
+    def distrust(self, node: str) -> list[JournaledTask]:
         """Forget the unconfirmed ranges ``node`` stored in done or failed tasks, and mark those
-        tasks running again (their ids are returned): a resumed task computes the ranges again."""
+        tasks running again (their rows are returned): a resumed task computes the ranges again."""
         with self._lock, self._transaction():
             ids = [row[0] for row in self._db.execute(
                 "SELECT DISTINCT chunks.task_id FROM chunks JOIN tasks ON tasks.task_id = chunks.task_id"
@@ -197,7 +197,9 @@ class Journal:
                 self._db.execute("DELETE FROM chunks WHERE task_id = ? AND node = ? AND confirmed = 0", (task_id, node))
                 self._db.execute("UPDATE tasks SET state = 'running', finished_at = NULL, summary = NULL"
                                  " WHERE task_id = ?", (task_id,))
-        return ids
+            rows = [self._db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                    for task_id in ids]
+        return [_journaled(row) for row in rows]
 
     def delete_task(self, task_id: str) -> None:
         """Forget a task: its row and its stored chunk ranges, in one transaction."""
@@ -207,14 +209,8 @@ class Journal:
 
     def tasks(self) -> list[JournaledTask]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT task_id, name, owner, document, items, state, submitted_at, finished_at, summary"
-                " FROM tasks ORDER BY seq"
-            ).fetchall()
-        return [
-            JournaledTask(r[0], r[1], r[2], _json_object(r[3]), r[4], r[5], r[6], r[7], _json_object(r[8]))
-            for r in rows
-        ]
+            rows = self._db.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY seq").fetchall()
+        return [_journaled(r) for r in rows]
 
     def chunks(self, task_id: str) -> list[StoredChunk]:
         with self._lock:
@@ -237,6 +233,13 @@ def _input_files(task: Task) -> dict[str, str]:
 def task_document(task: Task) -> dict:
     """The journal's copy of a task: the task file itself, its arrays in the task folder."""
     return task.document(_input_files(task))
+
+
+TASK_COLUMNS = "task_id, name, owner, document, items, state, submitted_at, finished_at, summary"
+
+
+def _journaled(r: tuple) -> JournaledTask:
+    return JournaledTask(r[0], r[1], r[2], _json_object(r[3]), r[4], r[5], r[6], r[7], _json_object(r[8]))
 
 
 def _json_object(text: object) -> dict | None:
