@@ -142,6 +142,15 @@ class ConsoleApp(App[None]):
         self.identity = HostIdentity("starting…", MASK)
         self.meter = ThroughputMeter()
         self.main = MainScreen()
+        # The other screens are made once and kept (installed): a screen composed, styled and
+        # laid out anew on each key cost 200-400 ms with 200 nodes; a kept one is filled with
+        # fresh data before it shows, and showing it is one redraw.
+        keys = [(a.key_display or a.key, a.help) for a in KEY_ACTIONS] + list(OTHER_KEYS)
+        self.help_screen = HelpModal(keys)
+        self.task_screen = TaskDetailScreen()
+        self.node_screen = NodeDetailScreen()
+        for name, screen in (("help", self.help_screen), ("task", self.task_screen), ("node", self.node_screen)):
+            self.install_screen(screen, name)
         self._new_events: collections.deque[Event] = collections.deque(maxlen=1000)
         self._host_running = False
         self._stopped = False
@@ -227,17 +236,19 @@ class ConsoleApp(App[None]):
         # Under a task's screen the main screen is hidden (dialogs only dim it): skip redrawing
         # it — 200 node rows cost more than the rest of a refresh — until it shows again.
         if all(screen.is_modal for screen in self.screen_stack[1:]):
-            events = list(self._new_events)
-            self._new_events.clear()
-            self.main.add_events(events)
-            self.main.show(self.snapshot, self.identity, self._uptime(), self.meter.current(now),
-                           self.meter.series(now))
+            self._show_main(now)
         screen = self.screen
         if isinstance(screen, TaskDetailScreen):
             self._show_detail(screen)
         elif isinstance(screen, NodeDetailScreen):
             self._show_node(screen)
         self._refresh_bindings_if_changed()
+
+    def _show_main(self, now: float) -> None:
+        events = list(self._new_events)
+        self._new_events.clear()
+        self.main.add_events(events)
+        self.main.show(self.snapshot, self.identity, self._uptime(), self.meter.current(now), self.meter.series(now))
 
     def on_node_detail_screen_ready(self, message: NodeDetailScreen.Ready) -> None:
         stack = self.screen_stack
@@ -621,7 +632,9 @@ class ConsoleApp(App[None]):
     def action_open_node(self) -> None:
         node = self.selected_node()
         if node is not None:
-            self.push_screen(NodeDetailScreen(node.node_id))
+            self.node_screen.open(node.node_id)
+            self._show_node(self.node_screen)  # filled while hidden: showing it is one redraw
+            self.push_screen(self.node_screen)
 
     def action_export_events(self) -> None:
         self._export_events()
@@ -643,14 +656,27 @@ class ConsoleApp(App[None]):
         self.notify(f"{len(events)} events saved to {target}")
 
     def action_help(self) -> None:
-        keys = [(a.key_display or a.key, a.help) for a in KEY_ACTIONS] + list(OTHER_KEYS)
-        self.push_screen(HelpModal(keys))
+        if self.screen is not self.help_screen:
+            self.push_screen(self.help_screen)
 
     def action_open_task(self) -> None:
         task = self.selected_task()
         if task is None:
             return
-        self.push_screen(TaskDetailScreen(task.task_id))
+        self.task_screen.open(task.task_id)
+        self._show_detail(self.task_screen)  # filled while hidden: showing it is one redraw
+        self.push_screen(self.task_screen)
+
+    def action_back(self) -> None:
+        """Back from a task's or node's screen to the main screen, brought up to date first."""
+        if len(self.screen_stack) < 2 or self.screen.is_modal:
+            return
+        if self._host_running and self.main.ready and len(self.screen_stack) == 2:
+            # The main screen was not redrawn while hidden: bring it up to date before it
+            # shows, so that showing it is one redraw rather than one now and one for the data.
+            self.snapshot = self.source.snapshot()
+            self._show_main(time.monotonic())
+        self.pop_screen()
 
     async def action_quit(self) -> None:
         self._quit()

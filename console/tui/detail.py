@@ -216,15 +216,26 @@ class TaskDetailScreen(Screen[None]):
         border-title-style: bold;
     }
     """
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [Binding("escape", "app.back", "Back")]
 
     class Ready(Message):
         """The screen's widgets exist: it can be shown its task."""
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str = "") -> None:
+        """The console keeps one of these and shows each task opened in it (``open``): composing
+        and styling a new screen on every enter cost more than the 100 ms a key may take."""
         super().__init__()
         self.task_id = task_id
         self.ready = False
+
+    def open(self, task_id: str) -> None:
+        """Show ``task_id`` from now on; the App fills the screen before it is shown again."""
+        if task_id == self.task_id:
+            return
+        self.task_id = task_id
+        if self.ready:
+            self.query_one(ChunkMap).show((), 0)
+            self.query_one(SharesTable).move_cursor(row=0, scroll=False)
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary")

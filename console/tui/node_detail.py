@@ -89,16 +89,21 @@ class NodeDetailScreen(Screen[None]):
         border-title-style: bold;
     }
     """
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [Binding("escape", "app.back", "Back")]
 
     class Ready(Message):
         """The screen's widgets exist: it can be shown its node."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str = "") -> None:
+        """Like the task screen, the console keeps one and shows each node opened in it (``open``)."""
         super().__init__()
         self.node_id = node_id
         self.ready = False
         self._events: list[Event] = []
+
+    def open(self, node_id: str) -> None:
+        """Show ``node_id`` from now on; the App fills the screen before it is shown again."""
+        self.node_id = node_id
 
     @property
     def selected_node_id(self) -> str:
