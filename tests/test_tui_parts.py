@@ -207,6 +207,38 @@ async def test_tables_reconcile_by_row_key_without_ever_clearing(monkeypatch: py
         assert updates == []
 
 
+async def test_a_refresh_draws_again_only_the_cells_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = OneTable()
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = app.query_one(NodesTable)
+        rows = [node(f"n{i:02d}") for i in range(20)]
+        table.show(rows)
+        await pilot.pause()
+        drawn: list[tuple[int, int]] = []
+        real = DataTable._render_cell
+
+        def spy(self: DataTable, row: int, column: int, *args: object, **kwargs: object) -> object:
+            drawn.append((row, column))
+            return real(self, row, column, *args, **kwargs)
+
+        monkeypatch.setattr(DataTable, "_render_cell", spy)
+        table.show([node("n03", "busy", 5), *rows[:3], *rows[4:]])  # n03 changes and moves to the top
+        await pilot.pause()
+        state, items = (table.get_column_index(key) for key in ("state", "items_done"))
+        body = {cell for cell in drawn if cell[0] >= 0}
+        # n03's changed cells, and every cell of the rows that moved (n00-n02 went down one
+        # place, n03 came up): nothing of the 16 rows below was drawn again.
+        assert {(0, state), (0, items)} <= body
+        assert {row for row, _ in body} == {0, 1, 2, 3}
+        assert "busy" in table.render_line(1).text and "n03" in table.render_line(1).text
+        assert "n00" in table.render_line(2).text and "idle" in table.render_line(2).text
+        drawn.clear()
+        table.show([node("n03", "busy", 7), *rows[:3], *rows[4:]])
+        await pilot.pause()
+        assert {cell for cell in drawn if cell[0] >= 0} == {(0, items)}
+        assert "7" in table.render_line(1).text
+
+
 async def test_a_filter_shows_only_rows_whose_text_matches() -> None:
     app = OneTable()
     async with app.run_test():
@@ -218,6 +250,26 @@ async def test_a_filter_shows_only_rows_whose_text_matches() -> None:
         assert sorted(k.value for k in table.rows) == ["cpu-01", "gpu-01"]
         table.show(rows, "")
         assert table.row_count == 3
+
+
+async def test_a_filter_dropping_most_rows_keeps_the_order_and_the_selected_row() -> None:
+    app = OneTable()
+    async with app.run_test() as pilot:
+        table = app.query_one(NodesTable)
+        rows = [node(f"node-{i:03d}") for i in range(1, 201)]
+        table.show(rows)
+        table.select_key("node-015")
+        # 190 of 200 rows go at once (the table is emptied and the 10 that stay added back).
+        table.show(rows, "node-01")
+        await pilot.pause()
+        assert [k.value for k in table.rows] == [f"node-01{d}" for d in range(10)]
+        assert table.selected_key == "node-015"
+        assert [table.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value for i in range(3)] == \
+            ["node-010", "node-011", "node-012"]
+        table.show(rows)
+        await pilot.pause()
+        assert table.row_count == 200 and table.selected_key == "node-015"
+        assert table.coordinate_to_cell_key(Coordinate(199, 0)).row_key.value == "node-200"
 
 
 async def test_shares_are_listed_biggest_first_and_the_cursor_stays_on_its_node() -> None:
