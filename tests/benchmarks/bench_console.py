@@ -67,6 +67,8 @@ SUBSYSTEM = "chainconsole-node"
 ITEMS_PER_CHUNK = 5
 SIZE = (140, 45)
 CONNECT_AT_ONCE = 20
+KEYS = ("down", "filter", "detail", "back", "help", "drain")
+"""What ``--keys`` can choose; ``back`` and ``detail`` are timed together (one opens, one closes)."""
 
 
 # -- fake nodes ---------------------------------------------------------------------------------
@@ -152,12 +154,18 @@ class Timings:
 
     name: str
     samples: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    """CPU time of the event loop's thread over each sample: what the key costs whatever the load."""
 
     def line(self) -> str:
         s = sorted(self.samples)
-        p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+        cpu = f"   loop CPU median {statistics.median(self.cpu):6.1f} ms" if self.cpu else ""
         return (f"{self.name:<38} n={len(s):<3} median {statistics.median(s):7.1f} ms   "
-                f"p95 {p95:7.1f} ms   worst {s[-1]:7.1f} ms")
+                f"p95 {percentile(s, 0.95):7.1f} ms   worst {s[-1]:7.1f} ms{cpu}")
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -186,13 +194,14 @@ change is drawn and out of the way, so each sample times one key, not the tail o
 async def timed(app: App, timings: Timings, key: str, shown: Callable[[], bool]) -> None:
     """Time one key: delivered → its effect in the widgets → the next refresh drawn."""
     await asyncio.sleep(SETTLE_S)
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.thread_time()
     press(app, key)
     await until(shown)
     drawn = asyncio.Event()
     app.call_after_refresh(drawn.set)
     await drawn.wait()
     timings.samples.append((time.perf_counter() - began) * 1000)
+    timings.cpu.append((time.thread_time() - began_cpu) * 1000)
 
 
 async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
@@ -206,7 +215,8 @@ async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
 # -- the run ------------------------------------------------------------------------------------
 
 
-async def bench(nodes: int, chunks: int, chunk_s: float, rounds: int, screenshots: Path | None) -> None:
+async def bench(nodes: int, chunks: int, chunk_s: float, rounds: int, screenshots: Path | None,
+                keys: frozenset[str]) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-console-"))
     app = ConsoleApp(Host(StateDir(root / "state"), ServerSettings(port=0), 0))
     refresh_ms: list[float] = []
@@ -228,14 +238,14 @@ async def bench(nodes: int, chunks: int, chunk_s: float, rounds: int, screenshot
         try:
             await until(lambda: len(app.snapshot.nodes) >= nodes, 120)
             print(f"{nodes} nodes connected over SSH in {time.perf_counter() - began:.1f} s")
-            await measure(app, pilot, nodes, chunks, rounds, screenshots, refresh_ms)
+            await measure(app, pilot, nodes, chunks, rounds, screenshots, refresh_ms, keys)
         finally:
             fleet.terminate()
             fleet.wait()
 
 
 async def measure(app: ConsoleApp, pilot: Pilot, nodes: int, chunks: int, rounds: int,
-                  screenshots: Path | None, refresh_ms: list[float]) -> None:
+                  screenshots: Path | None, refresh_ms: list[float], keys: frozenset[str]) -> None:
     document = {"name": "bench-det", "operation": "det", "chunk_size": ITEMS_PER_CHUNK, "return": "full",
                 "inputs": {"a": {"generate": {"count": chunks * ITEMS_PER_CHUNK, "shape": [4, 4],
                                               "seed": 1, "distribution": "normal"}}}}
@@ -259,32 +269,36 @@ async def measure(app: ConsoleApp, pilot: Pilot, nodes: int, chunks: int, rounds
         Timings("d → node shown draining"),
     )
     for i in range(rounds):
-        nodes_table.focus()
-        before = nodes_table.cursor_row
-        await timed(app, down, "down", lambda: nodes_table.cursor_row == before + 1)
-        # "node-01" then "node-02" …: each query matches a tenth of the fleet at most.
-        digit = str(1 + i % max(1, min(9, nodes // 10)))
-        expected = sum(1 for n in range(1, nodes + 1) if f"node-0{digit}" in f"node-{n:03d}")
-        await pilot.press("slash", *"node-0")
-        await timed(app, filtered, digit, lambda: nodes_table.row_count == expected)
-        await pilot.press("escape")
-        await until(lambda: nodes_table.row_count >= nodes)
-        tasks_table.focus()
-        await timed(app, detail, "enter",
-                    lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.ready
-                    and bool(app.screen.query_one(ChunkMap).chunks))
-        if screenshots is not None and i == rounds // 2:
-            await asyncio.sleep(1.0)  # the footer and a refresh or two
-            app.save_screenshot("console-task.svg", str(screenshots))
-        await timed(app, back, "escape", lambda: isinstance(app.screen, MainScreen))
-        await timed(app, help_, "question_mark", lambda: isinstance(app.screen, HelpModal))
-        if screenshots is not None and i == rounds // 2:
-            app.save_screenshot("console-help.svg", str(screenshots))
-        await pilot.press("escape")
-        await until(lambda: isinstance(app.screen, MainScreen))
+        if "down" in keys:
+            nodes_table.focus()
+            before = nodes_table.cursor_row
+            await timed(app, down, "down", lambda: nodes_table.cursor_row == before + 1)
+        if "filter" in keys:
+            # "node-01" then "node-02" …: each query matches a tenth of the fleet at most.
+            digit = str(1 + i % max(1, min(9, nodes // 10)))
+            expected = sum(1 for n in range(1, nodes + 1) if f"node-0{digit}" in f"node-{n:03d}")
+            await pilot.press("slash", *"node-0")
+            await timed(app, filtered, digit, lambda: nodes_table.row_count == expected)
+            await pilot.press("escape")
+            await until(lambda: nodes_table.row_count >= nodes)
+        if "detail" in keys or "back" in keys:
+            tasks_table.focus()
+            await timed(app, detail, "enter",
+                        lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.ready
+                        and bool(app.screen.query_one(ChunkMap).chunks))
+            if screenshots is not None and i == rounds // 2:
+                await asyncio.sleep(1.0)  # the footer and a refresh or two
+                app.save_screenshot("console-task.svg", str(screenshots))
+            await timed(app, back, "escape", lambda: isinstance(app.screen, MainScreen))
+        if "help" in keys:
+            await timed(app, help_, "question_mark", lambda: isinstance(app.screen, HelpModal))
+            if screenshots is not None and i == rounds // 2:
+                app.save_screenshot("console-help.svg", str(screenshots))
+            await pilot.press("escape")
+            await until(lambda: isinstance(app.screen, MainScreen))
         if screenshots is not None and i == rounds // 2:
             await save_main_screenshots(app, pilot, screenshots)
-    for i in range(min(rounds, 5)):
+    for i in range(min(rounds, 5) if "drain" in keys else 0):
         nodes_table.focus()
         nodes_table.move_cursor(row=20 + i)
         await pilot.pause()
@@ -298,7 +312,8 @@ async def measure(app: ConsoleApp, pilot: Pilot, nodes: int, chunks: int, rounds
           f"{done_before:,} → {row.items_done:,} of {row.items:,} items done while measuring ({row.state})")
     print()
     for timings in (down, filtered, detail, back, help_, drained):
-        print(timings.line())
+        if timings.samples:
+            print(timings.line())
     print(Timings("one refresh of the screens", refresh_ms).line())
     print(Timings("event-loop lag (20 ms timer)", lag).line())
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f} on {} cores".format(*os.getloadavg(), os.cpu_count()))
@@ -349,8 +364,14 @@ def main() -> None:
     parser.add_argument("--chunk-seconds", type=float, default=8.0, help="how long a fake node works on a chunk")
     parser.add_argument("--rounds", type=int, default=10, help="how many times each key is measured")
     parser.add_argument("--screenshots", type=Path, help="also save SVG screenshots of the loaded console here")
+    parser.add_argument("--keys", default=",".join(KEYS),
+                        help=f"which keys to time, comma-separated (default: all of {','.join(KEYS)}); "
+                             "one at a time is for profiling")
     args = parser.parse_args()
-    asyncio.run(bench(args.nodes, args.chunks, args.chunk_seconds, args.rounds, args.screenshots))
+    keys = frozenset(k.strip() for k in args.keys.split(",") if k.strip())
+    if keys - set(KEYS):
+        parser.error(f"--keys: unknown {', '.join(sorted(keys - set(KEYS)))}; choose from {', '.join(KEYS)}")
+    asyncio.run(bench(args.nodes, args.chunks, args.chunk_seconds, args.rounds, args.screenshots, keys))
 
 
 if __name__ == "__main__":
