@@ -169,6 +169,23 @@ def legend(chunks: Sequence[ChunkView], what: str) -> Text:
     return text
 
 
+class Summary(Static):
+    """A detail screen's top lines: a fixed height, so a change is a repaint, never a layout.
+
+    ``Static.update`` lays out the whole screen by default; on a screen with a 200-row
+    table, doing that on every refresh was the largest part of the refresh.
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shown: tuple[str, list] | None = None
+
+    def show(self, text: Text) -> None:
+        if (text.plain, text.spans) != self._shown:
+            self._shown = (text.plain, text.spans)
+            self.update(text, layout=False)
+
+
 class SharesTable(KeyedTable):
     """How many of the task's items each node computed."""
 
@@ -238,7 +255,7 @@ class TaskDetailScreen(Screen[None]):
             self.query_one(SharesTable).move_cursor(row=0, scroll=False)
 
     def compose(self) -> ComposeResult:
-        yield Static(id="summary")
+        yield Summary(id="summary")
         with Vertical(id="chunks-box") as box:
             box.border_title = "Chunk map"
             yield ChunkMap(id="chunk-map")
@@ -256,7 +273,7 @@ class TaskDetailScreen(Screen[None]):
         return self.query_one(SharesTable).selected_key if self.ready else None
 
     def show(self, row: TaskRow | None, chunks: tuple[ChunkView, ...] | None, shares: Mapping[str, int]) -> None:
-        self.query_one("#summary", Static).update(summary_text(self.task_id, row))
+        self.query_one("#summary", Summary).show(summary_text(self.task_id, row))
         self.query_one(ChunkMap).show(chunks, row.items if row else 0)
         self.query_one(SharesTable).show(shares)
 

@@ -10,10 +10,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import RichLog, Static
+from textual.widgets import RichLog
 
 from console.engine.records import Event, NodeRow
 from console.tui import formatting as fmt
+from console.tui.detail import Summary
 from console.tui.footer import FittedFooter
 from console.tui.tables import CONNECTED_NODE_STATES, NODE_STATE_STYLE
 
@@ -110,7 +111,7 @@ class NodeDetailScreen(Screen[None]):
         return self.node_id
 
     def compose(self) -> ComposeResult:
-        yield Static(id="node-summary")
+        yield Summary(id="node-summary")
         log = RichLog(id="node-events", max_lines=NODE_EVENT_LINES, wrap=False, markup=False, auto_scroll=True)
         log.border_title = "Events of this node"
         yield log
@@ -122,7 +123,7 @@ class NodeDetailScreen(Screen[None]):
 
     def show(self, row: NodeRow | None, events: Sequence[Event]) -> None:
         mine = node_events(events, self.node_id)
-        self.query_one("#node-summary", Static).update(node_summary(self.node_id, row, mine))
+        self.query_one("#node-summary", Summary).show(node_summary(self.node_id, row, mine))
         if mine == self._events:
             return
         log = self.query_one(RichLog)
