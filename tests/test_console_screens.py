@@ -129,3 +129,52 @@ async def test_drain_shows_the_node_draining_with_the_key(tmp_path: Path) -> Non
         # No refresh timer runs: the row changed because the key brought it up to date.
         await wait_until(lambda: table.get_cell("local1", "state").plain in ("draining", "drained"), 5,
                          "the row to say draining")
+
+
+async def test_switching_screens_back_and_forth_rebuilds_no_footer(tmp_path: Path) -> None:
+    from console.tui.footer import FittedFooter
+
+    app = still_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("tab", "down", "enter")
+        await wait_until(lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.ready, 5, "the task screen")
+        await pilot.press("escape", "question_mark", "escape")
+        await pilot.pause()
+        footers = (app.main.query_one(FittedFooter), app.task_screen.query_one(FittedFooter))
+        built = [footer.rebuilds for footer in footers]
+        main_keys = [k.key for k in footers[0].children]
+        for _ in range(2):
+            await pilot.press("enter")
+            assert app.screen is app.task_screen
+            await pilot.press("escape", "question_mark", "escape")
+            await pilot.pause()
+        # The same keys each time: dimmed or not is set in place, nothing is built again.
+        assert [footer.rebuilds for footer in footers] == built
+        assert [k.key for k in footers[0].children] == main_keys
+        # The footer still follows what applies: delete is dimmed (or left out for keys that
+        # apply) with the running t2 selected, and shown ready with the finished t1.
+        assert {k.action: k.has_class("-disabled") for k in footers[0].children}.get("delete_task", True) is True
+        await pilot.press("up")  # t1, done
+        await pilot.pause()
+        keys = {k.action: k.has_class("-disabled") for k in footers[0].children}
+        assert keys.get("delete_task") is False
+
+
+async def test_a_key_that_stops_applying_is_dimmed_in_place(tmp_path: Path) -> None:
+    from console.tui.footer import FittedFooter
+
+    app = still_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("tab", "down", "enter")  # t2: gpu-01 (busy) has the biggest share
+        await wait_until(lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.ready, 5, "the task screen")
+        await pilot.pause()
+        footer = app.task_screen.query_one(FittedFooter)
+        keys = list(footer.children)
+        drain = next(k for k in keys if k.action == "drain")
+        built = footer.rebuilds
+        assert not drain.has_class("-disabled")
+        await pilot.press("down", "down", "down")  # edge-08, already draining
+        await pilot.pause()
+        assert app.task_screen.selected_node_id == "edge-08"
+        assert drain.has_class("-disabled") and drain._disabled
+        assert list(footer.children) == keys and footer.rebuilds == built
