@@ -131,14 +131,6 @@ class _Message:
 
     def _header_fields(self) -> dict[str, object]:
         fields: dict[str, object] = {}
-        for spec in dataclasses.fields(self):
-            if spec.name not in self.PAYLOAD_FIELDS:
-                value = getattr(self, spec.name)
-                if spec.name in self.LATER_FIELDS and value == _default(spec):
-                    continue
-                fields[spec.name] = list(value) if isinstance(value, tuple) else value
-
-
         for name, later, default in _layout(type(self)).header:
             value = getattr(self, name)
             if later and value == default:

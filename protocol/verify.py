@@ -28,6 +28,7 @@ return, so a lying node is caught — and quarantined — by the link it is conn
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -71,12 +72,12 @@ class AssignedChunk:
         offset = self.assign.start
         return self.assign.arrays[name][start - offset:stop - offset]
 
-    @property
+    @cached_property
     def result_item_shape(self) -> tuple[int, ...]:
         shapes = {name: self._item_shape(name) for name in self.inputs}
         return OPERATIONS[self.operation].result_item_shape(shapes)
 
-    @property
+    @cached_property
     def result_dtype(self) -> np.dtype:
         return result_dtype([*(s.dtype for s in self._generated.values()),
                              *(a.dtype for a in self.assign.arrays.values())])
@@ -111,6 +112,7 @@ MAY_FAIL_COND = {"float64": 1e12, "float32": 1e4}
 """An item whose condition number (in float64) exceeds this may fail on any node: its failure is not checked."""
 
 _rng = np.random.default_rng()
+_F64 = np.dtype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: i
     full = task.return_mode == "full"
     values = result.result if full else result.norms
     shape = (count, *task.result_item_shape) if full else (count,)
-    dtype = task.result_dtype if full else np.dtype(np.float64)
+    dtype = task.result_dtype if full else _F64
     if values is None:
         return Invalid(f"result carries no {'result' if full else 'norms'} array")
     if values.shape != shape or values.dtype != dtype:
@@ -150,7 +152,7 @@ def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: i
     if not full and (bad := np.flatnonzero(ok & (values < 0))).size:
         return Invalid(f"item {start + int(bad[0])}: a norm below 0")
     check = _Check(task, start, stop, _tau(task))
-    if (problem := check.failures(ok)) is not None:
+    if not ok.all() and (problem := check.failures(ok)) is not None:
         return problem
     indexes = np.flatnonzero(ok)
     if not indexes.size:
@@ -232,14 +234,14 @@ def _item_problem(check: _Check, offset: int, result: Result, full: bool) -> Inv
 def _tolerance(operation: str, dtype: np.dtype) -> float:
     """τ: from ``TOLERANCES`` for the built-ins; an installed operation's own, scaled for float32."""
     if operation in TOLERANCES:
-        return TOLERANCES[operation][dtype.name]
+        return TOLERANCES[operation]["float32" if dtype.char == "f" else "float64"]
     own = OPERATIONS[operation].tolerance
     return own if dtype == np.float64 else own * float(np.finfo(np.float32).eps / np.finfo(np.float64).eps)
 
 
 def _tau(task: ChunkSource) -> float:
     """The bound's factor: the node's rounding in its dtype plus the check's own in float64."""
-    return _tolerance(task.operation, task.result_dtype) + _tolerance(task.operation, np.dtype(np.float64))
+    return _tolerance(task.operation, task.result_dtype) + _tolerance(task.operation, _F64)
 
 
 def _scale(x: np.ndarray) -> np.ndarray:
