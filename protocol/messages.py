@@ -134,8 +134,10 @@ class _Message:
         """Check rules that span several fields; none by default."""
 
     @classmethod
-    def _unchecked(cls, **values: object) -> _Message:
-        """A message cut from a batch that passed its checks as a whole: every field given, none checked again."""
+    def construct(cls, **values: object) -> Any:
+        """Build a message from values already checked, every field given, none checked again
+        (as pydantic's ``model_construct``): a chunk cut from a batch that passed its checks as a
+        whole, an assignment made from a validated task. Anything else goes through the checks."""
         message = object.__new__(cls)
         for name, value in values.items():
             object.__setattr__(message, name, value)
@@ -384,17 +386,19 @@ class Assigns(_ArrayMessage):
 
     @classmethod
     def of(cls, assigns: list[Assign]) -> Assigns:
-        """The batch of assignments of one task that share their operation and generated inputs."""
+        """The batch of checked assignments of one task that share their operation and generated
+        inputs (``protocol.batching`` says which fit together)."""
         first = assigns[0]
         arrays = {name: np.concatenate([a.arrays[name] for a in assigns]) for name in first.arrays}
-        return cls(first.task_id, first.operation, first.return_mode, first.generated,
-                   tuple((a.chunk, a.attempt, a.start, a.stop) for a in assigns), arrays)
+        return cls.construct(task_id=first.task_id, operation=first.operation, return_mode=first.return_mode,
+                             generated=first.generated, chunks=tuple((a.chunk, a.attempt, a.start, a.stop) for a in assigns),
+                             arrays=arrays)
 
     def split(self) -> list[Assign]:
         assigns, offset = [], 0
         for chunk, attempt, start, stop in self.chunks:
             end = offset + stop - start
-            assigns.append(Assign._unchecked(
+            assigns.append(Assign.construct(
                 task_id=self.task_id, chunk=chunk, attempt=attempt, operation=self.operation, start=start,
                 stop=stop, return_mode=self.return_mode, generated=self.generated,
                 arrays={name: array[offset:end] for name, array in self.arrays.items()}))
@@ -443,20 +447,22 @@ class Results(_ArrayMessage):
 
     @classmethod
     def of(cls, results: list[Result]) -> Results:
-        """The batch of results of one task that all carry ``result``, or all ``norms``."""
+        """The batch of checked results of one task whose values stack: all ``result`` of one dtype
+        and item shape, or all ``norms`` (``protocol.batching`` says which fit together)."""
         full = results[0].result is not None
         values = np.concatenate([r.result if full else r.norms for r in results])  # type: ignore[misc]
         names = tuple(r.computed_by for r in results)
-        return cls(results[0].task_id, tuple((r.chunk, r.attempt, r.ok.shape[0], r.elapsed_s) for r in results),
-                   np.concatenate([r.ok for r in results]), values if full else None, None if full else values,
-                   names if any(names) else ())
+        return cls.construct(task_id=results[0].task_id,
+                             chunks=tuple((r.chunk, r.attempt, r.ok.shape[0], r.elapsed_s) for r in results),
+                             ok=np.concatenate([r.ok for r in results]), result=values if full else None,
+                             norms=None if full else values, computed_by=names if any(names) else ())
 
     def split(self) -> list[Result]:
         results, offset = [], 0
         names = self.computed_by or ("",) * len(self.chunks)
         for (chunk, attempt, items, elapsed_s), computed_by in zip(self.chunks, names):
             end = offset + items
-            results.append(Result._unchecked(
+            results.append(Result.construct(
                 task_id=self.task_id, chunk=chunk, attempt=attempt, ok=self.ok[offset:end],
                 result=None if self.result is None else self.result[offset:end],
                 norms=None if self.norms is None else self.norms[offset:end],

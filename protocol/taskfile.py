@@ -259,6 +259,11 @@ class Task:
         return np.dtype(self.inputs[name].dtype)
 
     @cached_property
+    def generated_specs(self) -> dict[str, dict[str, object]]:
+        """Each generated input's ``generate`` object, as an assignment carries it (do not change it)."""
+        return {name: data.to_spec() for name, data in self.inputs.items() if isinstance(data, GeneratedInput)}
+
+    @cached_property
     def result_item_shape(self) -> tuple[int, ...]:
         """The shape of one result item; ``()`` for a scalar."""
         shapes = {name: self.item_shape(name) for name in self.inputs}

@@ -41,7 +41,7 @@ from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.hub import HubError
-from protocol.inputs import GeneratedInput, format_bytes
+from protocol.inputs import format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
 from protocol.operations import OPERATIONS, describe
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
@@ -452,20 +452,18 @@ class FrontEnd(HubShell):
         record = self.tasks[action.task_id]
         task = record.task
         assert task is not None
-        generated: dict[str, dict] = {}
-        arrays: dict[str, np.ndarray] = {}
-        for name, source in task.inputs.items():
-            if isinstance(source, GeneratedInput):
-                generated[name] = source.to_spec()
-            else:
-                arrays[name] = source[action.start:action.stop]
+        generated = task.generated_specs
+        arrays = {name: source[action.start:action.stop] for name, source in task.inputs.items()
+                  if name not in generated}
         if record.state == "queued":
             record.state = "running"
             self.writer.post(self.journal.set_state, action.task_id, "running", task_id=action.task_id)
         for listener in self._assign_listeners:
             listener((action.task_id, action.chunk, action.attempt))
-        return Assign(action.task_id, action.chunk, action.attempt, task.operation,
-                      action.start, action.stop, task.return_mode, generated, arrays)
+        # Every field comes from the validated task and the Dispatcher's ranges: not checked again.
+        return Assign.construct(task_id=action.task_id, chunk=action.chunk, attempt=action.attempt,
+                                operation=task.operation, start=action.start, stop=action.stop,
+                                return_mode=task.return_mode, generated=generated, arrays=arrays)
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
         """Only the copy that completed its chunk is written: a copy that lost the race leaves no trace.
