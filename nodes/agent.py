@@ -30,8 +30,8 @@ from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.operations import installed_operations
 from protocol.messages import (
-    BATCHES_SINCE, PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected, Result,
-    Welcome,
+    BATCHES_SINCE, PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected,
+    Result, Welcome,
 )
 
 

@@ -262,6 +262,17 @@ class Credit(_Message):
     """The node's slots now (a chain link's, counting the nodes behind it; a Dask cluster's threads); None: unchanged."""
 
 
+def _check_inputs(generated: Mapping[str, object], arrays: Mapping[str, np.ndarray], items: int, what: str) -> None:
+    """An assignment's inputs: at least one, each generated or an array of ``items`` items."""
+    if both := generated.keys() & arrays.keys():
+        raise ValueError(f"inputs {', '.join(sorted(both))} are both generated and arrays")
+    if not generated and not arrays:
+        raise ValueError("an assignment needs at least one input")
+    for name, array in arrays.items():
+        if array.shape[0] != items:
+            raise ValueError(f"arrays.{name} holds {array.shape[0]} items, {what} {items}")
+
+
 @dataclass(frozen=True, eq=False)
 class Assign(_ArrayMessage):
     """Front-end to node: compute items [start, stop) of a task; one attempt at one chunk."""
@@ -281,15 +292,7 @@ class Assign(_ArrayMessage):
     def _check_together(self) -> None:
         if self.start > self.stop:
             raise ValueError(f"start {self.start} is after stop {self.stop}")
-        if both := self.generated.keys() & self.arrays.keys():
-            raise ValueError(f"inputs {', '.join(sorted(both))} are both generated and arrays")
-        if not self.generated and not self.arrays:
-            raise ValueError("an assignment needs at least one input")
-        for name, array in self.arrays.items():
-            if array.shape[0] != self.stop - self.start:
-                raise ValueError(
-                    f"arrays.{name} holds {array.shape[0]} items, the chunk has {self.stop - self.start}"
-                )
+        _check_inputs(self.generated, self.arrays, self.stop - self.start, "the chunk has")
 
     def _payload_arrays(self) -> dict[str, np.ndarray]:
         return dict(self.arrays)
@@ -368,14 +371,8 @@ class Assigns(_ArrayMessage):
         for chunk, _, start, stop in self.chunks:
             if start > stop:
                 raise ValueError(f"chunk {chunk}: start {start} is after stop {stop}")
-        if both := self.generated.keys() & self.arrays.keys():
-            raise ValueError(f"inputs {', '.join(sorted(both))} are both generated and arrays")
-        if not self.generated and not self.arrays:
-            raise ValueError("an assignment needs at least one input")
         items = sum(stop - start for _, _, start, stop in self.chunks)
-        for name, array in self.arrays.items():
-            if array.shape[0] != items:
-                raise ValueError(f"arrays.{name} holds {array.shape[0]} items, the chunks have {items}")
+        _check_inputs(self.generated, self.arrays, items, "the chunks have")
 
     def _payload_arrays(self) -> dict[str, np.ndarray]:
         return dict(self.arrays)
