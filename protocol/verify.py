@@ -171,7 +171,7 @@ def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: i
         return check.declared(op, indexes, values[indexes])
     if _rng.random() >= recompute_fraction:
         return None
-    index = int(_rng.choice(indexes))
+    index = int(indexes[_rng.integers(indexes.size)])
     return check.recompute(index, values[index])
 
 
