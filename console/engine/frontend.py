@@ -222,7 +222,7 @@ class FrontEnd(HubShell):
             return_mode=task.return_mode,
         )
         return TaskRecord(task_id, task.name, owner, task.count, task.operation, task.return_mode,
-                          submitted_at, task=task, store=store)
+                          submitted_at, task=task, store=store, priority=task.priority)
 
     def _resume(self) -> None:
         """Load finished tasks' records and resubmit unfinished ones from the journal.
@@ -236,7 +236,8 @@ class FrontEnd(HubShell):
                 record = TaskRecord(row.task_id, row.name, row.owner, row.items,
                                     str(document.get("operation", "")), str(document.get("return", "full")),
                                     row.submitted_at, state=row.state, finished_at=row.finished_at,
-                                    summary=row.summary or _failed_summary(row, "the journal's summary is damaged"))
+                                    summary=row.summary or _failed_summary(row, "the journal's summary is damaged"),
+                                    priority=_priority(document))
                 record.finished.set()
                 self.tasks[row.task_id] = record
                 continue
@@ -267,7 +268,8 @@ class FrontEnd(HubShell):
             record = TaskRecord(row.task_id, row.name, row.owner, row.items,
                                 str((row.document or {}).get("operation", "")),
                                 str((row.document or {}).get("return", "full")), row.submitted_at,
-                                state="failed", finished_at=time.time(), summary=summary)
+                                state="failed", finished_at=time.time(), summary=summary,
+                                priority=_priority(row.document or {}))
             record.finished.set()
             self.tasks[row.task_id] = record
             self.log("damaged", f"{row.name}: {reason}", task_id=row.task_id)
@@ -616,12 +618,12 @@ class FrontEnd(HubShell):
             wall = s.get("wall_s") or 0
             return TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
                            done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
-                           done / wall if wall > 0 else 0.0)
+                           done / wall if wall > 0 else 0.0, priority=record.priority)
         if view is not None:
             state = "running" if record.state == "running" else view.state.value
             return TaskRow(record.task_id, record.name, record.owner, state, record.items,
                            view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s,
-                           view.waiting)
+                           view.waiting, record.priority)
         return None
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
@@ -750,6 +752,12 @@ class _CertificateBudget:
             return False
         self.tokens -= 1
         return True
+
+
+def _priority(document: dict) -> int:
+    """A journaled task file's ``priority`` (validated when it was submitted; 0 if it had none)."""
+    value = document.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _failed_summary(row: JournaledTask, reason: str) -> dict:
