@@ -387,9 +387,9 @@ class Assigns(_ArrayMessage):
         inputs (``protocol.batching`` says which fit together)."""
         first = assigns[0]
         arrays = {name: np.concatenate([a.arrays[name] for a in assigns]) for name in first.arrays}
+        chunks = tuple((a.chunk, a.attempt, a.start, a.stop) for a in assigns)
         return cls.construct(task_id=first.task_id, operation=first.operation, return_mode=first.return_mode,
-                             generated=first.generated, chunks=tuple((a.chunk, a.attempt, a.start, a.stop) for a in assigns),
-                             arrays=arrays)
+                             generated=first.generated, chunks=chunks, arrays=arrays)
 
     def split(self) -> list[Assign]:
         assigns, offset = [], 0
