@@ -30,8 +30,8 @@ from nodes.work import LocalWork, Work
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.operations import installed_operations
 from protocol.messages import (
-    PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected, Result,
-    Welcome,
+    BATCHES_SINCE, PROTOCOL_VERSION, Assign, Bye, Cancel, Credit, Drain, Error, Heartbeat, Hello, Reject, Rejected,
+    Result, Welcome,
 )
 
 
@@ -74,6 +74,9 @@ class NodeSettings:
     """What this node has that a task may require (``--resource gpu=1``)."""
 
 
+OLDEST_SPOKEN = 3
+"""The oldest version this node falls back to when an upstream rejects its own (its hello
+carries version 3's fields)."""
 DEADLINE_SLACK_S = 2.0
 """The deadline told in hello is this much before the walltime: time to send the last result and bye."""
 OUTBOX_LIMIT = 64
@@ -99,6 +102,8 @@ class NodeAgent:
         self._outbox: list[tuple[str, Result]] = []
         self._left = False
         self._sent = 0
+        self._version = PROTOCOL_VERSION
+        """The version said in hello: this code's, or an older upstream's newest."""
 
     def say(self, message: str) -> None:
         print(f"[{self.settings.name}] {message}", file=self._out, flush=True)
@@ -213,14 +218,19 @@ class NodeAgent:
         channel = self._channel = MessageChannel.of_client_process(process)
         s = self.settings
         left = None if s.deadline is None else max(0.0, s.deadline - time.time() - DEADLINE_SLACK_S)
-        self._send(Hello(PROTOCOL_VERSION, s.name, self.work.slots, self.work.window,
+        self._send(Hello(self._version, s.name, self.work.slots, self.work.window,
                          f"chainconsole-node/{PROTOCOL_VERSION}", host_key=self.host_key_line,
                          operations=installed_operations(), resources=s.resources, deadline_s=left))
         first = await channel.receive()
         if isinstance(first, Reject):
+            if OLDEST_SPOKEN <= first.protocol_version < self._version:
+                self.say(f"{where} speaks protocol version {first.protocol_version}: saying hello in it")
+                self._version = first.protocol_version
+                return True
             raise NodeExit(f"{where} rejected this node: {first.reason}", 2)
         if not isinstance(first, Welcome):
             raise RemoteProtocolError(f"expected welcome, got {type(first).__name__}")
+        channel.batching = first.protocol_version >= BATCHES_SINCE
         self.say(f"connected to {where} as {first.node_id} with {self.work.slots} slots")
         self.work.handle(first)
         self._deliver_outbox(first.instance)

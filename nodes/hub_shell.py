@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from protocol import dispatcher as d
@@ -39,6 +38,9 @@ INLINE_CHECK_S = 0.001
 checks) is checked on the event loop: handing a check of tens of microseconds to a thread
 and back costs more than the check. A task's first result, and tasks with slower checks,
 are checked on a thread, so the loop stays responsive."""
+TIME_EVERY = 8
+"""A check on the loop is timed once in this many: reading a thread's CPU clock is a system
+call, dearer than the quickest checks."""
 CHECK_TIMES_KEPT = 1024
 """Tasks whose check time is remembered, at most (the oldest are forgotten first)."""
 
@@ -56,12 +58,12 @@ ChunkId = tuple[str, int, int]
 """(task id, chunk, attempt) as this hub's Dispatcher knows the chunk."""
 
 
-def _timed_judge(target: object, start: int, stop: int, result: Result, sample: int,
-                 clock: Callable[[], float] = time.perf_counter) -> tuple[Invalid | None, float]:
-    """``judge`` a result, and how long it took by ``clock``."""
-    began = clock()
+def _timed_judge(target: object, start: int, stop: int, result: Result, sample: int) -> tuple[Invalid | None, float]:
+    """``judge`` a result, and the CPU time it took on its thread (a wait for the interpreter
+    lock, or a preempted loop on a busy machine, is not the check's cost)."""
+    began = time.thread_time()
     problem = judge(target, start, stop, result, sample=sample)  # type: ignore[arg-type]
-    return problem, clock() - began
+    return problem, time.thread_time() - began
 
 
 class HubShell:
@@ -82,6 +84,7 @@ class HubShell:
         self._confirmations: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
         self._check_s: dict[str, float] = {}  # task id -> CPU time of a check, smoothed
+        self._checks = 0
 
     def now(self) -> float:
         return time.monotonic()
@@ -169,37 +172,51 @@ class HubShell:
             self.run(d.HeartbeatReceived(node_id))
             return
         target, start, stop = self.face_check_target(chunk)
-        problem = None
-        if not trusted:
-            task_id = chunk[0]
-            typical = self._check_s.get(task_id)
-            if typical is not None and typical <= INLINE_CHECK_S:
-                problem, took = _timed_judge(target, start, stop, result, self.verify_sample)
-            else:
-                # CPU time on a thread: its waits for the interpreter lock are not the check's cost.
-                problem, took = await asyncio.to_thread(_timed_judge, target, start, stop, result,
-                                                        self.verify_sample, time.thread_time)
-            self._note_check(task_id, took)
+        problem = None if trusted else await self._judge(chunk[0], target, start, stop, result)
         verdict = None
-        held = self._held.get(chunk[:2])
-        if (problem is None and held is not None and held[0] != chunk[2]
-                and self.hub.dispatcher.held_attempt(*chunk[:2]) == held[0]):
-            typical = self._check_s.get(chunk[0])
-            if typical is not None and typical <= INLINE_CHECK_S:  # as quick as its checks: on the loop
-                comparison = compare(target, start, stop, held[2], result)
-            else:
-                comparison = await asyncio.to_thread(compare, target, start, stop, held[2], result)
-            if self.hub.dispatcher.held_attempt(*chunk[:2]) == held[0]:  # still held after the wait
-                attempt, held_node, held_result = held
-                if comparison.first:
-                    self._reject(held_node, held_result, comparison.first)
-                if comparison.second:
-                    problem = Invalid(f"differs from another node's result: {comparison.second}",
-                                      comparison.second.tolerance)
-                verdict = h.HeldVerdict(held_node, held_result.computed_by, valid=not comparison.first,
-                                        confirmed=not comparison.second and comparison.settled)
+        if problem is None:
+            problem, verdict = await self._against_held(chunk, target, start, stop, result)
         self.settle(node_id, chunk, result, problem, verdict, trusted=trusted)
         await self.face_drained()
+
+    def _quick(self, task_id: str) -> bool:
+        """Whether the task's checks take so little that they run on the event loop."""
+        typical = self._check_s.get(task_id)
+        return typical is not None and typical <= INLINE_CHECK_S
+
+    async def _judge(self, task_id: str, target: object, start: int, stop: int, result: Result) -> Invalid | None:
+        """``judge`` on the loop when the task's checks are quick (timed one in ``TIME_EVERY``), else on a thread."""
+        self._checks += 1
+        if self._quick(task_id) and self._checks % TIME_EVERY:
+            return judge(target, start, stop, result, sample=self.verify_sample)  # type: ignore[arg-type]
+        if self._quick(task_id):
+            problem, took = _timed_judge(target, start, stop, result, self.verify_sample)
+        else:
+            problem, took = await asyncio.to_thread(_timed_judge, target, start, stop, result, self.verify_sample)
+        self._note_check(task_id, took)
+        return problem
+
+    async def _against_held(self, chunk: ChunkId, target: object, start: int, stop: int,
+                            result: Result) -> tuple[Invalid | None, h.HeldVerdict | None]:
+        """Compare a valid result with its chunk's held result of another attempt, if there is one:
+        what is wrong with this one, and the verdict on the held one."""
+        held = self._held.get(chunk[:2])
+        if held is None or held[0] == chunk[2] or self.hub.dispatcher.held_attempt(*chunk[:2]) != held[0]:
+            return None, None
+        attempt, held_node, held_result = held
+        if self._quick(chunk[0]):
+            comparison = compare(target, start, stop, held_result, result)  # type: ignore[arg-type]
+        else:
+            comparison = await asyncio.to_thread(compare, target, start, stop, held_result, result)
+        if self.hub.dispatcher.held_attempt(*chunk[:2]) != attempt:  # settled while they were compared
+            return None, None
+        if comparison.first:
+            self._reject(held_node, held_result, comparison.first)
+        problem = None
+        if comparison.second:
+            problem = Invalid(f"differs from another node's result: {comparison.second}", comparison.second.tolerance)
+        return problem, h.HeldVerdict(held_node, held_result.computed_by, valid=not comparison.first,
+                                      confirmed=not comparison.second and comparison.settled)
 
     def _note_check(self, task_id: str, took: float) -> None:
         before = self._check_s.pop(task_id, None)

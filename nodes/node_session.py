@@ -16,7 +16,7 @@ from nodes.hub_shell import HubShell
 from nodes.ssh.channel import BROKEN, MessageChannel
 from protocol.errors import RemoteProtocolError
 from protocol.hub import Refused
-from protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Bye, Error, Hello, Reject
+from protocol.messages import BATCHES_SINCE, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Bye, Error, Hello, Reject
 
 HELLO_TIMEOUT_S = 10.0
 
@@ -69,6 +69,7 @@ class NodeSession:
                 self.send(Reject("hello.via must be empty: a node says hello to the hub it connects to",
                                  PROTOCOL_VERSION))
                 return
+            self.channel.batching = hello.protocol_version >= BATCHES_SINCE
             try:
                 self.node_id = self.shell.admit(self, hello, hello.name or self.name, self.fingerprint, self.address)
             except Refused as exc:

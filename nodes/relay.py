@@ -93,7 +93,8 @@ class Relay(HubShell):
         self._emit: Emit = lambda message: None
         self._by_task: dict[str, Assign] = {}  # this link's task id → the upstream's assignment
         self._by_key: dict[ChunkKey, str] = {}
-        self._holders: dict[tuple[str, ChunkKey], int] = {}  # (node, upstream chunk) → attempt here
+        self._holders: dict[ChunkKey, dict[str, int]] = {}  # upstream chunk → node → attempt here
+        self._targets: dict[str, AssignedChunk] = {}  # this link's task id → what its results are checked against
         self._certified: set[str] = set()
         self._own_results: set[asyncio.Task] = set()
         self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
@@ -224,18 +225,21 @@ class Relay(HubShell):
     def face_chunk(self, node_id: str, message: Result | Failed) -> ChunkId | None:
         key = key_of(message)
         task_id = self._by_key.get(key)
-        attempt = self._holders.get((node_id, key))
+        attempt = self._holders.get(key, {}).get(node_id)
         if task_id is None or attempt is None:
             return None  # cancelled, or never ours: nobody above is waiting for it here
         return (task_id, 0, attempt)
 
     def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
         assign = self._by_task[chunk[0]]
-        return AssignedChunk(assign), assign.start, assign.stop
+        target = self._targets.get(chunk[0])
+        if target is None:
+            target = self._targets[chunk[0]] = AssignedChunk(assign)
+        return target, assign.start, assign.stop
 
     def face_assign(self, action: d.AssignChunk) -> Assign:
         assign = self._by_task[action.task_id]
-        self._holders[(action.node_id, key_of(assign))] = action.attempt
+        self._holders.setdefault(key_of(assign), {})[action.node_id] = action.attempt
         return assign
 
     def face_cancel(self, action: d.CancelChunk) -> Cancel | None:
@@ -270,8 +274,8 @@ class Relay(HubShell):
                 if assign is not None:
                     key = key_of(assign)
                     self._by_key.pop(key, None)
-                    for holder in [held for held in self._holders if held[1] == key]:
-                        del self._holders[holder]
+                    self._holders.pop(key, None)
+                self._targets.pop(task_id, None)
 
     def face_tick(self) -> None:
         self.run(d.HeartbeatReceived(self.name))  # this link's own pool is alive as long as we are

@@ -69,6 +69,9 @@ HELD_TARGET_S = 0.02
 arrive before a worker runs dry (a round trip is about a millisecond)."""
 MAX_WINDOW_PER_SLOT = 48
 """Chunks held per slot, at most, however short they are."""
+WINDOW_STEADY = 8
+"""A window that would change by an eighth or less stays as it is: chunk times jitter, and each
+change costs a ``credit`` and a round of the upstream's dispatching."""
 TIMES_KEPT = 256
 """Tasks whose chunk time is remembered, at most (the oldest are forgotten first)."""
 
@@ -215,8 +218,10 @@ class LocalWork:
                     self._emit(Failed(a.task_id, a.chunk, a.attempt, clean_reason(outcome.reason)))
                 else:
                     self._measured(a.task_id, outcome.elapsed_s)
-                    self._emit(Result(a.task_id, a.chunk, a.attempt, outcome.ok, outcome.result, outcome.norms,
-                                      outcome.elapsed_s))
+                    # The kernels' own output for a checked assignment: built without the checks again.
+                    self._emit(Result.construct(task_id=a.task_id, chunk=a.chunk, attempt=a.attempt, ok=outcome.ok,
+                                                result=outcome.result, norms=outcome.norms,
+                                                elapsed_s=outcome.elapsed_s, computed_by=""))
         finally:
             self._jobs.discard(asyncio.current_task())  # type: ignore[arg-type]
         if not self._closed:
@@ -238,7 +243,9 @@ class LocalWork:
             return
         slowest = max(self._chunk_s[task] for task in tasks)
         per_slot = min(MAX_WINDOW_PER_SLOT, int(HELD_TARGET_S / max(slowest, 1e-6)))
-        self._set_window(max(self.base_window, self.slots * per_slot))
+        window = max(self.base_window, self.slots * per_slot)
+        if abs(window - self._window) * WINDOW_STEADY > self._window:
+            self._set_window(window)
 
     def _set_window(self, window: int) -> None:
         if window != self._window:

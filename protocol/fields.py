@@ -146,6 +146,26 @@ def list_of(each: Check, most: int, what: str) -> Check:
     return check
 
 
+def rows(*columns: Check, most: int, what: str) -> Check:
+    """A list of at most ``most`` rows, each a list of exactly one value per column, each
+    passing its column's check; normalised to a tuple of tuples."""
+    width = len(columns)
+
+    def check(label: str, value: Any) -> tuple[tuple[Any, ...], ...]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{label} must be a list of {what}, got {type(value).__name__}")
+        if not 1 <= len(value) <= most:
+            raise ValueError(f"{label} has {len(value)} entries, expected 1 to {most}")
+        checked = []
+        for index, row in enumerate(value):
+            if not isinstance(row, (list, tuple)) or len(row) != width:
+                raise ValueError(f"{label}[{index}] must be a list of {width} values")
+            checked.append(tuple(column(f"{label}[{index}]", item) for column, item in zip(columns, row)))
+        return tuple(checked)
+
+    return check
+
+
 def labels(most: int = 64) -> Check:
     """A JSON object of at most ``most`` entries: identifier keys, name or finite number values.
 

@@ -54,10 +54,14 @@ from protocol.frames import (
 )
 from protocol.operations import RETURN_MODES
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The version this code speaks first; see the changelog in docs/protocol.md."""
-SUPPORTED_VERSIONS = (1, 2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 """Every version a front-end or chain link built from this code accepts in hello."""
+BATCHES_SINCE = 4
+"""The protocol version that added ``assigns`` and ``results``."""
+MAX_BATCH = 256
+"""Chunks in one ``assigns`` or ``results``, at most."""
 MAX_HEARTBEAT_S = 3600.0
 MAX_DEADLINE_S = 366 * 86400.0
 # Decode errors stay short enough to send back in an Error message.
@@ -129,16 +133,18 @@ class _Message:
     def _check_together(self) -> None:
         """Check rules that span several fields; none by default."""
 
+    @classmethod
+    def construct(cls, **values: object) -> Any:
+        """Build a message from values already checked, every field given, none checked again
+        (as pydantic's ``model_construct``): a chunk cut from a batch that passed its checks as a
+        whole, an assignment made from a validated task. Anything else goes through the checks."""
+        message = object.__new__(cls)
+        for name, value in values.items():
+            object.__setattr__(message, name, value)
+        return message
+
     def _header_fields(self) -> dict[str, object]:
         fields: dict[str, object] = {}
-        for spec in dataclasses.fields(self):
-            if spec.name not in self.PAYLOAD_FIELDS:
-                value = getattr(self, spec.name)
-                if spec.name in self.LATER_FIELDS and value == _default(spec):
-                    continue
-                fields[spec.name] = list(value) if isinstance(value, tuple) else value
-
-
         for name, later, default in _layout(type(self)).header:
             value = getattr(self, name)
             if later and value == default:
@@ -256,6 +262,17 @@ class Credit(_Message):
     """The node's slots now (a chain link's, counting the nodes behind it; a Dask cluster's threads); None: unchanged."""
 
 
+def _check_inputs(generated: Mapping[str, object], arrays: Mapping[str, np.ndarray], items: int, what: str) -> None:
+    """An assignment's inputs: at least one, each generated or an array of ``items`` items."""
+    if both := generated.keys() & arrays.keys():
+        raise ValueError(f"inputs {', '.join(sorted(both))} are both generated and arrays")
+    if not generated and not arrays:
+        raise ValueError("an assignment needs at least one input")
+    for name, array in arrays.items():
+        if array.shape[0] != items:
+            raise ValueError(f"arrays.{name} holds {array.shape[0]} items, {what} {items}")
+
+
 @dataclass(frozen=True, eq=False)
 class Assign(_ArrayMessage):
     """Front-end to node: compute items [start, stop) of a task; one attempt at one chunk."""
@@ -275,15 +292,7 @@ class Assign(_ArrayMessage):
     def _check_together(self) -> None:
         if self.start > self.stop:
             raise ValueError(f"start {self.start} is after stop {self.stop}")
-        if both := self.generated.keys() & self.arrays.keys():
-            raise ValueError(f"inputs {', '.join(sorted(both))} are both generated and arrays")
-        if not self.generated and not self.arrays:
-            raise ValueError("an assignment needs at least one input")
-        for name, array in self.arrays.items():
-            if array.shape[0] != self.stop - self.start:
-                raise ValueError(
-                    f"arrays.{name} holds {array.shape[0]} items, the chunk has {self.stop - self.start}"
-                )
+        _check_inputs(self.generated, self.arrays, self.stop - self.start, "the chunk has")
 
     def _payload_arrays(self) -> dict[str, np.ndarray]:
         return dict(self.arrays)
@@ -335,6 +344,128 @@ class Result(_ArrayMessage):
         if "ok" not in arrays:
             raise ValueError("missing the ok array")
         return {"ok": arrays["ok"], "result": arrays.get("result"), "norms": arrays.get("norms")}
+
+
+_INDEX = check.integer(0, MAX_INDEX)
+
+
+@dataclass(frozen=True, eq=False)
+class Assigns(_ArrayMessage):
+    """Version 4, front-end to node: several chunks of one task, each its own attempt.
+
+    Means exactly what one ``assign`` per entry of ``chunks`` would, in that order. Array
+    inputs hold every chunk's items, one chunk after another.
+    """
+
+    TYPE: ClassVar[str] = "assigns"
+    PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("arrays",)
+    task_id: str = _field(check.identifier())
+    operation: str = _field(check.identifier())
+    return_mode: str = _field(check.choice(*RETURN_MODES))
+    generated: Mapping[str, Mapping[str, object]] = _field(check.generator_specs())
+    chunks: tuple[tuple[int, int, int, int], ...] = _field(
+        check.rows(_INDEX, _INDEX, _INDEX, _INDEX, most=MAX_BATCH, what="[chunk, attempt, start, stop]"))
+    arrays: Mapping[str, np.ndarray] = _field(check.input_arrays())
+
+    def _check_together(self) -> None:
+        for chunk, _, start, stop in self.chunks:
+            if start > stop:
+                raise ValueError(f"chunk {chunk}: start {start} is after stop {stop}")
+        items = sum(stop - start for _, _, start, stop in self.chunks)
+        _check_inputs(self.generated, self.arrays, items, "the chunks have")
+
+    def _payload_arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.arrays)
+
+    @classmethod
+    def _fields_from_arrays(cls, arrays: dict[str, np.ndarray]) -> dict[str, object]:
+        return {"arrays": arrays}
+
+    @classmethod
+    def of(cls, assigns: list[Assign]) -> Assigns:
+        """The batch of checked assignments of one task that share their operation and generated
+        inputs (``protocol.batching`` says which fit together)."""
+        first = assigns[0]
+        arrays = {name: np.concatenate([a.arrays[name] for a in assigns]) for name in first.arrays}
+        chunks = tuple((a.chunk, a.attempt, a.start, a.stop) for a in assigns)
+        return cls.construct(task_id=first.task_id, operation=first.operation, return_mode=first.return_mode,
+                             generated=first.generated, chunks=chunks, arrays=arrays)
+
+    def split(self) -> list[Assign]:
+        assigns, offset = [], 0
+        for chunk, attempt, start, stop in self.chunks:
+            end = offset + stop - start
+            assigns.append(Assign.construct(
+                task_id=self.task_id, chunk=chunk, attempt=attempt, operation=self.operation, start=start,
+                stop=stop, return_mode=self.return_mode, generated=self.generated,
+                arrays={name: array[offset:end] for name, array in self.arrays.items()}))
+            offset = end
+        return assigns
+
+
+@dataclass(frozen=True, eq=False)
+class Results(_ArrayMessage):
+    """Version 4, node to front-end: the results of several attempts at chunks of one task.
+
+    Means exactly what one ``result`` per entry of ``chunks`` would, in that order; the
+    arrays hold every chunk's items, one chunk after another.
+    """
+
+    TYPE: ClassVar[str] = "results"
+    PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = ("ok", "result", "norms")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("computed_by",)
+    task_id: str = _field(check.identifier())
+    chunks: tuple[tuple[int, int, int, float], ...] = _field(
+        check.rows(_INDEX, _INDEX, _INDEX, check.real(0.0, math.inf), most=MAX_BATCH,
+                   what="[chunk, attempt, items, elapsed_s]"))
+    ok: np.ndarray = _field(check.array(dtypes=frozenset({"|b1"}), ndim=1))
+    result: np.ndarray | None = _field(check.optional(check.array(min_ndim=1)))
+    norms: np.ndarray | None = _field(check.optional(check.array(dtypes=frozenset({"<f8"}), ndim=1)))
+    computed_by: tuple[str, ...] = _field(check.list_of(check.name(low=0), MAX_BATCH, "names"), default=())
+    """One per chunk, as ``result.computed_by``; left off the wire when every one is ""."""
+
+    def _check_together(self) -> None:
+        values = [array for array in (self.result, self.norms) if array is not None]
+        if len(values) != 1:
+            raise ValueError("results carry exactly one of result and norms")
+        items = sum(row[2] for row in self.chunks)
+        if self.ok.shape[0] != items or values[0].shape[0] != items:
+            raise ValueError(f"the arrays hold {self.ok.shape[0]} items, the chunks {items}")
+        if self.computed_by and len(self.computed_by) != len(self.chunks):
+            raise ValueError(f"computed_by names {len(self.computed_by)} nodes for {len(self.chunks)} chunks")
+
+    def _payload_arrays(self) -> dict[str, np.ndarray]:
+        values = {"result": self.result} if self.result is not None else {"norms": self.norms}
+        return {**values, "ok": self.ok}
+
+    @classmethod
+    def _fields_from_arrays(cls, arrays: dict[str, np.ndarray]) -> dict[str, object]:
+        return Result._fields_from_arrays(arrays)
+
+    @classmethod
+    def of(cls, results: list[Result]) -> Results:
+        """The batch of checked results of one task whose values stack: all ``result`` of one dtype
+        and item shape, or all ``norms`` (``protocol.batching`` says which fit together)."""
+        full = results[0].result is not None
+        values = np.concatenate([r.result if full else r.norms for r in results])  # type: ignore[misc]
+        names = tuple(r.computed_by for r in results)
+        return cls.construct(task_id=results[0].task_id,
+                             chunks=tuple((r.chunk, r.attempt, r.ok.shape[0], r.elapsed_s) for r in results),
+                             ok=np.concatenate([r.ok for r in results]), result=values if full else None,
+                             norms=None if full else values, computed_by=names if any(names) else ())
+
+    def split(self) -> list[Result]:
+        results, offset = [], 0
+        names = self.computed_by or ("",) * len(self.chunks)
+        for (chunk, attempt, items, elapsed_s), computed_by in zip(self.chunks, names):
+            end = offset + items
+            results.append(Result.construct(
+                task_id=self.task_id, chunk=chunk, attempt=attempt, ok=self.ok[offset:end],
+                result=None if self.result is None else self.result[offset:end],
+                norms=None if self.norms is None else self.norms[offset:end],
+                elapsed_s=elapsed_s, computed_by=computed_by))
+            offset = end
+        return results
 
 
 @dataclass(frozen=True)
@@ -492,14 +623,14 @@ class Submit(_ArrayMessage):
 
 
 Message: TypeAlias = (
-    Hello | Welcome | Reject | Credit | Assign | Result | Failed | Rejected | Heartbeat | Cancel | Drain | Bye
-    | Error | Subtree | Control | HostCertificate | NodeKeys | Submit
+    Hello | Welcome | Reject | Credit | Assign | Assigns | Result | Results | Failed | Rejected | Heartbeat | Cancel
+    | Drain | Bye | Error | Subtree | Control | HostCertificate | NodeKeys | Submit
 )
 
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Reject, Credit, Assign, Result, Failed, Rejected, Heartbeat, Cancel, Drain, Bye,
-                Error, Subtree, Control, HostCertificate, NodeKeys, Submit)
+    for cls in (Hello, Welcome, Reject, Credit, Assign, Assigns, Result, Results, Failed, Rejected, Heartbeat,
+                Cancel, Drain, Bye, Error, Subtree, Control, HostCertificate, NodeKeys, Submit)
 }
 
 

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -257,13 +258,18 @@ class Task:
         """The element type of input ``name`` (float32 or float64)."""
         return np.dtype(self.inputs[name].dtype)
 
-    @property
+    @cached_property
+    def generated_specs(self) -> dict[str, dict[str, object]]:
+        """Each generated input's ``generate`` object, as an assignment carries it (do not change it)."""
+        return {name: data.to_spec() for name, data in self.inputs.items() if isinstance(data, GeneratedInput)}
+
+    @cached_property
     def result_item_shape(self) -> tuple[int, ...]:
         """The shape of one result item; ``()`` for a scalar."""
         shapes = {name: self.item_shape(name) for name in self.inputs}
         return OPERATIONS[self.operation].result_item_shape(shapes)
 
-    @property
+    @cached_property
     def result_dtype(self) -> np.dtype:
         """float32 when every input is float32, else float64."""
         return result_dtype(self.input_dtype(name) for name in self.inputs)

@@ -14,6 +14,7 @@ import numpy as np
 
 from nodes.kernels import compute
 from protocol.inputs import GeneratedInput
+from protocol.batching import split
 from protocol.messages import (
     PROTOCOL_VERSION, Assign, Failed, Heartbeat, Hello, MessageReader, Reject, Rejected, Result, Welcome,
     encode_message,
@@ -89,14 +90,15 @@ class FakeNode:
 
     async def _serve(self, reader: MessageReader) -> None:
         try:
-            while (message := await self._next(reader)) is not None:
-                if isinstance(message, Assign):
-                    answer = self.tamper(message, await asyncio.to_thread(_compute, message))
-                    if answer is not None:
-                        self.send(answer)
-                        self.results_sent += 1
-                elif isinstance(message, Rejected):
-                    self.rejections.append(message)
+            while (received := await self._next(reader)) is not None:
+                for message in split(received):  # an ``assigns`` stands for one ``assign`` per chunk
+                    if isinstance(message, Assign):
+                        answer = self.tamper(message, await asyncio.to_thread(_compute, message))
+                        if answer is not None:
+                            self.send(answer)
+                            self.results_sent += 1
+                    elif isinstance(message, Rejected):
+                        self.rejections.append(message)
         except (asyncssh.Error, ConnectionError, BrokenPipeError):
             pass
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import tracemalloc
 
 import numpy as np
@@ -255,19 +254,15 @@ def test_arbitrary_bytes_only_ever_raise_remote_protocol_error(data: bytes, size
         pass
 
 
-def test_large_payload_in_small_pieces_is_linear_time() -> None:
+def test_a_large_payload_in_small_pieces_arrives_whole() -> None:
+    # That it is copied once, not per piece, is the next test's (by memory, not by time).
     payload = np.arange(128 * MiB, dtype=np.uint8)
     stream = memoryview(wire(encode_frame({"big": True}, [payload])))
     decoder = FrameDecoder()
-    started = time.perf_counter()
     piece = 64 * 1024
     for pos in range(0, len(stream), piece):
         decoder.feed(stream[pos : pos + piece])
     frame = decoder.next_frame()
-    elapsed = time.perf_counter() - started
-    # One copy of 128 MiB takes a fraction of a second even on a busy machine; growing or
-    # re-slicing a buffer per piece (quadratic) would copy ~128 GB.
-    assert elapsed < 10.0
     received = np.frombuffer(frame.payload, dtype=np.uint8)
     # A prime stride samples every piece at a different offset, without a slow full compare.
     assert len(received) == len(payload) and np.array_equal(received[::4099], payload[::4099])

@@ -23,6 +23,7 @@ from protocol.messages import (
     Rejected,
     PROTOCOL_VERSION,
     Assign,
+    Assigns,
     Bye,
     Cancel,
     Credit,
@@ -36,6 +37,7 @@ from protocol.messages import (
     MessageReader,
     Reject,
     Result,
+    Results,
     HostCertificate,
     NodeKeys,
     Submit,
@@ -68,6 +70,10 @@ SAMPLES: list[Message] = [
     Result("t-1", 2, 0, np.array([True, False]), None, np.array([1.5, np.nan]), 12.0),
     Result("t-1", 3, 0, np.zeros(0, bool), None, np.zeros(0), 0.0),
     Result("t-1", 4, 0, np.ones(2, bool), np.array([[1, 2], [3, 4]], dtype=np.int64), None, 1e-6),
+    Assigns("t-1", "invert", "full", GENERATED, ((0, 0, 0, 10), (3, 1, 30, 40)), {}),
+    Assigns("t-2", "solve", "norms", GENERATED, ((7, 0, 70, 71), (8, 2, 80, 82)), {"b": rng.standard_normal((3, 4))}),
+    Results("t-1", ((0, 0, 2, 0.25), (5, 1, 1, 0.0)), np.array([True, False, True]), np.zeros((3, 2, 2)), None),
+    Results("t-1", ((2, 0, 1, 1e-6),), np.ones(1, bool), None, np.ones(1), computed_by=("behind",)),
     Failed("t-1", 0, 1, "worker process died\nexit code -9"),
     Failed("t-1", 0, 1, "unknown operation 'fft'", retryable=False),
     Rejected("t-1", 0, 1, "item 3: invert check failed (residual 1e-3 > bound 1e-9)", 1.5e-14),
@@ -124,7 +130,7 @@ def wire_header(msg: Message) -> dict:
 def test_every_message_type_is_sampled() -> None:
     assert {type(msg) for msg in SAMPLES} == set(MESSAGE_TYPES.values())
     assert set(MESSAGE_TYPES) == {
-        "hello", "welcome", "reject", "credit", "assign", "result",
+        "hello", "welcome", "reject", "credit", "assign", "assigns", "result", "results",
         "failed", "rejected", "heartbeat", "cancel", "drain", "bye", "error", "subtree", "control", "host_certificate",
         "node_keys",
         "submit",

@@ -198,3 +198,15 @@ def test_a_journal_from_before_confirmations_opens_and_distrusts_only_unconfirme
         assert journal.distrust("liar") == []
     finally:
         journal.close()
+
+
+async def test_a_tasks_priority_is_listed_running_resumed_and_finished(state: StateDir) -> None:
+    urgent = {**GENERATED, "name": "urgent", "priority": 7}
+    async with Host(state, ServerSettings(port=0)) as host:
+        queued = await host.frontend.submit(parse_task(urgent), "operator")
+        cancelled = await host.frontend.submit(parse_task({**urgent, "name": "dropped", "priority": -3}), "operator")
+        host.frontend.cancel(cancelled, by="operator")
+        await host.frontend.wait(cancelled)
+        assert {r.task_id: r.priority for r in host.frontend.task_rows()} == {queued: 7, cancelled: -3}
+    async with Host(state, ServerSettings(port=0)) as host:  # one resumed, one finished before
+        assert {r.task_id: r.priority for r in host.frontend.task_rows()} == {queued: 7, cancelled: -3}

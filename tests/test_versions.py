@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import asyncssh
+import numpy as np
 import pytest
 
 from console.engine.host import Host
+from protocol.batching import join, split
 from protocol.messages import (
-    PROTOCOL_VERSION, SUPPORTED_VERSIONS, Assign, Error, Hello, MessageReader, Reject, Result, Welcome,
-    encode_message,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS, Assign, Assigns, Error, Hello, MessageReader, Reject, Result, Results,
+    Welcome, encode_message,
 )
 from protocol.taskfile import parse_task
 from tests.fake_node import _compute
@@ -76,6 +78,73 @@ async def test_a_direct_node_may_not_claim_a_path(host: Host) -> None:
     conn, _, answer = await _session(host, Hello(PROTOCOL_VERSION, "sneak", 1, 2, via=("elsewhere",)))
     conn.close()
     assert isinstance(answer, Reject) and "via" in answer.reason
+
+
+SHORT_CHUNKS = {"name": "short", "operation": "det", "chunk_size": 2, "inputs": {
+    "a": {"generate": {"count": 40, "shape": [3, 3], "seed": 11}}}}
+
+
+async def _answer_all(host: Host, wire: Wire, chunks: int, *, batch: bool) -> list[object]:
+    """Compute every chunk assigned until ``chunks`` are answered; return the frames received."""
+    frames, answered = [], 0
+    while answered < chunks:
+        frame = await asyncio.wait_for(wire.next(), 10)
+        assert not isinstance(frame, Error), frame
+        frames.append(frame)
+        results = [_compute(m) for m in split(frame) if isinstance(m, Assign)]
+        for message in join(results) if batch else results:
+            wire.send(message)
+        answered += len(results)
+    return frames
+
+
+async def test_a_version_4_node_gets_several_chunks_per_frame_and_may_answer_in_one(host: Host) -> None:
+    conn, wire, welcome = await _session(host, Hello(4, "batched", 1, 12))
+    try:
+        assert isinstance(welcome, Welcome) and welcome.protocol_version == 4
+        task = parse_task(SHORT_CHUNKS)
+        task_id = await host.frontend.submit(task, "operator")
+        frames = await _answer_all(host, wire, 20, batch=True)
+        assert any(isinstance(f, Assigns) and len(f.chunks) > 1 for f in frames)  # the window's first fill
+        summary = await asyncio.wait_for(host.frontend.wait(task_id), 10)
+        assert summary["state"] == "done" and summary["items_per_node"] == {"batched": 40}
+        with np.load(host.frontend.result_file(task_id)) as data:
+            assert np.allclose(data["result"], np.linalg.det(task.input_items("a", 0, 40)))
+    finally:
+        conn.close()
+
+
+async def test_a_version_3_node_gets_single_assignments_and_may_not_send_a_batch(host: Host) -> None:
+    conn, wire, welcome = await _session(host, Hello(3, "single", 1, 12))
+    try:
+        assert isinstance(welcome, Welcome) and welcome.protocol_version == 3
+        await host.frontend.submit(parse_task(SHORT_CHUNKS), "operator")
+        first = await asyncio.wait_for(wire.next(), 10)
+        held = [first] + [await asyncio.wait_for(wire.next(), 10) for _ in range(11)]
+        assert all(isinstance(m, Assign) for m in held)
+        wire.send(Results.of([_compute(m) for m in held[:2]]))
+        answer = await asyncio.wait_for(wire.next(), 10)
+        while isinstance(answer, Assign):
+            answer = await asyncio.wait_for(wire.next(), 10)
+        assert isinstance(answer, Error) and "results needs protocol version 4" in answer.message
+    finally:
+        conn.close()
+
+
+async def test_the_node_says_hello_again_in_version_3_to_an_older_front_end(host: Host, monkeypatch) -> None:
+    import nodes.node_session as node_session
+    from console.engine.host import start_local_node
+    from tests.conftest import wait_until
+
+    monkeypatch.setattr(node_session, "SUPPORTED_VERSIONS", (1, 2, 3))
+    monkeypatch.setattr(node_session, "PROTOCOL_VERSION", 3)
+    host.nodes.append(start_local_node(host.state, host.server.address, "falls-back"))
+    await wait_until(lambda: any(r.name == "falls-back" for r in host.frontend.node_rows()), what="the node to join")
+    (record,) = host.frontend.hub.nodes.values()
+    assert record.protocol_version == 3
+    task_id = await host.frontend.submit(parse_task(SHORT_CHUNKS), "operator")
+    summary = await asyncio.wait_for(host.frontend.wait(task_id), 30)
+    assert summary["state"] == "done" and summary["items_per_node"] == {"falls-back": 40}
 
 
 def test_an_empty_computed_by_is_left_out_of_the_header() -> None:

@@ -41,7 +41,7 @@ from protocol import dispatcher as d
 from protocol import hub as h
 from protocol.errors import ChainconsoleError, RemoteProtocolError
 from protocol.hub import HubError
-from protocol.inputs import GeneratedInput, format_bytes
+from protocol.inputs import format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
 from protocol.operations import OPERATIONS, describe
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
@@ -222,7 +222,7 @@ class FrontEnd(HubShell):
             return_mode=task.return_mode,
         )
         return TaskRecord(task_id, task.name, owner, task.count, task.operation, task.return_mode,
-                          submitted_at, task=task, store=store)
+                          submitted_at, task=task, store=store, priority=task.priority)
 
     def _resume(self) -> None:
         """Load finished tasks' records and resubmit unfinished ones from the journal.
@@ -236,7 +236,8 @@ class FrontEnd(HubShell):
                 record = TaskRecord(row.task_id, row.name, row.owner, row.items,
                                     str(document.get("operation", "")), str(document.get("return", "full")),
                                     row.submitted_at, state=row.state, finished_at=row.finished_at,
-                                    summary=row.summary or _failed_summary(row, "the journal's summary is damaged"))
+                                    summary=row.summary or _failed_summary(row, "the journal's summary is damaged"),
+                                    priority=_priority(document))
                 record.finished.set()
                 self.tasks[row.task_id] = record
                 continue
@@ -267,7 +268,8 @@ class FrontEnd(HubShell):
             record = TaskRecord(row.task_id, row.name, row.owner, row.items,
                                 str((row.document or {}).get("operation", "")),
                                 str((row.document or {}).get("return", "full")), row.submitted_at,
-                                state="failed", finished_at=time.time(), summary=summary)
+                                state="failed", finished_at=time.time(), summary=summary,
+                                priority=_priority(row.document or {}))
             record.finished.set()
             self.tasks[row.task_id] = record
             self.log("damaged", f"{row.name}: {reason}", task_id=row.task_id)
@@ -452,20 +454,18 @@ class FrontEnd(HubShell):
         record = self.tasks[action.task_id]
         task = record.task
         assert task is not None
-        generated: dict[str, dict] = {}
-        arrays: dict[str, np.ndarray] = {}
-        for name, source in task.inputs.items():
-            if isinstance(source, GeneratedInput):
-                generated[name] = source.to_spec()
-            else:
-                arrays[name] = source[action.start:action.stop]
+        generated = task.generated_specs
+        arrays = {name: source[action.start:action.stop] for name, source in task.inputs.items()
+                  if name not in generated}
         if record.state == "queued":
             record.state = "running"
             self.writer.post(self.journal.set_state, action.task_id, "running", task_id=action.task_id)
         for listener in self._assign_listeners:
             listener((action.task_id, action.chunk, action.attempt))
-        return Assign(action.task_id, action.chunk, action.attempt, task.operation,
-                      action.start, action.stop, task.return_mode, generated, arrays)
+        # Every field comes from the validated task and the Dispatcher's ranges: not checked again.
+        return Assign.construct(task_id=action.task_id, chunk=action.chunk, attempt=action.attempt,
+                                operation=task.operation, start=action.start, stop=action.stop,
+                                return_mode=task.return_mode, generated=generated, arrays=arrays)
 
     def face_store(self, accepted: h.ResultAccepted, result: Result) -> None:
         """Only the copy that completed its chunk is written: a copy that lost the race leaves no trace.
@@ -618,12 +618,12 @@ class FrontEnd(HubShell):
             wall = s.get("wall_s") or 0
             return TaskRow(record.task_id, record.name, record.owner, record.state, record.items,
                            done, s.get("failed_items", 0), record.submitted_at, s.get("wall_s"),
-                           done / wall if wall > 0 else 0.0)
+                           done / wall if wall > 0 else 0.0, priority=record.priority)
         if view is not None:
             state = "running" if record.state == "running" else view.state.value
             return TaskRow(record.task_id, record.name, record.owner, state, record.items,
                            view.items_done, view.items_failed, record.submitted_at, None, view.items_per_s,
-                           view.waiting)
+                           view.waiting, record.priority)
         return None
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
@@ -752,6 +752,12 @@ class _CertificateBudget:
             return False
         self.tokens -= 1
         return True
+
+
+def _priority(document: dict) -> int:
+    """A journaled task file's ``priority`` (validated when it was submitted; 0 if it had none)."""
+    value = document.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _failed_summary(row: JournaledTask, reason: str) -> dict:

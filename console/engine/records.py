@@ -43,6 +43,8 @@ class TaskRecord:
     state: str = "queued"
     finished_at: float | None = None
     summary: dict | None = None
+    priority: int = 0
+    """The task file's ``priority``."""
     items_by_node: dict[str, int] = field(default_factory=dict)
     """Items each node computed before this front-end started (from the journal)."""
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,6 +66,8 @@ class TaskRow:
     items_per_s: float
     waiting: str = ""
     """Why no connected node gets its chunks ("no connected node has operation cholesky"), or ""."""
+    priority: int = 0
+    """The task file's ``priority``: higher goes first."""
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 
 import asyncssh
 
+from protocol import batching
+from protocol.errors import RemoteProtocolError
 from protocol.frames import Buffer, join_pieces
-from protocol.messages import MessageReader, encode_message
+from protocol.messages import Assigns, MessageReader, Results, encode_message
 
 READ_SIZE = 1024 * 1024
 BROKEN = (BrokenPipeError, ConnectionError, asyncssh.Error)
@@ -29,6 +32,11 @@ class MessageChannel:
     assignments a credit releases, or the results of a batch of short chunks, cost one
     packet instead of one each. The order of messages never changes; ``close`` writes what
     is queued first.
+
+    With ``batching`` on (a session of protocol version 4), the assignments or results of
+    one task queued in a row also share one frame (``protocol.batching``), and batches
+    received are handed out as the messages they stand for; with it off, a batch received
+    breaks the protocol.
     """
 
     def __init__(self, reader: asyncssh.SSHReader, writer: asyncssh.SSHWriter,
@@ -37,24 +45,38 @@ class MessageChannel:
         self._writer = writer
         self._end = end
         self._messages = MessageReader()
-        self._pending: list[Buffer] = []
+        self._pending: list[object] = []
+        """Encoded pieces (``bytes``/``memoryview``), and messages that may yet join a batch."""
+        self._received: deque[object] = deque()
         self._flush_scheduled = False
         self.closed = False
+        self.batching = False
 
     async def receive(self) -> object | None:
+        if self._received:
+            return self._received.popleft()
         while (message := self._messages.next_message()) is None:
             data = await self._reader.read(READ_SIZE)
             if not data:
                 self._messages.close()  # raises if the stream stopped mid-frame
                 return None
             self._messages.feed(data)
+        if isinstance(message, (Assigns, Results)):
+            if not self.batching:
+                raise RemoteProtocolError(f"{message.TYPE} needs protocol version 4")
+            first, *rest = batching.split(message)
+            self._received.extend(rest)
+            return first
         return message
 
     def send(self, message: object) -> bool:
         """Queue one message for the write at the end of this loop turn; False if closed."""
         if self.closed:
             return False
-        self._pending.extend(encode_message(message))
+        if self.batching and batching.joinable(message):
+            self._pending.append(message)  # encoded at the flush, with the ones it may join
+        else:
+            self._pending.extend(encode_message(message))
         if not self._flush_scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -72,10 +94,20 @@ class MessageChannel:
         if self.closed or not pending:
             return
         try:
-            for piece in join_pieces(pending):
+            for piece in join_pieces(self._encoded(pending)):
                 self._writer.write(piece)
         except BROKEN:
             self.close("connection broken")
+
+    @staticmethod
+    def _encoded(pending: list[object]) -> list[Buffer]:
+        pieces: list[Buffer] = []
+        for item in batching.join(pending):
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                pieces.append(item)
+            else:
+                pieces.extend(encode_message(item))  # type: ignore[arg-type]
+        return pieces
 
     def close(self, reason: str) -> None:
         """End the channel (and, on a server, the connection it belongs to); idempotent."""

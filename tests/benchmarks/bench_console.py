@@ -65,7 +65,7 @@ from console.tui.tables import NodesTable, TasksTable  # noqa: E402
 from nodes.kernels import compute  # noqa: E402
 from protocol.inputs import GeneratedInput  # noqa: E402
 from protocol.messages import (  # noqa: E402
-    PROTOCOL_VERSION, Assign, Bye, Cancel, Drain, Heartbeat, Hello, MessageReader, Result, Welcome,
+    Assign, Bye, Cancel, Drain, Heartbeat, Hello, MessageReader, Result, Welcome,
     encode_message,
 )
 from protocol.taskfile import parse_task  # noqa: E402
@@ -98,7 +98,7 @@ class FakeNode:
         ) as conn:
             process = await conn.create_process(subsystem=SUBSYSTEM, encoding=None)
             self._write = process.stdin.write
-            self.send(Hello(PROTOCOL_VERSION, self.name, self.slots, self.slots + 1, "bench-fake-node"))
+            self.send(Hello(3, self.name, self.slots, self.slots + 1, "bench-fake-node"))  # version 3: single assignments
             reader = MessageReader()
             welcome = await self._next(process, reader)
             assert isinstance(welcome, Welcome), welcome
