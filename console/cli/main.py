@@ -243,7 +243,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from console.engine.host import Host, on_stop_signals
-    from console.ssh.server import ServerSettings
+    from nodes.ssh.server import ServerSettings
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
@@ -286,7 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from console.engine.host import Host, on_stop_signals
     from console.engine.results import export_npz
-    from console.ssh.server import ServerSettings
+    from nodes.ssh.server import ServerSettings
     from protocol.taskfile import load_task_file
 
     task = load_task_file(args.task, limits=limits_from(args))
