@@ -20,7 +20,7 @@ from pathlib import Path
 from console.cli.report import TaskProgress, report
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
-from nodes.cli import add_arguments as node_arguments, address_argument
+from nodes.cli import add_arguments as node_arguments, address_argument, quick_exit
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
 
@@ -284,9 +284,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from console.engine.host import Host, on_stop_signals
-    from console.engine.results import export_npz
+    from console.engine.host import FRONTEND_BLAS_THREADS, Host, on_stop_signals
+    from nodes.blas import start_blas_with
     from nodes.ssh.server import ServerSettings
+
+    start_blas_with(FRONTEND_BLAS_THREADS)  # before the task file loads numpy
+    from console.engine.results import export_npz
     from protocol.taskfile import load_task_file
 
     task = load_task_file(args.task, limits=limits_from(args))
@@ -412,4 +415,5 @@ def main(argv: list[str] | None = None) -> int:
         status = ExitStatus.INTERRUPTED
     except BrokenPipeError:
         status = ExitStatus.OK
+    quick_exit()
     sys.exit(status)

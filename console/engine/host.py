@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
+from nodes.blas import start_blas_with
 from protocol.errors import ChainconsoleError
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class Host:
         front-end's own modules load; they connect once it serves. A failure part-way
         stops what had started (and releases the lock) before it is raised.
         """
+        start_blas_with(FRONTEND_BLAS_THREADS)
         self._lock.acquire()
         try:
             from console.engine.keys import initialize
