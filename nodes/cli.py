@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from nodes.startup import loaded, loading, quick_exit
 from protocol.addresses import AddressError, parse_address
 from protocol.errors import ExitStatus
 
@@ -120,10 +120,18 @@ def _resource(text: str) -> tuple[str, str | float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run a node until SIGINT/SIGTERM; return the exit status."""
+    loading()
+    try:
+        return _start(args)
+    finally:
+        loaded()
+
+
+def _start(args: argparse.Namespace) -> int:
     if (args.slots is not None and args.slots < 1) or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
         return ExitStatus.USAGE
-    from nodes.blas import start_blas_with
+    from nodes.startup import start_blas_with
     from nodes.executor import ExecutorUnavailable
     from nodes.executors import make_executor
 
@@ -211,18 +219,8 @@ async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int
             os._exit(1)  # the clean stop took too long: leave no orphan behind
 
         watch_parent(exit_with, parent_died)
+    loaded()
     return await agent.run()
-
-
-def quick_exit() -> None:
-    """Let the interpreter end without searching its start-up objects for garbage.
-
-    Called when a command is done: the cyclic collector's passes over the modules,
-    classes and schemas loaded at start-up (numpy, asyncssh, pydantic) cost 0.05–0.1
-    CPU-seconds at exit, nothing is freed that the end of the process would not free,
-    and every ``atexit`` handler and ``finally`` still runs.
-    """
-    gc.freeze()
 
 
 def _interrupt(signum: int, frame: object) -> None:

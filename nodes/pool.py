@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nodes.blas import start_blas_with
+from nodes.startup import start_blas_with
 from nodes.lifeline import exit_now, watch_parent
 from protocol.errors import ChainconsoleError
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from console.cli.report import TaskProgress, report
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
-from nodes.cli import add_arguments as node_arguments, address_argument, quick_exit
+from nodes.cli import add_arguments as node_arguments, address_argument
+from nodes.startup import loaded, loading, quick_exit
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
 
@@ -253,10 +254,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = asyncio.Event()
         on_stop_signals(lambda sig: stop.set())
+        loading()  # until the front-end has started (nodes.startup)
         try:
             address = await hosting.start()
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.CONNECT) from None
+        finally:
+            loaded()
         from console.engine.keys import fingerprint
         import asyncssh
 
@@ -284,8 +288,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    loading()  # until the front-end has started (nodes.startup)
+    try:
+        return _run(args)
+    finally:
+        loaded()
+
+
+def _run(args: argparse.Namespace) -> int:
     from console.engine.host import FRONTEND_BLAS_THREADS, Host, on_stop_signals
-    from nodes.blas import start_blas_with
+    from nodes.startup import start_blas_with
     from nodes.ssh.server import ServerSettings
 
     start_blas_with(FRONTEND_BLAS_THREADS)  # before the task file loads numpy
@@ -306,6 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes,
                            {"limits": limits_from(args)})
             await hosting.start()
+            loaded()
             try:
                 assert hosting.frontend is not None
                 task_id = await hosting.frontend.submit(task, "operator")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
-from nodes.blas import start_blas_with
+from nodes.startup import start_blas_with
 from protocol.errors import ChainconsoleError
 
 if TYPE_CHECKING:
