@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from console.cli.report import TaskProgress, report
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
 from nodes.cli import add_arguments as node_arguments, address_argument
@@ -319,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
                            {"limits": limits_from(args)})
             await hosting.start()
             loaded()
+            from console.cli.report import TaskProgress  # rich: loaded while the local nodes start
+
             try:
                 assert hosting.frontend is not None
                 task_id = await hosting.frontend.submit(task, "operator")
@@ -343,6 +344,8 @@ def _run(args: argparse.Namespace) -> int:
         if not stopped_by:
             raise
         raise CliError(f"stopped by {stopped_by[0].name} before the task finished", 128 + stopped_by[0]) from None
+    from console.cli.report import report
+
     return report(summary, args.json)
 
 

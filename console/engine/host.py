@@ -198,6 +198,8 @@ class Host:
         self.local[name] = proc
 
     def _start_launchers(self, address: tuple[str, int]) -> None:
+        if not self.launch:
+            return
         from console.launch.spec import LaunchSpec
 
         specs = [LaunchSpec.parse(text) for text in self.launch]  # all checked before any starts
