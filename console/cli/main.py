@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.metadata
 import os
 import signal
 import sys
@@ -44,10 +43,24 @@ def _count(text: str) -> int:
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("chainconsole")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looked up only when asked for (importlib.metadata takes a while to load)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"chainconsole {_version()}")
+        parser.exit()
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -76,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chainconsole",
         description="Operator console and front-end for chains of SSH-connected compute nodes.",
     )
-    parser.add_argument("--version", action="version", version=f"chainconsole {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     _hosting_options(parser)
     _limit_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
