@@ -1,9 +1,9 @@
 """The node's worker processes: one per slot, one BLAS thread each unless told otherwise.
 
 The first workers of a node are forked, before the node has a thread or an event loop
-(a node starts them first thing): a fork costs no interpreter start-up, no re-import and
-no ``multiprocessing`` resource tracker process, and a forked worker exits without
-tearing its interpreter down. Every other start — a replacement pool, a pool started
+(a node starts them first thing), with numpy (one BLAS thread) and the kernels loaded:
+a fork costs no interpreter start-up, no re-import and no ``multiprocessing`` resource
+tracker process, and a forked worker exits without tearing its interpreter down. Every other start — a replacement pool, a pool started
 from a running loop or beside threads, a platform other than Linux — uses ``spawn``
 (never ``fork`` a process that runs an asyncio loop or threads). Workers limit their
 BLAS threads in their initializer, after numpy is loaded, so slots × threads never

@@ -150,9 +150,9 @@ class Host:
                 self.frontend.log("warning", warning)
             await self.frontend.start()
             self.server = FrontEndServer(self.frontend, self.settings)
-            listener, self._listener = self._listener, None
-            self.address = address = await self.server.start(listener)
-            if listener is None:
+            self.address = address = await self.server.start(self._listener)
+            bound_early, self._listener = self._listener is not None, None  # the server owns it now
+            if not bound_early:
                 self._start_local_nodes()
             if self.metrics is not None:
                 from console.engine.metrics import FrontEndMetrics, MetricsServer  # only when asked for
