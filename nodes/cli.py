@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import asyncio
 import os
+import signal
 import socket
 import sys
 import time
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from nodes.startup import loaded, loading, quick_exit
 from protocol.addresses import AddressError, parse_address
 from protocol.errors import ExitStatus
 
@@ -119,11 +120,22 @@ def _resource(text: str) -> tuple[str, str | float]:
 
 def run(args: argparse.Namespace) -> int:
     """Run a node until SIGINT/SIGTERM; return the exit status."""
+    loading()
+    try:
+        return _start(args)
+    finally:
+        loaded()
+
+
+def _start(args: argparse.Namespace) -> int:
     if (args.slots is not None and args.slots < 1) or args.blas_threads < 1 or args.prefetch < 0:
         print("chainconsole node: --slots and --blas-threads must be ≥ 1, --prefetch ≥ 0", file=sys.stderr)
         return ExitStatus.USAGE
+    from nodes.startup import start_blas_with
     from nodes.executor import ExecutorUnavailable
     from nodes.executors import make_executor
+
+    start_blas_with(1)  # the agent's own numpy work is small; workers set their own (--blas-threads)
 
     try:
         executor = make_executor(args.executor, slots=args.slots, blas_threads=args.blas_threads,
@@ -177,6 +189,8 @@ def _run(args: argparse.Namespace, state: Path, key_path: Path, local: LocalWork
         blas_threads=args.blas_threads, resources=dict(args.resource),
         deadline=None if args.deadline is None else time.time() + args.deadline,
     )
+    import asyncio
+
     return asyncio.run(_main(settings, local, args.listen, state, args.exit_with))
 
 
@@ -194,6 +208,8 @@ async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)
     if exit_with is not None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
 
         def parent_died() -> None:
@@ -203,14 +219,25 @@ async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int
             os._exit(1)  # the clean stop took too long: leave no orphan behind
 
         watch_parent(exit_with, parent_died)
+    loaded()
     return await agent.run()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the node's key and recorded host key are for this user only
+    # Until the agent handles them, SIGTERM and SIGHUP stop a starting node as Ctrl-C does:
+    # by an exception, so the workers it has started are stopped too, not left to notice.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     parser = argparse.ArgumentParser(prog="chainconsole node", description="Run a compute node.")
     add_arguments(parser)
     try:
         return run(parser.parse_args(argv))
-    except KeyboardInterrupt:  # Ctrl-C while starting up: nothing to clean yet
+    except KeyboardInterrupt:  # stopped while starting up: run() has stopped its workers
         return ExitStatus.INTERRUPTED
+    finally:
+        quick_exit()

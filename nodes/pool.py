@@ -1,7 +1,12 @@
 """The node's worker processes: one per slot, one BLAS thread each unless told otherwise.
 
-Processes are started with ``spawn`` (never ``fork`` a process that runs an asyncio
-loop) and limit their BLAS threads in their initializer, so slots × threads never
+The first workers of a node are forked, before the node has a thread or an event loop
+(a node starts them first thing), with numpy (one BLAS thread) and the kernels loaded:
+a fork costs no interpreter start-up, no re-import and no ``multiprocessing`` resource
+tracker process, and a forked worker exits without tearing its interpreter down. Every other start — a replacement pool, a pool started
+from a running loop or beside threads, a platform other than Linux — uses ``spawn``
+(never ``fork`` a process that runs an asyncio loop or threads). Workers limit their
+BLAS threads in their initializer, after numpy is loaded, so slots × threads never
 oversubscribe the cores. A worker that dies (the OOM killer, a segfault) breaks the
 pool: every chunk it held fails with ``WorkerCrashed`` and a fresh pool takes over.
 
@@ -19,13 +24,14 @@ its workers itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import mmap
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -34,10 +40,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodes.startup import start_blas_with
 from nodes.lifeline import exit_now, watch_parent
 from protocol.errors import ChainconsoleError
 
-if TYPE_CHECKING:  # numpy is imported where it is used: a node starts its workers before loading it
+if TYPE_CHECKING:  # numpy and asyncio are imported where they are used: a node starts its workers first
+    import asyncio
+
     import numpy as np
 
 DEFAULT_BLAS_THREADS = 1
@@ -193,9 +202,11 @@ def _terminal_signals_blocked():
 def _init_worker(blas_threads: int, node_pid: int) -> None:
     for sig in TERMINAL_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits its node's handler
     signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINAL_SIGNALS)
     watch_parent(node_pid, exit_now())
     _shared.update(node_pid=node_pid, dir=_shared_dir())
+    start_blas_with(blas_threads)
     import nodes.kernels  # noqa: F401  (numpy must be loaded for threadpoolctl to find its BLAS)
     from threadpoolctl import threadpool_limits
 
@@ -204,6 +215,25 @@ def _init_worker(blas_threads: int, node_pid: int) -> None:
 
 def _warm_up() -> int:
     return os.getpid()
+
+
+def fork_is_safe() -> bool:
+    """Whether this process may fork workers: Linux, one thread (native ones too), no event loop."""
+    if sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:  # BLAS or other native threads count too
+            return False
+    except OSError:
+        return False
+    events = sys.modules.get("asyncio.events")
+    if events is not None and events._get_running_loop() is not None:
+        return False
+    wakeup = signal.set_wakeup_fd(-1)  # an event loop that handles signals left one
+    signal.set_wakeup_fd(wakeup)
+    return wakeup == -1
 
 
 def compute_chunk(job: ChunkJob) -> ChunkDone:
@@ -242,13 +272,30 @@ class WorkerPool:
         self.blas_threads = blas_threads
         self._warming: list[Future] = []
         self._warm_task: asyncio.Task | None = None
-        self._executor = self._new_executor()
+        self._executor: ProcessPoolExecutor | None = None
+        """Made when the first worker is needed, not before: whether it may fork is known then."""
+        self.start_method: str | None = None
+        """How the current workers start (``fork`` or ``spawn``); None before the first one."""
         sweep_shared(os.getpid())
 
-    def _new_executor(self) -> ProcessPoolExecutor:
+    def _current(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            method = "spawn"
+            if fork_is_safe():
+                # What a forked worker inherits it need not load: numpy (one BLAS thread, so
+                # none is running to be forked) and the kernels.
+                start_blas_with(1)
+                import nodes.kernels  # noqa: F401
+
+                method = "fork" if fork_is_safe() else "spawn"
+            self._executor = self._new_executor(method)
+        return self._executor
+
+    def _new_executor(self, method: str = "spawn") -> ProcessPoolExecutor:
+        self.start_method = method
         return ProcessPoolExecutor(
             max_workers=self.slots,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(method),
             initializer=_init_worker,
             initargs=(self.blas_threads, os.getpid()),
         )
@@ -257,16 +304,20 @@ class WorkerPool:
         """Start the workers in the background; the pool never changes size (``resized`` unused)."""
         # Workers start while the node connects: the first chunk finds them ready, and
         # joining does not wait for them.
+        import asyncio
+
         self._warm_task = asyncio.get_running_loop().create_task(self.warm_up())
 
     def start_workers(self) -> None:
         """Start every worker now (no event loop needed), so the first chunk does not wait for one."""
         if not self._warming:
             with _terminal_signals_blocked():
-                self._warming = [self._executor.submit(_warm_up) for _ in range(self.slots)]
+                self._warming = [self._current().submit(_warm_up) for _ in range(self.slots)]
 
     async def warm_up(self) -> None:
         """Start every worker (unless started already) and wait until they are up."""
+        import asyncio
+
         self.start_workers()
         await asyncio.gather(*(asyncio.wrap_future(f) for f in self._warming))
 
@@ -274,13 +325,15 @@ class WorkerPool:
         """Queue a group of chunks as one job; the future can be cancelled while it has not started."""
         with _terminal_signals_blocked():  # the pool starts (or replaces) workers on submit
             try:
-                return self._executor.submit(compute_chunks, list(jobs))
+                return self._current().submit(compute_chunks, list(jobs))
             except BrokenProcessPool:
                 self._replace()
-                return self._executor.submit(compute_chunks, list(jobs))
+                return self._current().submit(compute_chunks, list(jobs))
 
     async def result(self, future: Future) -> list[ChunkDone | ChunkError]:
         """Wait for a submitted group; ``WorkerCrashed`` if its worker died."""
+        import asyncio
+
         try:
             outcomes = await asyncio.wrap_future(future)
         except BrokenProcessPool:
@@ -307,5 +360,6 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         """Stop the workers (no event loop needed)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:  # else no worker was ever started
+            self._executor.shutdown(wait=False, cancel_futures=True)
         sweep_shared(os.getpid(), everything=True)

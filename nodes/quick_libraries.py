@@ -11,10 +11,13 @@ not used; ML-KEM key exchange comes from ``cryptography`` either way.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import importlib.abc
 
 _MODULE = "asyncssh.crypto.pq"
 
@@ -28,7 +31,7 @@ def _from_linker_cache(name: str) -> str | None:
         return None
 
 
-class _QuickLookupLoader(importlib.abc.Loader):
+class _QuickLookupLoader:  # a loader by its methods: importlib.abc would load importlib.resources
     def __init__(self, inner: importlib.abc.Loader) -> None:
         self.inner = inner
 
@@ -46,7 +49,7 @@ class _QuickLookupLoader(importlib.abc.Loader):
             ctypes.util.find_library = original
 
 
-class _QuickLookupFinder(importlib.abc.MetaPathFinder):
+class _QuickLookupFinder:  # a meta path finder by its method
     def find_spec(self, fullname: str, path, target=None) -> importlib.machinery.ModuleSpec | None:
         if fullname != _MODULE:
             return None

@@ -27,16 +27,18 @@ TASK = {"name": "over-ssh", "operation": "invert", "chunk_size": 25,
 
 def node_pids(name: str) -> list[int]:
     """Node agents (not their workers) running under ``--name name``."""
-    found = []
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 args = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
             if b"nodes" in args and name.encode() in args and b"--name" in args:
-                found.append(int(entry.name))
-    return found
+                found[int(entry.name)] = parent
+    # Forked workers carry their node's command line: a node is the one whose parent is not a node.
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 @pytest.fixture

@@ -92,7 +92,8 @@ def _a_new_front_end_starts(state: StateDir) -> None:
 
 
 def _workers(node_pid: int) -> set[int]:
-    return {p for p in descendants(node_pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
+    """The node's worker processes: forked (the node's own command line) or spawned, not a resource tracker."""
+    return {p for p in descendants(node_pid) if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()}
 
 
 def _serve(state: StateDir, *extra: str) -> subprocess.Popen:
@@ -123,9 +124,12 @@ def test_a_sigkilled_front_end_takes_its_local_nodes_with_it(tmp_path: Path) -> 
     server = _serve(state, "--local-nodes", "2")
     try:
         wait_for(lambda: _endpoint(state) is not None, 30, "the front-end to listen")
-        wait_for(lambda: len([p for p in descendants(server.pid)
-                              if b"nodes" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]) == 2
-                 and len(descendants(server.pid)) >= 2 + 2 * 2, 30, "two local nodes with their workers")
+        def local_nodes() -> set[int]:
+            return {p for p in descendants(server.pid) if _parent_of(p) == server.pid
+                    and b"nodes" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")}
+
+        wait_for(lambda: len(nodes := local_nodes()) == 2 and all(_workers(node) for node in nodes), 30,
+                 "two local nodes with their workers")
         below = descendants(server.pid)
         server.send_signal(signal.SIGKILL)
         server.wait()
@@ -168,8 +172,8 @@ def test_serve_stops_on_a_signal_with_one_line(tmp_path: Path, sig: signal.Signa
     state = StateDir(tmp_path / "state")
     server = _serve(state, "--local-nodes", "1")
     try:
-        wait_for(lambda: _endpoint(state) is not None and len(descendants(server.pid)) >= 3, 30,
-                 "the front-end and its local node")
+        wait_for(lambda: _endpoint(state) is not None and len(descendants(server.pid)) >= 2, 30,
+                 "the front-end and its local node with its worker")
         below, err = _signal_and_wait(server, sig)
     finally:
         _kill_if_running(server)

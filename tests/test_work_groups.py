@@ -25,8 +25,15 @@ def _resource_tracker_stopped():
     """Worker pools run in this process here, so the tracker multiprocessing starts is ours to stop."""
     yield
     import gc
+    import threading
+    from concurrent.futures.process import _ExecutorManagerThread
     from multiprocessing import resource_tracker
 
+    # A pool shut down without waiting keeps its queues (and their semaphores) until its
+    # manager thread ends; a semaphore freed after the tracker stopped would start a new one.
+    for thread in threading.enumerate():
+        if isinstance(thread, _ExecutorManagerThread):
+            thread.join(60)
     gc.collect()  # the pools' queues and their semaphores go first, then the tracker
     resource_tracker._resource_tracker._stop()
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.metadata
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from console.cli.report import TaskProgress, report
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
 from nodes.cli import add_arguments as node_arguments, address_argument
+from nodes.startup import loaded, loading, quick_exit
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
 
@@ -44,10 +43,24 @@ def _count(text: str) -> int:
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("chainconsole")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looked up only when asked for (importlib.metadata takes a while to load)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"chainconsole {_version()}")
+        parser.exit()
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -76,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chainconsole",
         description="Operator console and front-end for chains of SSH-connected compute nodes.",
     )
-    parser.add_argument("--version", action="version", version=f"chainconsole {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     _hosting_options(parser)
     _limit_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -243,7 +256,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from console.engine.host import Host, on_stop_signals
-    from console.ssh.server import ServerSettings
+    from nodes.ssh.server import ServerSettings
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
@@ -253,10 +266,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = asyncio.Event()
         on_stop_signals(lambda sig: stop.set())
+        loading()  # until the front-end has started (nodes.startup)
         try:
             address = await hosting.start()
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", ExitStatus.CONNECT) from None
+        finally:
+            loaded()
         from console.engine.keys import fingerprint
         import asyncssh
 
@@ -284,9 +300,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from console.engine.host import Host, on_stop_signals
+    loading()  # until the front-end has started (nodes.startup)
+    try:
+        return _run(args)
+    finally:
+        loaded()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from console.engine.host import FRONTEND_BLAS_THREADS, Host, on_stop_signals
+    from nodes.startup import start_blas_with
+    from nodes.ssh.server import ServerSettings
+
+    start_blas_with(FRONTEND_BLAS_THREADS)  # before the task file loads numpy
     from console.engine.results import export_npz
-    from console.ssh.server import ServerSettings
     from protocol.taskfile import load_task_file
 
     task = load_task_file(args.task, limits=limits_from(args))
@@ -303,6 +330,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes,
                            {"limits": limits_from(args)})
             await hosting.start()
+            loaded()
+            from console.cli.report import TaskProgress  # rich: loaded while the local nodes start
+
             try:
                 assert hosting.frontend is not None
                 task_id = await hosting.frontend.submit(task, "operator")
@@ -327,6 +357,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not stopped_by:
             raise
         raise CliError(f"stopped by {stopped_by[0].name} before the task finished", 128 + stopped_by[0]) from None
+    from console.cli.report import report
+
     return report(summary, args.json)
 
 
@@ -412,4 +444,5 @@ def main(argv: list[str] | None = None) -> int:
         status = ExitStatus.INTERRUPTED
     except BrokenPipeError:
         status = ExitStatus.OK
+    quick_exit()
     sys.exit(status)

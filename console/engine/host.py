@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from threadpoolctl import threadpool_limits
-
-from console.engine.frontend import FrontEnd, FrontEndError
-from console.engine.keys import initialize
-from console.ssh.server import FrontEndServer, ServerSettings
-from nodes.agent import STOP_SIGNALS
-from protocol.errors import ChainconsoleError
 from console.engine.statedir import StateDir, StateLock, fix_permissions, make_private_dir
+from nodes.startup import start_blas_with
+from protocol.errors import ChainconsoleError
 
 if TYPE_CHECKING:
+    from console.engine.frontend import FrontEnd
     from console.engine.metrics import MetricsServer
+    from console.ssh.server import FrontEndServer
+    from nodes.ssh.server import ServerSettings
+
+# The front-end's own modules (numpy, the journal, the Dispatcher, the task schema) are
+# imported in ``Host.start``, after the local nodes have been started: their start-up
+# and the front-end's overlap instead of adding up.
 
 
 class LaunchRefused(ChainconsoleError):
@@ -41,10 +45,47 @@ LOCAL_PREFIX = "local"
 LAUNCHER_STOP_S = 120.0
 """How long stopping waits for launchers to drain their nodes and end their jobs."""
 FRONTEND_BLAS_THREADS = 1
+LISTEN_BACKLOG = 100
+"""Connections the listening socket queues while the front-end is still starting."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops a front-end cleanly: the signals that stop a node (``nodes.agent.STOP_SIGNALS``)."""
 
 
-class LocalNodeError(FrontEndError):
-    """A local node cannot be started or restarted as asked."""
+def _refused(message: str) -> Exception:
+    """A local node that cannot be started or restarted as asked: a ``FrontEndError``, as the faces expect."""
+    from console.engine.frontend import FrontEndError
+
+    return FrontEndError(message)
+
+
+def _default_settings() -> ServerSettings:
+    from nodes.ssh.server import ServerSettings
+
+    return ServerSettings()
+
+
+def listening_socket(host: str, port: int) -> socket.socket | None:
+    """A socket listening on ``host:port`` now, or None when ``host`` is a name.
+
+    A host given as an address is bound at once, so local nodes can be told where to
+    connect before the SSH server is loaded; their connections wait in the backlog. A
+    name may stand for several addresses, which asyncssh binds itself.
+    """
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds its servers
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass
@@ -52,7 +93,7 @@ class Host:
     """A running front-end: start it with ``await host.start()``, end it with ``await host.stop()``."""
 
     state: StateDir
-    settings: ServerSettings = field(default_factory=ServerSettings)
+    settings: ServerSettings = field(default_factory=_default_settings)
     local_nodes: int = 0
     frontend_options: dict = field(default_factory=dict)
     metrics: tuple[str, int] | None = None
@@ -72,45 +113,68 @@ class Host:
         self._launcher_runs: list[asyncio.Task] = []
         self.warnings: list[str] = []
         """What start-up found wrong in the state folder and fixed (permissions)."""
+        self.address: tuple[str, int] | None = None
+        """Where the front-end listens, once it does."""
+        self._listener: socket.socket | None = None
+        """The socket bound before the SSH server started, until the server owns it."""
         self._lock = StateLock(self.state)
 
     async def start(self) -> tuple[str, int]:
-        """Lock the state folder, resume the front-end, listen, start local nodes.
+        """Lock the state folder, listen, start local nodes, resume the front-end.
 
-        A failure part-way stops what had started (and releases the lock) before it is raised.
+        Local nodes start as soon as there is an address to give them, before the
+        front-end's own modules load; they connect once it serves. A failure part-way
+        stops what had started (and releases the lock) before it is raised.
         """
-        # The front-end's own numpy work (checking results) must not crowd out the nodes'
-        # worker processes on the same cores: one BLAS thread.
-        threadpool_limits(FRONTEND_BLAS_THREADS)
+        start_blas_with(FRONTEND_BLAS_THREADS)
         self._lock.acquire()
         try:
+            from console.engine.keys import initialize
+
             self.warnings = fix_permissions(self.state)
             initialize(self.state)
+            self._listener = listening_socket(self.settings.host, self.settings.port)
+            if self._listener is not None:
+                self.address = self._listener.getsockname()[:2]
+                self._start_local_nodes()
+            from threadpoolctl import threadpool_limits
+
+            from console.engine.frontend import FrontEnd
+            from console.ssh.server import FrontEndServer
+
+            # The front-end's own numpy work (checking results) must not crowd out the nodes'
+            # worker processes on the same cores: one BLAS thread (numpy is loaded by now).
+            threadpool_limits(FRONTEND_BLAS_THREADS)
             self.frontend = FrontEnd(self.state, **self.frontend_options)
             for warning in self.warnings:
                 self.frontend.log("warning", warning)
             await self.frontend.start()
             self.server = FrontEndServer(self.frontend, self.settings)
-            address = await self.server.start()
+            self.address = address = await self.server.start(self._listener)
+            bound_early, self._listener = self._listener is not None, None  # the server owns it now
+            if not bound_early:
+                self._start_local_nodes()
             if self.metrics is not None:
                 from console.engine.metrics import FrontEndMetrics, MetricsServer  # only when asked for
 
                 self.metrics_server = MetricsServer(FrontEndMetrics(self.frontend), *self.metrics)
                 await self.metrics_server.start()
-            for _ in range(self.local_nodes):
-                self.add_local_node()
             self._start_launchers(address)
         except BaseException:
             await self.stop()
             raise
         return address
 
+    def _start_local_nodes(self) -> None:
+        for number in range(1, self.local_nodes + 1):
+            self._start(f"{LOCAL_PREFIX}{number}", 1)
+
     # -- local nodes: capacity the operator adds and removes ---------------------------------------
 
     def add_local_node(self, slots: int = 1) -> str:
         """Start one more node process on this machine; return its name (``local1``, ``local2``, …)."""
         if self.server is None:
-            raise LocalNodeError("the front-end is not running")
+            raise _refused("the front-end is not running")
         numbers = [int(name[len(LOCAL_PREFIX):]) for name in self.local if name[len(LOCAL_PREFIX):].isdigit()]
         name = f"{LOCAL_PREFIX}{max(numbers, default=0) + 1}"
         self._start(name, slots)
@@ -128,22 +192,24 @@ class Host:
     def restart_local_node(self, name: str, slots: int = 1) -> None:
         """Start local node ``name`` again after it was drained, kicked or lost and its process ended."""
         if name not in self.local:
-            raise LocalNodeError(f"{name} is not a node this console started")
+            raise _refused(f"{name} is not a node this console started")
         if self.local_running(name):
-            raise LocalNodeError(f"{name} is still running")
+            raise _refused(f"{name} is still running")
         if self.server is None:
-            raise LocalNodeError("the front-end is not running")
+            raise _refused("the front-end is not running")
         self._start(name, slots)
 
     def _start(self, name: str, slots: int) -> None:
-        assert self.server is not None
+        assert self.address is not None
         # Ended processes are reaped here, so adding and removing nodes all day leaves no zombies.
         self.nodes = [proc for proc in self.nodes if proc.poll() is None]
-        proc = start_local_node(self.state, self.server.address, name, slots)
+        proc = start_local_node(self.state, self.address, name, slots)
         self.nodes.append(proc)
         self.local[name] = proc
 
     def _start_launchers(self, address: tuple[str, int]) -> None:
+        if not self.launch:
+            return
         from console.launch.spec import LaunchSpec
 
         specs = [LaunchSpec.parse(text) for text in self.launch]  # all checked before any starts
@@ -204,6 +270,9 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
             await asyncio.to_thread(_reap, self.nodes)
+            if self._listener is not None:  # the server never took it over
+                self._listener.close()
+                self._listener = None
             if self.metrics_server is not None:
                 await self.metrics_server.close()
             if self.server is not None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import contextlib
+import socket
 
 import asyncssh
 
@@ -40,12 +41,12 @@ class FrontEndServer:
         self._watcher: asyncio.Task | None = None
         self.address: tuple[str, int] = (self.settings.host, self.settings.port)
 
-    async def start(self) -> tuple[str, int]:
-        """Listen; return the address actually bound (port 0 picks a free one)."""
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen (on ``sock`` if given, bound already); return the address bound (port 0 picks a free one)."""
         host_key = ensure_keypair(self.frontend.state.host_key, "chainconsole-host")
         self.gate = GatedServer(self.settings, [host_key], self._authenticate, self._serve,
                                 log=lambda line: self.frontend.log("error", line))
-        self.address = await self.gate.start()
+        self.address = await self.gate.start(sock)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_keys())
         self._write_endpoint()
         return self.address

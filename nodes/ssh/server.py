@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -146,11 +147,12 @@ class GatedServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._handlers: set[asyncio.Task] = set()
 
-    async def start(self) -> tuple[str, int]:
-        """Listen; return the address actually bound (port 0 picks a free one)."""
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen (on ``sock`` when it is already bound and listening); return the address bound."""
         s = self.settings
+        where = {"sock": sock} if sock is not None else {"host": s.host, "port": s.port}
         self._acceptor = await asyncssh.create_server(
-            lambda: _Gate(self), s.host, s.port,
+            lambda: _Gate(self), **where,
             server_host_keys=self._host_keys, process_factory=self._on_process, encoding=None,
             allow_pty=False, agent_forwarding=False, x11_forwarding=False, line_editor=False,
             keepalive_interval=s.keepalive_interval_s, keepalive_count_max=s.keepalive_count,
