@@ -43,7 +43,7 @@ TIME_EVERY = 8
 call, and on a busy machine a point where the loop loses its core (those reads took 0.5 ms
 of wall time on average in a W3 run at load 4, against 1 µs alone)."""
 CHECK_TIMES_KEPT = 1024
-"""Tasks whose check time is remembered, at most (the oldest are forgotten first)."""
+"""Kinds of check (tasks) whose time is remembered, at most (the oldest are forgotten first)."""
 
 
 class NodeLink(Protocol):
@@ -84,7 +84,7 @@ class HubShell:
         self._held: dict[tuple[str, int], tuple[int, str, Result]] = {}  # (task, chunk) → (attempt, node, result)
         self._confirmations: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
-        self._check_s: dict[str, float] = {}  # task id -> CPU time of a check, smoothed
+        self._check_s: dict[str, float] = {}  # kind of check (face_check_kind) -> its CPU time, smoothed
         self._checks = 0
 
     def now(self) -> float:
@@ -173,28 +173,29 @@ class HubShell:
             self.run(d.HeartbeatReceived(node_id))
             return
         target, start, stop = self.face_check_target(chunk)
-        problem = None if trusted else await self._judge(chunk[0], target, start, stop, result)
+        kind = self.face_check_kind(chunk[0])
+        problem = None if trusted else await self._judge(kind, target, start, stop, result)
         verdict = None
         if problem is None:
             problem, verdict = await self._against_held(chunk, target, start, stop, result)
         self.settle(node_id, chunk, result, problem, verdict, trusted=trusted)
         await self.face_drained()
 
-    def _quick(self, task_id: str) -> bool:
-        """Whether the task's checks take so little that they run on the event loop."""
-        typical = self._check_s.get(task_id)
+    def _quick(self, kind: str) -> bool:
+        """Whether checks of this kind take so little that they run on the event loop."""
+        typical = self._check_s.get(kind)
         return typical is not None and typical <= INLINE_CHECK_S
 
-    async def _judge(self, task_id: str, target: object, start: int, stop: int, result: Result) -> Invalid | None:
-        """``judge`` on the loop when the task's checks are quick (timed one in ``TIME_EVERY``), else on a thread."""
+    async def _judge(self, kind: str, target: object, start: int, stop: int, result: Result) -> Invalid | None:
+        """``judge`` on the loop when checks of its kind are quick (timed one in ``TIME_EVERY``), else on a thread."""
         self._checks += 1
-        if self._quick(task_id) and self._checks % TIME_EVERY:
+        if self._quick(kind) and self._checks % TIME_EVERY:
             return judge(target, start, stop, result, sample=self.verify_sample)  # type: ignore[arg-type]
-        if self._quick(task_id):
+        if self._quick(kind):
             problem, took = _timed_judge(target, start, stop, result, self.verify_sample)
         else:
             problem, took = await asyncio.to_thread(_timed_judge, target, start, stop, result, self.verify_sample)
-        self._note_check(task_id, took)
+        self._note_check(kind, took)
         return problem
 
     async def _against_held(self, chunk: ChunkId, target: object, start: int, stop: int,
@@ -205,7 +206,7 @@ class HubShell:
         if held is None or held[0] == chunk[2] or self.hub.dispatcher.held_attempt(*chunk[:2]) != held[0]:
             return None, None
         attempt, held_node, held_result = held
-        if self._quick(chunk[0]):
+        if self._quick(self.face_check_kind(chunk[0])):
             comparison = compare(target, start, stop, held_result, result)  # type: ignore[arg-type]
         else:
             comparison = await asyncio.to_thread(compare, target, start, stop, held_result, result)
@@ -219,10 +220,10 @@ class HubShell:
         return problem, h.HeldVerdict(held_node, held_result.computed_by, valid=not comparison.first,
                                       confirmed=not comparison.second and comparison.settled)
 
-    def _note_check(self, task_id: str, took: float) -> None:
-        before = self._check_s.pop(task_id, None)
-        # Re-inserted, so the most recent task comes last and the oldest is forgotten first.
-        self._check_s[task_id] = took if before is None else 0.8 * before + 0.2 * took
+    def _note_check(self, kind: str, took: float) -> None:
+        before = self._check_s.pop(kind, None)
+        # Re-inserted, so the most recent kind comes last and the oldest is forgotten first.
+        self._check_s[kind] = took if before is None else 0.8 * before + 0.2 * took
         if len(self._check_s) > CHECK_TIMES_KEPT:
             del self._check_s[next(iter(self._check_s))]
 
@@ -339,6 +340,10 @@ class HubShell:
     def face_chunk(self, node_id: str, message: Result | Failed) -> ChunkId | None:
         """Which chunk of this hub's Dispatcher a node's answer is about; None if none."""
         return (message.task_id, message.chunk, message.attempt)
+
+    def face_check_kind(self, task_id: str) -> str:
+        """Which results' checks cost alike (their time decides loop or thread): a task's."""
+        return task_id
 
     def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
         """What a result for the chunk is checked against: (task or assignment, start, stop)."""

@@ -230,6 +230,11 @@ class Relay(HubShell):
             return None  # cancelled, or never ours: nobody above is waiting for it here
         return (task_id, 0, attempt)
 
+    def face_check_kind(self, task_id: str) -> str:
+        """Each upstream chunk is a task here: its checks cost like the upstream task's other chunks'."""
+        assign = self._by_task.get(task_id)
+        return assign.task_id if assign is not None else task_id
+
     def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
         assign = self._by_task[chunk[0]]
         target = self._targets.get(chunk[0])

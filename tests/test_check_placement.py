@@ -1,0 +1,48 @@
+"""Where the shell runs a result's check: on the event loop once checks of its kind are known
+to be quick, on a thread until then — and a chain link counts all of an upstream task's
+chunks as one kind, though each is a task of its own there."""
+
+from __future__ import annotations
+
+import types
+
+import nodes.hub_shell as hub_shell
+from nodes.kernels import compute
+from nodes.relay import Relay
+from protocol.messages import Assign, Result
+from protocol.taskfile import parse_task
+
+TASK = parse_task({"name": "small", "operation": "det", "chunk_size": 10,
+                   "inputs": {"a": {"generate": {"count": 40, "shape": [4, 4], "seed": 3}}}})
+
+
+def result(chunk: int) -> Result:
+    start = chunk * 10
+    out = compute("det", {"a": TASK.input_items("a", start, start + 10)}, "full")
+    return Result("t", chunk, 1, out.ok, out.result, out.norms, 0.001)
+
+
+async def test_a_kind_of_check_goes_to_a_thread_once_then_stays_on_the_loop(monkeypatch) -> None:
+    threaded = []
+    real = hub_shell.asyncio.to_thread
+
+    async def counted(function, *args):
+        threaded.append(function)
+        return await real(function, *args)
+
+    monkeypatch.setattr(hub_shell.asyncio, "to_thread", counted)
+    shell = hub_shell.HubShell()
+    for chunk in range(4):
+        assert await shell._judge("one kind", TASK, chunk * 10, chunk * 10 + 10, result(chunk)) is None
+    assert len(threaded) == 1  # the first, while its cost was unknown
+    assert await shell._judge("another kind", TASK, 0, 10, result(0)) is None
+    assert len(threaded) == 2
+
+
+def test_a_link_counts_an_upstream_tasks_chunks_as_one_kind() -> None:
+    generated = {"a": {"count": 40, "shape": [4, 4], "seed": 3, "distribution": "normal", "dtype": "float64"}}
+    link = types.SimpleNamespace(_by_task={
+        f"u{n}": Assign("tq3x7kd2m5vbn", n, 1, "det", n * 10, n * 10 + 10, "full", generated, {}) for n in range(3)})
+    kinds = {Relay.face_check_kind(link, f"u{n}") for n in range(3)}  # type: ignore[arg-type]
+    assert kinds == {"tq3x7kd2m5vbn"}
+    assert Relay.face_check_kind(link, "gone") == "gone"  # type: ignore[arg-type]
