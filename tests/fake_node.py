@@ -27,6 +27,19 @@ class NodeRejected(Exception):
     """The front-end or link answered hello with ``reject``."""
 
 
+class RecordingSession:
+    """A connected node as the hub shell sees it, without a network: what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send(self, message: object) -> None:
+        self.sent.append(message)
+
+    def close(self, reason: str, *, farewell: bool = True) -> None:
+        pass
+
+
 def honest(assign: Assign, result: Result) -> Result:
     return result
 

@@ -8,19 +8,7 @@ import pytest
 from console.engine.frontend import CERTIFICATE_BURST, MAX_CERTIFICATES_PER_LINK, FrontEnd
 from protocol.hub import MAX_SUBTREE_NODES
 from protocol.messages import Hello, HostCertificate, Subtree
-
-
-class Session:
-    """A connected node as the shell sees it: what it was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[object] = []
-
-    def send(self, message: object) -> None:
-        self.sent.append(message)
-
-    def close(self, reason: str, *, farewell: bool = True) -> None:
-        pass
+from tests.fake_node import RecordingSession
 
 
 def host_key_line() -> str:
@@ -47,7 +35,7 @@ def certificates(session: Session) -> list[HostCertificate]:
 
 
 async def join(frontend: FrontEnd, name: str, fingerprint: str, host_key: str = "") -> tuple[str, Session]:
-    session = Session()
+    session = RecordingSession()
     node_id = frontend.admit(session, Hello(2, name, 1, 2, host_key=host_key), name, fingerprint, "10.0.0.9")
     return node_id, session
 

@@ -20,29 +20,21 @@ import cProfile
 import os
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from console.engine.host import Host
-from console.engine.statedir import StateDir
-from console.ssh.server import ServerSettings
-from nodes.kernels import compute
-from protocol.messages import PROTOCOL_VERSION, Assign, Hello, Result
-from protocol.taskfile import parse_task
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
-
-class FakeSession:
-    """What the front-end sends a node, kept until the driver answers it."""
-
-    def __init__(self) -> None:
-        self.sent: list[object] = []
-
-    def send(self, message: object) -> None:
-        self.sent.append(message)
-
-    def close(self, reason: str, *, farewell: bool = True) -> None:
-        pass
+from console.engine.host import Host  # noqa: E402
+from console.engine.statedir import StateDir  # noqa: E402
+from console.ssh.server import ServerSettings  # noqa: E402
+from nodes.kernels import compute  # noqa: E402
+from protocol.messages import PROTOCOL_VERSION, Assign, Hello, Result  # noqa: E402
+from protocol.taskfile import parse_task  # noqa: E402
+from tests.fake_node import RecordingSession  # noqa: E402
 
 
 async def run_once(items: int, chunk: int, seed: int, profile: cProfile.Profile | None) -> tuple[float, int]:
@@ -57,7 +49,7 @@ async def run_once(items: int, chunk: int, seed: int, profile: cProfile.Profile 
         await host.start()
         try:
             frontend = host.frontend
-            sessions = [FakeSession() for _ in range(2)]
+            sessions = [RecordingSession() for _ in range(2)]
             ids = [frontend.admit(session, Hello(PROTOCOL_VERSION, f"n{i}", 1, 96), f"n{i}", f"fp{i}", "127.0.0.1:1")
                    for i, session in enumerate(sessions)]
             task_id = await frontend.submit(task, "operator")
