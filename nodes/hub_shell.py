@@ -189,9 +189,10 @@ class HubShell:
     async def _judge(self, kind: str, target: object, start: int, stop: int, result: Result) -> Invalid | None:
         """``judge`` on the loop when checks of its kind are quick (timed one in ``TIME_EVERY``), else on a thread."""
         self._checks += 1
-        if self._quick(kind) and self._checks % TIME_EVERY:
+        quick = self._quick(kind)
+        if quick and self._checks % TIME_EVERY:
             return judge(target, start, stop, result, sample=self.verify_sample)  # type: ignore[arg-type]
-        if self._quick(kind):
+        if quick:
             problem, took = _timed_judge(target, start, stop, result, self.verify_sample)
         else:
             problem, took = await asyncio.to_thread(_timed_judge, target, start, stop, result, self.verify_sample)

@@ -94,13 +94,14 @@ class MessageChannel:
         if self.closed or not pending:
             return
         try:
-            for piece in join_pieces(self._encoded(pending)):
+            for piece in join_pieces(self._encoded(pending) if self.batching else pending):  # type: ignore[arg-type]
                 self._writer.write(piece)
         except BROKEN:
             self.close("connection broken")
 
     @staticmethod
     def _encoded(pending: list[object]) -> list[Buffer]:
+        """Queued pieces and messages as pieces, runs of messages that fit together as one batch."""
         pieces: list[Buffer] = []
         for item in batching.join(pending):
             if isinstance(item, (bytes, bytearray, memoryview)):
