@@ -101,6 +101,21 @@ async def test_jobs_follow_the_backlog_up_to_max_jobs_and_end_when_idle(host: Ho
         assert sum("drain" in line for line in lines) >= 2
 
 
+def settled(frontend, name: str):
+    """A predicate: the node's count of finished items has not moved for a second."""
+    last = {"done": -1, "since": 0.0}
+
+    def check() -> bool:
+        (row,) = [r for r in frontend.node_rows() if r.name == name]
+        now = time.monotonic()
+        if row.items_done != last["done"]:
+            last.update(done=row.items_done, since=now)
+            return False
+        return now - last["since"] >= 1.0
+
+    return check
+
+
 async def test_a_job_killed_mid_task_has_its_chunks_rerun_and_nothing_is_lost(host: Host, cluster, tmp_path) -> None:
     frontend = host.frontend
     async with running_launcher(host, cluster, tmp_path, "killed", max_jobs=1) as (launcher, lines):
@@ -109,8 +124,14 @@ async def test_a_job_killed_mid_task_has_its_chunks_rerun_and_nothing_is_lost(ho
         await wait_until(lambda: any(r.name.startswith("killed-") and r.items_done > 0 and r.in_flight > 0
                                      for r in frontend.node_rows()), timeout=60, what="the first node at work")
         (victim,) = launcher.jobs
-        cluster.run("scancel", "--signal=KILL", "--full", victim)
-        cluster.run("scancel", victim)
+        # Frozen first, so chunks assigned to it stay unfinished: a node killed at once may have
+        # finished all it held, its results already in the socket, and then there is nothing to rerun.
+        await asyncio.to_thread(cluster.run, "scancel", "--signal=STOP", "--full", victim)
+        await wait_until(settled(frontend, f"killed-{victim}"), timeout=30, what="the frozen node's last results")
+        (row,) = [r for r in frontend.node_rows() if r.name == f"killed-{victim}"]
+        assert row.in_flight > 0  # assigned, never to be computed there
+        await asyncio.to_thread(cluster.run, "scancel", "--signal=KILL", "--full", victim)
+        await asyncio.to_thread(cluster.run, "scancel", victim)
         summary = await asyncio.wait_for(frontend.wait(task_id), 90)
         assert summary["state"] == "done" and summary["ok_items"] == 5000 and summary["failed_items"] == 0
         check_norms(host, task_id, document)
