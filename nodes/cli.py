@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from nodes.startup import loaded, loading, quick_exit
 from protocol.addresses import AddressError, parse_address
 from protocol.errors import ExitStatus
+from protocol.replication import DEFAULT_PROBATION, DEFAULT_REPLICA_RATE
 
 if TYPE_CHECKING:
     from nodes.agent import NodeSettings
@@ -41,6 +42,17 @@ def address_argument(*, listening: bool = False) -> Callable[[str], tuple[str, i
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def replica_share(text: str) -> float:
+    """``--replicate``: the share of a proven node's replicated results computed again, 0 to 1."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1 (0.1: one result in ten)")
+    return share
 
 
 WALLTIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -88,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch", type=int, default=1, metavar="N", help="chunks held beyond the slots (default 1); more while chunks are short")
     parser.add_argument("--listen", type=address_argument(listening=True), metavar="HOST:PORT",
                         help="make this node a chain link that accepts nodes behind it on HOST:PORT")
+    replicate_argument(parser, "with --listen: ")
     from nodes.executors import EXECUTORS
 
     parser.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
@@ -102,6 +115,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="something this node has that a task may require (gpu=1, memory_gb=64); repeatable")
     parser.add_argument("--exit-with", type=int, metavar="PID",
                         help="stop when the parent process PID exits (front-ends start their local nodes so)")
+
+
+def replicate_argument(parser: argparse.ArgumentParser, prefix: str = "", default: float = DEFAULT_REPLICA_RATE,
+                       why: str = "") -> None:
+    """``--replicate SHARE``, for a front-end and for a chain link."""
+    parser.add_argument("--replicate", type=replica_share, default=default, metavar="SHARE",
+                        help=f"{prefix}the share of results with no cheap check (det, norms) that a second node "
+                             f"computes again once their node has {DEFAULT_PROBATION} confirmed, all of them "
+                             f"before; 0 turns replication off (default {default}{why})")
 
 
 def _resource(text: str) -> tuple[str, str | float]:
@@ -191,11 +213,11 @@ def _run(args: argparse.Namespace, state: Path, key_path: Path, local: LocalWork
     )
     import asyncio
 
-    return asyncio.run(_main(settings, local, args.listen, state, args.exit_with))
+    return asyncio.run(_main(settings, local, args.listen, state, args.exit_with, args.replicate))
 
 
 async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int] | None, state: Path,
-                exit_with: int | None = None) -> int:
+                exit_with: int | None = None, replica_rate: float = DEFAULT_REPLICA_RATE) -> int:
     from nodes.agent import NodeAgent, install_signal_handlers
     from nodes.lifeline import watch_parent
 
@@ -204,7 +226,7 @@ async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int
     else:
         from nodes.relay import Relay, RelaySettings
 
-        relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key"), local)
+        relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key", replica_rate=replica_rate), local)
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)
     if exit_with is not None:

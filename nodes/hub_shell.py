@@ -23,7 +23,7 @@ from protocol.messages import (
     Subtree, Welcome,
 )
 from nodes.kernels import compute
-from protocol.replication import ReplicationPolicy
+from protocol.replication import DEFAULT_REPLICA_RATE, ReplicationPolicy
 from protocol.verify import DEFAULT_SAMPLE, Invalid, compare, judge
 
 DEFAULT_TICK_S = 0.5
@@ -71,8 +71,10 @@ class HubShell:
     """Node sessions in, hub outputs carried out; faces override the ``face_*`` methods."""
 
     def __init__(self, *, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 5.0,
-                 tick_s: float = DEFAULT_TICK_S, verify_sample: int = DEFAULT_SAMPLE) -> None:
-        self.hub = h.Hub(d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s, prefetch=MAX_PREFETCH))
+                 tick_s: float = DEFAULT_TICK_S, verify_sample: int = DEFAULT_SAMPLE,
+                 replica_rate: float = DEFAULT_REPLICA_RATE) -> None:
+        self.hub = h.Hub(d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s, prefetch=MAX_PREFETCH,
+                                      replication=ReplicationPolicy.of_share(replica_rate)))
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.tick_s = tick_s

@@ -35,6 +35,7 @@ from protocol.messages import (
     Assign, Cancel, Control, Credit, Failed, HostCertificate, NodeKeys, Rejected, Result, Subtree, Welcome,
 )
 from protocol.operations import installed_operations
+from protocol.replication import DEFAULT_REPLICA_RATE
 from protocol.verify import AssignedChunk, replicated
 
 RELAY_ATTEMPTS = 2
@@ -55,6 +56,8 @@ class RelaySettings:
     heartbeat_timeout_s: float = 5.0
     server: ServerSettings | None = None
     """The gate for nodes behind the link (its host and port come from ``listen``)."""
+    replica_rate: float = DEFAULT_REPLICA_RATE
+    """Share of its proven nodes' replicated results computed again (``--replicate``)."""
 
 
 class _OwnPool:
@@ -78,7 +81,8 @@ class Relay(HubShell):
 
     def __init__(self, settings: RelaySettings, local: LocalWork) -> None:
         super().__init__(heartbeat_interval_s=settings.heartbeat_interval_s,
-                         heartbeat_timeout_s=settings.heartbeat_timeout_s, tick_s=TICK_S)
+                         heartbeat_timeout_s=settings.heartbeat_timeout_s, tick_s=TICK_S,
+                         replica_rate=settings.replica_rate)
         self.settings = settings
         self.name = settings.name
         self.local = local

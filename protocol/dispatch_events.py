@@ -384,6 +384,8 @@ class TaskFinished:
     items_failed: int
     items_by_node: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Items computed by each node in this run of the Dispatcher."""
+    replicated_chunks: int = 0
+    """Results held for a second computation in this run (replication): each cost one more chunk."""
 
 
 Action: TypeAlias = (

@@ -59,6 +59,7 @@ class Replicas:
         chunk.held = lease
         chunk.held_ok = items_ok
         self._holds[chunk] = task
+        task.held_results += 1
         out.append(ResultHeld(lease.node_id, task.task_id, chunk.number, lease.attempt))
         if not lease.ended:
             self._end(lease, out)

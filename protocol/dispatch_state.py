@@ -107,7 +107,8 @@ class TrackedTask:
     __slots__ = (
         "task_id", "owner", "items", "max_attempts", "chunks", "sizer", "state", "submitted_at",
         "started_at", "finished_at", "items_resolved", "items_bad", "items_abandoned", "items_computed",
-        "items_by_node", "running_chunks", "runnable", "live", "replicate", "unproven", "operation", "requires",
+        "items_by_node", "running_chunks", "runnable", "live", "replicate", "unproven", "held_results", "operation",
+        "requires",
         "priority", "_service_s", "_service_at",
     )
 
@@ -140,6 +141,7 @@ class TrackedTask:
         self.operation = event.operation
         self.requires = dict(event.requires)
         self.unproven: dict[int, tuple[str, int]] = {}  # chunk → (node, items ok): done, never confirmed
+        self.held_results = 0  # results held for a second computation: each costs one more
 
     def serve(self, elapsed_s: float, now: float, half_life_s: float) -> None:
         """Count a result's compute time towards the task's recent share of the nodes."""

@@ -512,7 +512,7 @@ class Dispatcher(Replicas):
             self._release_hold(chunk)
         items_ok = task.items_resolved - task.items_bad
         out.append(TaskFinished(task.task_id, state, items_ok, task.items_failed,
-                                MappingProxyType(dict(task.items_by_node))))
+                                MappingProxyType(dict(task.items_by_node)), task.held_results))
 
     # --- leases -------------------------------------------------------------------------------
 

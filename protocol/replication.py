@@ -28,6 +28,17 @@ class ReplicationPolicy:
     chance: Callable[[], float] = field(default=random.random, compare=False)
     """Uniform draws in [0, 1); tests pass their own."""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"the replica rate is a share between 0 and 1, got {self.rate!r}")
+        if self.probation < 0:
+            raise ValueError(f"probation is a count of results, got {self.probation!r}")
+
+    @classmethod
+    def of_share(cls, share: float) -> ReplicationPolicy:
+        """What ``--replicate SHARE`` asks for: probation, then ``share``; 0 turns replication off."""
+        return cls(probation=DEFAULT_PROBATION if share > 0 else 0, rate=share)
+
     def wanted(self, proven: int) -> bool:
         """Whether a result of a node with ``proven`` confirmed results is held."""
         return proven < self.probation or self.chance() < self.rate

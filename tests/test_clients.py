@@ -146,6 +146,24 @@ async def test_cli_run_one_shot(tmp_path) -> None:
     check_npz(tmp_path / "r.npz", TASK, rtol=1e-8)
 
 
+@pytest.mark.timeout(120)
+async def test_run_replicates_the_share_the_operator_chose(tmp_path) -> None:
+    task_file = tmp_path / "det.json"  # det has no check cheaper than computing it again: replicated
+    task_file.write_text(json.dumps({"name": "replicas", "operation": "det", "chunk_size": 10,
+                                     "inputs": {"a": {"generate": {"count": 400, "shape": [6, 6], "seed": 3}}}}))
+    replicated = {}
+    for share in ("1", "0"):
+        status, out, err = await _cli("run", str(task_file), "--local-nodes", "2", "--replicate", share, "--json")
+        assert status == 0, err
+        summary = json.loads(out)
+        assert summary["state"] == "done" and summary["ok_items"] == 400
+        replicated[share] = summary["replicated_chunks"]
+    assert replicated["1"] == 40  # every chunk computed twice
+    assert replicated["0"] == 0  # off
+    status, out, err = await _cli("run", str(task_file), "--replicate", "2")
+    assert status == 2 and "between 0 and 1" in err and "Traceback" not in err
+
+
 async def test_eight_parallel_result_downloads_get_identical_whole_files(host: Host, nodes, tmp_path) -> None:
     nodes("n1", slots=2)
     document = {"name": "download", "operation": "invert", "chunk_size": 50,

@@ -7,6 +7,8 @@ caught lying has its unconfirmed results reopened; errors follow the node across
 
 from __future__ import annotations
 
+import pytest
+
 from protocol.dispatch_events import (
     ChunkCompleted,
     ChunkReopened,
@@ -110,14 +112,16 @@ def test_a_wrong_result_found_by_the_shell_is_computed_again() -> None:
     assert {v.node_id: v.errors for v in d.snapshot(2).nodes}["a"] == 1
 
 
-def test_after_probation_only_a_sample_is_replicated() -> None:
-    rolls = iter([0.5] * 100)
-    d = Dispatcher(prefetch=0, replication=ReplicationPolicy(2, 0.1, lambda: next(rolls)))
+def run_replicated(policy: ReplicationPolicy, items: int = 40) -> tuple[list[bool], int, TaskFinished]:
+    """Two nodes run a replicated task to its end, confirming held results as they come back:
+    whether each result was held, the chunks completed, and how the task finished."""
+    d = Dispatcher(prefetch=0, replication=policy)
     d.handle(NodeJoined("a", 1, 1), 0)
     d.handle(NodeJoined("b", 1, 1), 0)
-    work = assigned(d.handle(replicated(items=40), 0))
+    work = assigned(d.handle(replicated(items=items), 0))
     holds: list[bool] = []
     completed = 0
+    finished: list[TaskFinished] = []
     now = 1.0
     while work:
         node, *_ = assignment = work.pop(0)
@@ -128,11 +132,30 @@ def test_after_probation_only_a_sample_is_replicated() -> None:
             out = d.handle(result(node, assignment), now)
         holds.append(bool(of_type(out, ResultHeld)))
         completed += len(of_type(out, ChunkCompleted))
+        finished += of_type(out, TaskFinished)
         work += assigned(out)
+    (end,) = finished
+    return holds, completed, end
+
+
+def test_after_probation_only_a_sample_is_replicated() -> None:
+    rolls = iter([0.5] * 100)
+    holds, completed, end = run_replicated(ReplicationPolicy(2, 0.1, lambda: next(rolls)))
     # results are held until each node has two confirmed; then a roll of 0.5 ≥ 0.1 holds none
     assert holds[:2] == [True, True]
     assert 2 <= sum(holds) <= 4 and not any(holds[8:])
     assert completed == 20
+    assert end.replicated_chunks == sum(holds)  # what replication cost, in chunks computed again
+
+
+def test_the_operator_chooses_the_rate_from_none_to_every_result() -> None:
+    holds, completed, end = run_replicated(ReplicationPolicy(2, 1.0))
+    assert completed == 20 and sum(holds) == 20 == end.replicated_chunks  # every chunk computed twice
+    holds, completed, end = run_replicated(ReplicationPolicy(2, 0.0))
+    assert completed == 20 and 2 <= end.replicated_chunks == sum(holds) <= 4  # probation only
+    for rate in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            ReplicationPolicy(rate=rate)
 
 
 def test_a_caught_node_has_its_unconfirmed_results_computed_again() -> None:

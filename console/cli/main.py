@@ -18,7 +18,7 @@ from pathlib import Path
 
 from console.engine.eventlog import LOG_FORMATS, EventLog
 from console.engine.statedir import StateDir, default_state_dir
-from nodes.cli import add_arguments as node_arguments, address_argument
+from nodes.cli import add_arguments as node_arguments, address_argument, replicate_argument
 from nodes.startup import loaded, loading, quick_exit
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
 
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK.json")
     p.add_argument("--local-nodes", type=_count, default=os.cpu_count() or 1, metavar="N",
                    help="node processes to start (default: one per core)")
+    replicate_argument(p, default=0.0, why=": the nodes are this command's own processes")
     _output_options(p)
     _limit_options(p)
 
@@ -197,6 +198,7 @@ def _hosting_options(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--launch", type=_launch_spec, action="append", metavar="slurm:N|ssh:HOSTS", default=argparse.SUPPRESS,
                    help="run a launcher too: up to N Slurm jobs, or a node on each of HOSTS (repeatable)")
+    replicate_argument(p)
 
 
 def _launch_spec(text: str) -> str:
@@ -251,7 +253,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     return run_console(state_dir(args), getattr(args, "listen", None), getattr(args, "local_nodes", 0),
                        limits=limits_from(args), metrics=getattr(args, "metrics", None),
-                       launch=tuple(getattr(args, "launch", ())))
+                       launch=tuple(getattr(args, "launch", ())), replica_rate=args.replicate)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -260,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = getattr(args, "listen", ("127.0.0.1", 8022))
     hosting = Host(state_dir(args), ServerSettings(host=host, port=port), getattr(args, "local_nodes", 0),
-                   {"limits": limits_from(args), "keep_results_s": args.keep_results},
+                   {"limits": limits_from(args), "keep_results_s": args.keep_results, "replica_rate": args.replicate},
                    metrics=getattr(args, "metrics", None), launch=tuple(getattr(args, "launch", ())))
 
     async def serve() -> None:
@@ -328,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
         on_stop_signals(lambda sig: (stopped_by.append(sig), main_task.cancel()))
         with tempfile.TemporaryDirectory(prefix="chainconsole-run-") as tmp:
             hosting = Host(StateDir(Path(tmp) / "state"), ServerSettings(port=0), args.local_nodes,
-                           {"limits": limits_from(args)})
+                           {"limits": limits_from(args), "replica_rate": args.replicate})
             await hosting.start()
             loaded()
             from console.cli.report import TaskProgress  # rich: loaded while the local nodes start

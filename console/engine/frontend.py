@@ -44,6 +44,7 @@ from protocol.hub import HubError
 from protocol.inputs import format_bytes
 from protocol.messages import MAX_NODE_KEYS, Assign, Hello, HostCertificate, NodeKeys, Result
 from protocol.operations import OPERATIONS, describe
+from protocol.replication import DEFAULT_REPLICA_RATE
 from protocol.taskfile import DEFAULT_LIMITS, MAX_CHUNK_BYTES, Task, TaskLimits
 from protocol.verify import DEFAULT_SAMPLE, replicated
 
@@ -100,9 +101,10 @@ class FrontEnd(HubShell):
         disk_margin: int = DEFAULT_DISK_MARGIN,
         keep_results_s: float | None = None,
         prune_every_s: float = DEFAULT_PRUNE_EVERY_S,
+        replica_rate: float = DEFAULT_REPLICA_RATE,
     ) -> None:
         super().__init__(heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
-                         tick_s=tick_s, verify_sample=verify_sample)
+                         tick_s=tick_s, verify_sample=verify_sample, replica_rate=replica_rate)
         self.state = state
         self.limits = limits
         """Size limits for tasks submitted over SSH."""
@@ -572,6 +574,7 @@ class FrontEnd(HubShell):
             "failed_items": action.items_failed,
             "wall_s": round(wall, 4),
             "items_per_node": by_node,
+            "replicated_chunks": action.replicated_chunks,
             "return": record.return_mode,
         }
         if error:

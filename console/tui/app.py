@@ -45,6 +45,7 @@ from console.tui.source import OWNER, ConsoleSource, HostedFrontEnd, Identity
 from console.tui.status import HostIdentity, ThroughputMeter
 from console.tui.tables import CONNECTED_NODE_STATES, FINISHED_TASK_STATES, LIVE_TASK_STATES
 from protocol.errors import ChainconsoleError, ExitStatus, TaskFileError
+from protocol.replication import DEFAULT_REPLICA_RATE
 from protocol.taskfile import DEFAULT_LIMITS, TaskLimits, load_task_file
 
 DEFAULT_LISTEN = ("127.0.0.1", 8022)
@@ -715,10 +716,11 @@ def _count_nodes(nodes: list[NodeRow]) -> str:
 
 def run_console(state: StateDir, listen: tuple[str, int] | None, local_nodes: int, *,
                 limits: TaskLimits = DEFAULT_LIMITS, metrics: tuple[str, int] | None = None,
-                launch: tuple[str, ...] = ()) -> int:
+                launch: tuple[str, ...] = (), replica_rate: float = DEFAULT_REPLICA_RATE) -> int:
     """Run the console until the operator quits; return the process exit status."""
     host, port = listen or DEFAULT_LISTEN
-    app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, {"limits": limits},
+    options = {"limits": limits, "replica_rate": replica_rate}
+    app = ConsoleApp(Host(state, ServerSettings(host=host, port=port), local_nodes, options,
                           metrics=metrics, launch=launch), handle_signals=True)
     app.run()
     return app.return_code or ExitStatus.OK
