@@ -45,6 +45,8 @@ REPORT_EVERY_S = 1.0
 OWN_POOL = "(this link)"
 SENT_UP_KEPT = 4096
 """Results passed upstream whose computing node is remembered, for a ``rejected`` to find it."""
+GENERATED_KEPT = 64
+"""Upstream tasks whose generated inputs are kept for checks."""
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Relay(HubShell):
         self._by_key: dict[ChunkKey, str] = {}
         self._holders: dict[ChunkKey, dict[str, int]] = {}  # upstream chunk → node → attempt here
         self._targets: dict[str, AssignedChunk] = {}  # this link's task id → what its results are checked against
+        self._generated: OrderedDict[str, AssignedChunk] = OrderedDict()  # upstream task → its generated inputs
         self._certified: set[str] = set()
         self._own_results: set[asyncio.Task] = set()
         self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
@@ -241,10 +244,24 @@ class Relay(HubShell):
 
     def face_check_target(self, chunk: ChunkId) -> tuple[object, int, int]:
         assign = self._by_task[chunk[0]]
+        if not assign.arrays:
+            return self._generated_target(assign), assign.start, assign.stop
         target = self._targets.get(chunk[0])
         if target is None:
             target = self._targets[chunk[0]] = AssignedChunk(assign)
         return target, assign.start, assign.stop
+
+    def _generated_target(self, assign: Assign) -> AssignedChunk:
+        """Chunks of an upstream task with generated inputs only are checked against one target:
+        the generators are read once per task, not once per chunk."""
+        target = self._generated.get(assign.task_id)
+        if target is None or not _same_kind(target.assign, assign):
+            target = self._generated[assign.task_id] = AssignedChunk(assign)
+            while len(self._generated) > GENERATED_KEPT:
+                self._generated.popitem(last=False)
+        else:
+            self._generated.move_to_end(assign.task_id)
+        return target
 
     def face_assign(self, action: d.AssignChunk) -> Assign:
         assign = self._by_task[action.task_id]
@@ -367,6 +384,11 @@ class Relay(HubShell):
             return
         address = peer_address(process.get_extra_info("connection"))
         await NodeSession.of_process(self, process, name="node", fingerprint=fingerprint, address=address).run()
+
+
+def _same_kind(first: Assign, other: Assign) -> bool:
+    return (first.operation == other.operation and first.return_mode == other.return_mode
+            and (first.generated is other.generated or first.generated == other.generated))
 
 
 def _link_host_key(path: Path, name: str) -> asyncssh.SSHKey:

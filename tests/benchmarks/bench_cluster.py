@@ -27,6 +27,7 @@ noisy. The front-end's peak memory is measured in its own process.
 
     python tests/benchmarks/bench_cluster.py [--workloads W1,W2,W3,W4] [--repeat 3] [--nodes 2]
         [--systems pool,warm,cold,dask-tcp,dask-tls] [--json OUT.json] [--quick] [--profile DIR]
+        [--replicate SHARE]
     python tests/benchmarks/bench_cluster.py --workloads W1,W2,W3,COLD20,CHAIN --systems pool,warm
 """
 
@@ -82,6 +83,8 @@ class WorkloadReport:
     memory_mib: list[dict[str, float]] = field(default_factory=list)
     cpu_s: list[dict[str, float]] = field(default_factory=list)
     killed_at_s: list[float] = field(default_factory=list)
+    replicated: list[int] = field(default_factory=list)
+    """Chunks of each warm run held for a second computation (the summary's ``replicated_chunks``)."""
     problems: list[str] = field(default_factory=list)
 
     def median(self, system: str) -> float:
@@ -121,6 +124,11 @@ class WorkloadReport:
                 for part, label in (("frontend", "front-end"), ("agents", "node-agent")):
                     ms = 1000 * cpu[part] / chunks
                     found.append(f"{name} {label} CPU per chunk ≤ {target} ms: {ms:.2f} ms {_verdict(ms <= target)}")
+        if self.replicated:
+            chunks = len(self.workload.jobs())
+            twice = statistics.median(self.replicated)
+            found.append(f"{name} warm chunks computed twice (replication): {twice:g} of {chunks} "
+                         f"({100 * twice / chunks:.1f}% more chunk computations)")
         if "warm-kill" in self.times:
             found.append(f"{name} one node killed at {self.workload.kill_at:.0%}: "
                          f"{self.paired('warm-kill', 'warm'):.2f}× the fault-free run on {self.nodes} nodes")
@@ -143,6 +151,7 @@ class WorkloadReport:
             "frontend_memory_mib": self.memory_mib,
             "warm_cpu_s": self.cpu_s,
             "killed_at_s": self.killed_at_s,
+            "replicated_chunks": self.replicated,
             "checks": self.checks(),
             "problems": self.problems,
         }
@@ -155,8 +164,10 @@ def _verdict(ok: bool) -> str:
 class Systems:
     """The systems under test, started on first use and kept warm; one of each per size."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, replicate: float | None = None) -> None:
         self.root = root
+        self.replicate = replicate
+        """The warm front-end's ``--replicate`` share; None: its default."""
         self.setup_s: dict[str, float] = {}
         self._pools: dict[int, PoolSystem] = {}
         self._warm: dict[int, WarmChainconsole] = {}
@@ -172,7 +183,7 @@ class Systems:
 
     def warm(self, nodes: int) -> WarmChainconsole:
         if nodes not in self._warm:
-            warm = self._warm[nodes] = WarmChainconsole(nodes, self.root / f"frontend-{nodes}")
+            warm = self._warm[nodes] = WarmChainconsole(nodes, self.root / f"frontend-{nodes}", self.replicate)
             self.setup_s[f"warm-{nodes}"] = warm.start_s
             shutil.rmtree(warm.run(WARM_UP)["folder"])
         return self._warm[nodes]
@@ -202,6 +213,7 @@ def run_once(systems: Systems, system: str, workload: Workload, nodes: int, fold
         else:
             report.memory_mib.append(reply["memory_mib"])
             report.cpu_s.append(reply["cpu_s"])
+            report.replicated.append(reply["summary"].get("replicated_chunks", 0))
         return reply["seconds"], Path(reply["folder"])
     if system == "cold":
         return run_cold(workload, nodes, folder), folder / "out.npz"
@@ -357,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=2, help="nodes × 1 slot, and pool and dask workers (default 2)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every time and ratio here")
+    parser.add_argument("--replicate", type=float, metavar="SHARE",
+                        help="the warm front-end's --replicate share (default: the front-end's, 0.1)")
     parser.add_argument("--quick", action="store_true", help="scaled-down sizes: a smoke run in under a minute")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after each workload, one extra warm run under py-spy; collapsed stacks go here")
@@ -396,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{info['nproc']} cpus ({info['cpu']}), Python {info['python']}, numpy {info['numpy']}, "
         f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     root = Path(tempfile.mkdtemp(prefix="chainconsole-bench-"))
-    systems = Systems(root)
+    systems = Systems(root, args.replicate)
     reports: list[WorkloadReport] = []
     profiles: list[str] = []
     began = time.perf_counter()

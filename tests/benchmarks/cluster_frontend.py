@@ -1,6 +1,6 @@
 """A warm chainconsole front-end in a process of its own, driven by bench_cluster over a pipe.
 
-    python tests/benchmarks/cluster_frontend.py --nodes N --state-dir D
+    python tests/benchmarks/cluster_frontend.py --nodes N --state-dir D [--replicate SHARE]
 
 It hosts a front-end (SSH server on 127.0.0.1 port 0) with N local node processes of one
 slot each, waits until every node is connected and idle, and prints one JSON line:
@@ -71,8 +71,9 @@ def kill_node(proc) -> None:
 class WarmFrontEnd:
     """The hosted front-end and its nodes, kept at full strength between tasks."""
 
-    def __init__(self, state: StateDir, nodes: int) -> None:
-        self.host = Host(state, ServerSettings(port=0), nodes)
+    def __init__(self, state: StateDir, nodes: int, replicate: float | None = None) -> None:
+        options = {} if replicate is None else {"replica_rate": replicate}
+        self.host = Host(state, ServerSettings(port=0), nodes, options)
         self.size = nodes
 
     async def fleet_ready(self) -> None:
@@ -123,8 +124,8 @@ class WarmFrontEnd:
         return None
 
 
-async def serve(state: StateDir, nodes: int) -> None:
-    warm = WarmFrontEnd(state, nodes)
+async def serve(state: StateDir, nodes: int, replicate: float | None) -> None:
+    warm = WarmFrontEnd(state, nodes, replicate)
     await warm.host.start()
     try:
         await warm.fleet_ready()
@@ -144,8 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--replicate", type=float, help="the front-end's --replicate share")
     args = parser.parse_args()
-    asyncio.run(serve(StateDir(args.state_dir), args.nodes))
+    asyncio.run(serve(StateDir(args.state_dir), args.nodes, args.replicate))
 
 
 if __name__ == "__main__":

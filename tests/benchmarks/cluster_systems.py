@@ -118,14 +118,15 @@ class MemoryWatch:
 class WarmChainconsole:
     """A warm front-end with ``nodes`` nodes of one slot, in a child process."""
 
-    def __init__(self, nodes: int, root: Path) -> None:
+    def __init__(self, nodes: int, root: Path, replicate: float | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        share = [] if replicate is None else ["--replicate", str(replicate)]
         self.log = root / "frontend.log"
         began = time.perf_counter()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(HERE / "cluster_frontend.py"), "--nodes", str(nodes),
-                 "--state-dir", str(root / "state")],
+                 "--state-dir", str(root / "state"), *share],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
             )
         ready = self._reply()
