@@ -160,15 +160,16 @@ def judge(task: ChunkSource, start: int, stop: int, result: Result, *, sample: i
     if not indexes.size:
         return None
     op = OPERATIONS[task.operation]
+    ok_values = values if indexes.size == count else values[indexes]  # no copy when every item is ok
     if full and op.check == "freivalds":
-        return check.freivalds(indexes, values[indexes])
+        return check.freivalds(indexes, ok_values)
     if full and op.check == "spectrum":
         sampled = _rng.choice(indexes, size=min(sample, indexes.size), replace=False)
-        return check.spectrum(indexes, values[indexes], sampled)
+        return check.spectrum(indexes, ok_values, sampled)
     if not full and op.check == "spectrum":
-        return check.spectrum_norms(indexes, values[indexes])
+        return check.spectrum_norms(indexes, ok_values)
     if full and callable(op.check):
-        return check.declared(op, indexes, values[indexes])
+        return check.declared(op, indexes, ok_values)
     if _rng.random() >= recompute_fraction:
         return None
     index = int(indexes[_rng.integers(indexes.size)])
@@ -249,7 +250,8 @@ def _tau(task: ChunkSource) -> float:
 def _scale(x: np.ndarray) -> np.ndarray:
     """Each item's largest |entry| (1 for an all-zero item), shaped to divide the items by."""
     axes = tuple(range(1, x.ndim))
-    s = np.max(np.abs(x), axis=axes, keepdims=True) if axes else np.abs(x)
+    # max |x| as max(max x, -min x): two passes over the items, no |x| copy of them
+    s = np.maximum(x.max(axis=axes, keepdims=True), -x.min(axis=axes, keepdims=True)) if axes else np.abs(x)
     return np.where((s > 0) & np.isfinite(s), s, 1.0)
 
 
@@ -261,7 +263,8 @@ def _item_scale(x: np.ndarray) -> float:
 
 def _fro(x: np.ndarray) -> np.ndarray:
     """Frobenius norm of each item (items already scaled: no overflow)."""
-    return np.sqrt(np.sum(x * x, axis=tuple(range(1, x.ndim))))
+    flat = x.reshape(len(x), -1)
+    return np.sqrt(np.einsum("ij,ij->i", flat, flat))  # no x·x copy of the items
 
 
 def _lower_symmetric(a: np.ndarray) -> np.ndarray:
@@ -279,11 +282,17 @@ class _Check:
         self._chunk: dict[str, np.ndarray] | None = None
 
     def _input(self, name: str, indexes: np.ndarray) -> np.ndarray:
-        """The chunk's items of one input at ``indexes``, as float64 (the whole chunk is read once)."""
+        """The chunk's items of one input at ``indexes``, as float64 (the whole chunk is read once).
+
+        All of a float64 chunk's items are the chunk itself, not a copy: never write to them.
+        """
         if self._chunk is None:
             self._chunk = {key: np.asarray(self.task.input_items(key, self.start, self.stop))
                            for key in self.task.inputs}
-        return self._chunk[name][indexes].astype(np.float64)
+        items = self._chunk[name]
+        if len(indexes) != len(items):
+            items = items[indexes]
+        return items.astype(np.float64, copy=False)
 
     def _item(self, offset: int) -> dict[str, np.ndarray]:
         """One item's inputs, in their own dtype (without reading the rest of the chunk)."""
@@ -310,7 +319,7 @@ class _Check:
         """invert: x·a ≈ I or a·x ≈ I; solve: a·x ≈ b; matmul: x ≈ a·b — on random vectors."""
         op = self.task.operation
         a = self._input("a", indexes)
-        x = x.astype(np.float64)
+        x = x.astype(np.float64, copy=False)
         sa, sx = _scale(a), _scale(x)
         a, x = a / sa, x / sx
         with np.errstate(all="ignore"):
@@ -421,7 +430,8 @@ class _Check:
 
     def declared(self, op: Operation, indexes: np.ndarray, values: np.ndarray) -> Invalid | None:
         """The check an installed operation declares, on the items marked ok."""
-        inputs = {name: self._input(name, indexes) for name in self.task.inputs}
+        # Copies: a plugin's check may write to what it is given.
+        inputs = {name: self._input(name, indexes).copy() for name in self.task.inputs}
         try:
             with np.errstate(all="ignore"):
                 passed = np.asarray(op.check(inputs, values.astype(np.float64), self.tau), dtype=bool)  # type: ignore[operator]
