@@ -46,7 +46,7 @@ NOT_SHELL = {"json", "jsonl", "mermaid", "text", "python", "csv"}
 WRAPPERS = {"exec", "nohup", "srun", "time", "env", "command", "sudo"}
 # Placeholders a reader replaces, and a value of the type the CLI expects there; a usage
 # synopsis (`[--slots N]`) reads as the command with every option given.
-PLACEHOLDERS = {"HOST:PORT": "127.0.0.1:8022", "N": "2", "UP": "127.0.0.1:8022"}
+PLACEHOLDERS = {"HOST:PORT": "127.0.0.1:8022", "N": "2", "UP": "127.0.0.1:8022", "SHARE": "0.1"}
 SHELL_VARIABLE = re.compile(r"\$\{[^}]*\}|\$\([^)]*\)|\$\w+")
 # ssh options that take an argument (OpenSSH ssh(1)).
 SSH_OPTIONS_WITH_VALUE = set("BbcDEeFIiJLlmOoPpQRSWw")
