@@ -107,6 +107,7 @@ class Relay(HubShell):
         self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
         self._seq = 0
         self._last_capacity = (-1, -1)
+        self._capacity_seen = -1  # the hub's capacity_changes when it was last reported
         self._last_report: tuple = ()
         self._last_report_at = 0.0
 
@@ -315,6 +316,9 @@ class Relay(HubShell):
 
     def _report_window(self) -> None:
         """Tell the upstream when nodes behind this link change how much it can take."""
+        if self.hub.capacity_changes == self._capacity_seen:
+            return  # nothing joined, left or sent a credit since: not worth adding up again
+        self._capacity_seen = self.hub.capacity_changes
         capacity = (self.window, self.slots)
         if capacity != self._last_capacity:
             self._last_capacity = capacity

@@ -194,6 +194,8 @@ class Hub:
         self.max_link_slots = max_link_slots
         self.nodes: dict[str, NodeRecord] = {}
         """Connected nodes by id (and a link's own pool)."""
+        self.capacity_changes = 0
+        """Counts the changes to connected nodes' slots and windows (admit, join, credit, departure)."""
         self.departed: OrderedDict[str, NodeRecord] = OrderedDict()
         self.quarantined: dict[str, str] = {}
         """Quarantined keys: fingerprint → node id."""
@@ -212,11 +214,13 @@ class Hub:
         self.nodes[node_id] = NodeRecord(node_id, name, fingerprint, address, slots, 0, host_key, now,
                                          rate=RecentRate(now), protocol_version=protocol_version)
         self.departed.pop(node_id, None)
+        self.capacity_changes += 1
         return node_id
 
     def withdraw(self, node_id: str) -> None:
         """Undo ``admit`` for a node that was never welcomed."""
         self.nodes.pop(node_id, None)
+        self.capacity_changes += 1
 
     def join(self, node_id: str, slots: int, window: int, now: float, *,
              operations: Mapping[str, object] | None = None, resources: Mapping[str, str | float] | None = None,
@@ -229,6 +233,7 @@ class Hub:
         record = self.nodes[node_id]
         slots = record.slots = self._granted(record, slots)
         record.window = window
+        self.capacity_changes += 1
         record.operations = dict(operations or {})
         record.resources = dict(resources or {})
         out: list[Output] = [Note("join", f"{node_id} joined from {self.nodes[node_id].address} "
@@ -242,6 +247,7 @@ class Hub:
         record = self.nodes.pop(node_id, None)
         if record is None:
             return []
+        self.capacity_changes += 1
         ending = self._ending.pop(node_id, "")
         if ending == "drained" and not clean:
             ending = ""  # a draining node that dropped before it was done was lost, not drained
@@ -261,6 +267,7 @@ class Hub:
         record.window = window
         if slots is not None:
             slots = record.slots = self._granted(record, slots)
+        self.capacity_changes += 1
         return self.handle(d.CreditChanged(node_id, window, slots), now)
 
     def _granted(self, record: NodeRecord, slots: int) -> int:

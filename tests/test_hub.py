@@ -436,3 +436,23 @@ def test_a_version_1_link_is_never_sent_blame() -> None:
     outputs = link_answer(hub, assigned(outputs)[0], 2.0, "b")
     assert not any(isinstance(o, SendMessage) for o in outputs)
     assert row_of(hub, link_id, 3.0).errors == 1
+
+
+def test_capacity_changes_count_what_can_change_slots_and_windows_and_nothing_else() -> None:
+    hub = hub_with_task()
+    seen = [hub.capacity_changes]
+
+    def changed() -> bool:
+        seen.append(hub.capacity_changes)
+        return seen[-1] != seen[-2]
+
+    node_id, outputs = connect(hub, "n", "key-n")
+    assert changed()  # admitted and joined
+    answer(hub, assigned(outputs)[0], 1.0)
+    assert not changed()  # a result moves no capacity
+    hub.credit(node_id, 4, 2, 2.0)
+    assert changed()
+    hub.depart(node_id, clean=True, reason="bye", now=3.0)
+    assert changed()
+    hub.depart(node_id, clean=True, reason="again", now=4.0)
+    assert not changed()  # gone already
