@@ -30,6 +30,7 @@ def join(messages: Iterable[object]) -> list[object]:
     """The same messages in the same order, each run of ones that fit together made one batch."""
     joined: list[object] = []
     run: list[Joinable] = []
+    kind: tuple | None = None
     size = names = 0
 
     def end_run() -> None:
@@ -40,16 +41,19 @@ def join(messages: Iterable[object]) -> list[object]:
         run.clear()
 
     for message in messages:
-        if not joinable(message):
+        nbytes = _nbytes(message) if isinstance(message, (Assign, Result)) else JOIN_BYTES + 1
+        if nbytes > JOIN_BYTES:  # travels alone
             end_run()
             joined.append(message)
             continue
-        nbytes, name = _nbytes(message), len(getattr(message, "computed_by", ""))
+        name = len(message.computed_by) if isinstance(message, Result) else 0
+        this = _kind(message)
         if not (run and len(run) < MAX_BATCH and size + nbytes <= JOIN_BYTES and names + name <= JOIN_NAMES
-                and _together(run[0], message)):
+                and this == kind):
             end_run()
             size = names = 0
-        run.append(message)  # type: ignore[arg-type]
+            kind = this
+        run.append(message)
         size, names = size + nbytes, names + name
     end_run()
     return joined
@@ -62,27 +66,25 @@ def split(message: object) -> list[object]:
     return [message]
 
 
-def _together(first: Joinable, message: Joinable) -> bool:
-    if type(message) is not type(first) or message.task_id != first.task_id:
-        return False
+def _kind(message: Joinable) -> tuple:
+    """What messages of one batch share: their type and task, and what their arrays must match in.
+
+    For assignments also the operation, return mode and generated inputs; for results
+    whether they carry full values or norms.
+    """
     if isinstance(message, Assign):
-        assert isinstance(first, Assign)
-        return (message.operation == first.operation and message.return_mode == first.return_mode
-                and (message.generated is first.generated or message.generated == first.generated)
-                and _array_kinds(message.arrays.values()) == _array_kinds(first.arrays.values())
-                and message.arrays.keys() == first.arrays.keys())
-    assert isinstance(first, Result)
-    return _array_kinds([_values(message)]) == _array_kinds([_values(first)]) and (
-        (message.result is None) == (first.result is None))
+        return (Assign, message.task_id, message.operation, message.return_mode, message.generated,
+                tuple(message.arrays), _array_kinds(message.arrays.values()))
+    return (Result, message.task_id, message.result is None, _array_kinds([_values(message)]))
 
 
 def _values(result: Result):
     return result.result if result.result is not None else result.norms
 
 
-def _array_kinds(arrays) -> list[tuple]:
+def _array_kinds(arrays) -> tuple[tuple, ...]:
     """What must match for arrays to be stacked without a conversion: dtype and item shape."""
-    return [(array.dtype.str, array.shape[1:]) for array in arrays]
+    return tuple((array.dtype.str, array.shape[1:]) for array in arrays)
 
 
 def _nbytes(message: object) -> int:
