@@ -141,7 +141,13 @@ def list_of(each: Check, most: int, what: str) -> Check:
             raise TypeError(f"{label} must be a list of {what}, got {type(value).__name__}")
         if len(value) > most:
             raise ValueError(f"{label} has {len(value)} entries, at most {most}")
-        return tuple(each(f"{label}[{index}]", item) for index, item in enumerate(value))
+        try:
+            return tuple(each(label, item) for item in value)
+        except (TypeError, ValueError):
+            # Said again with the entry's index (a label is only worth making for an error).
+            for index, item in enumerate(value):
+                each(f"{label}[{index}]", item)
+            raise
 
     return check
 
@@ -160,7 +166,12 @@ def rows(*columns: Check, most: int, what: str) -> Check:
         for index, row in enumerate(value):
             if not isinstance(row, (list, tuple)) or len(row) != width:
                 raise ValueError(f"{label}[{index}] must be a list of {width} values")
-            checked.append(tuple(column(f"{label}[{index}]", item) for column, item in zip(columns, row)))
+            try:
+                checked.append(tuple(column(label, item) for column, item in zip(columns, row)))
+            except (TypeError, ValueError):
+                for column, item in zip(columns, row):  # said again with the row's index
+                    column(f"{label}[{index}]", item)
+                raise
         return tuple(checked)
 
     return check

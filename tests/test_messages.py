@@ -517,3 +517,11 @@ def test_every_documented_header_example_decodes() -> None:
 def test_every_message_type_has_a_section() -> None:
     documented = set(re.findall(r"^### (\w+) — ", PROTOCOL_DOC.read_text(), re.M))
     assert documented == set(MESSAGE_TYPES)
+
+
+def test_a_bad_entry_of_a_batch_is_named_by_its_index() -> None:
+    ok, values = np.ones(2, bool), np.ones(2)
+    with pytest.raises(TypeError, match=r"chunks\[1\] must be an int"):
+        Results("t-1", ((0, 0, 1, 0.1), (1, "2", 1, 0.1)), ok, values, None)
+    with pytest.raises(ValueError, match=r"computed_by\[1\]"):
+        Results("t-1", ((0, 0, 1, 0.1), (1, 0, 1, 0.1)), ok, values, None, computed_by=("a", "b\x1b"))
