@@ -174,12 +174,13 @@ def _start(args: argparse.Namespace) -> int:
         print(f"chainconsole node: no host key file {args.host_key}", file=sys.stderr)
         return ExitStatus.USAGE
     start_workers = getattr(executor, "start_workers", None)
-    if start_workers is not None:
-        start_workers()  # worker processes import numpy while this process loads the rest
-    from nodes.work import LocalWork
-
-    local = LocalWork(executor, prefetch=args.prefetch)
     try:
+        if start_workers is not None:
+            start_workers()  # worker processes import numpy while this process loads the rest
+        from nodes.work import LocalWork
+
+        local = LocalWork(executor, prefetch=args.prefetch)
+        _stop_if_asked()
         return _run(args, state, key_path, local)
     finally:
         shutdown = getattr(executor, "shutdown", None)
@@ -213,6 +214,7 @@ def _run(args: argparse.Namespace, state: Path, key_path: Path, local: LocalWork
     )
     import asyncio
 
+    _stop_if_asked()
     return asyncio.run(_main(settings, local, args.listen, state, args.exit_with, args.replicate))
 
 
@@ -229,6 +231,8 @@ async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int
         relay = Relay(RelaySettings(settings.name, listen, state / "link_host_key", replica_rate=replica_rate), local)
         agent = NodeAgent(settings, relay, host_key_line=relay.host_key_line)
     install_signal_handlers(agent)
+    if _stop_signal is not None:  # it came before the agent's handlers
+        return ExitStatus.INTERRUPTED
     if exit_with is not None:
         import asyncio
 
@@ -245,16 +249,30 @@ async def _main(settings: NodeSettings, local: LocalWork, listen: tuple[str, int
     return await agent.run()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+_stop_signal: int | None = None
+"""SIGTERM or SIGHUP received while the node was starting, before the agent handles them."""
+
+
+def _note_stop(signum: int, frame: object) -> None:
+    # Noted, not raised here: an exception from a signal handler lands wherever the main
+    # thread is, even in a lock's or a fork's bookkeeping, where it can be lost or leave a
+    # lock taken. The start-up stops at its next step instead (``_stop_if_asked``).
+    global _stop_signal
+    _stop_signal = signum
+
+
+def _stop_if_asked() -> None:
+    """Stop a starting node as Ctrl-C does, if it was told to: its workers are stopped on the way out."""
+    if _stop_signal is not None:
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the node's key and recorded host key are for this user only
-    # Until the agent handles them, SIGTERM and SIGHUP stop a starting node as Ctrl-C does:
-    # by an exception, so the workers it has started are stopped too, not left to notice.
+    # Until the agent handles them, SIGTERM and SIGHUP stop a starting node as Ctrl-C does, at
+    # its next step: by an exception, so the workers it has started are stopped too, not left to notice.
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, _note_stop)
     parser = argparse.ArgumentParser(prog="chainconsole node", description="Run a compute node.")
     add_arguments(parser)
     try:

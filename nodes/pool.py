@@ -354,12 +354,20 @@ class WorkerPool:
         sweep_shared(os.getpid())
 
     async def close(self) -> None:
+        import asyncio
+
         if self._warm_task is not None:
             self._warm_task.cancel()
-        self.shutdown()
+        await asyncio.to_thread(self.shutdown)  # it waits for a chunk still computing
 
     def shutdown(self) -> None:
-        """Stop the workers (no event loop needed)."""
+        """Stop the workers (no event loop needed); return once they have ended.
+
+        Queued groups are dropped; one still computing runs to its end, as the interpreter
+        would wait for it at exit anyway. Waiting here, before exit, matters: at exit Python
+        3.11 wakes a pool's manager thread that is still running through a pipe the thread
+        may be closing at that moment, and prints the EBADF as a traceback.
+        """
         if self._executor is not None:  # else no worker was ever started
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
         sweep_shared(os.getpid(), everything=True)
