@@ -73,15 +73,14 @@ class HubShell:
     def __init__(self, *, heartbeat_interval_s: float = 1.0, heartbeat_timeout_s: float = 5.0,
                  tick_s: float = DEFAULT_TICK_S, verify_sample: int = DEFAULT_SAMPLE,
                  replica_rate: float = DEFAULT_REPLICA_RATE) -> None:
+        share = replica_rate if verify_sample > 0 else 0.0  # no checks, no replicas
         self.hub = h.Hub(d.Dispatcher(heartbeat_timeout_s=heartbeat_timeout_s, prefetch=MAX_PREFETCH,
-                                      replication=ReplicationPolicy.of_share(replica_rate)))
+                                      replication=ReplicationPolicy.of_share(share)))
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.tick_s = tick_s
         self.verify_sample = verify_sample
         """Items per chunk for the sampled checks; 0 turns checking off (shapes only, no replicas)."""
-        if verify_sample <= 0:
-            self.hub.dispatcher.replication = ReplicationPolicy(probation=0, rate=0.0)
         self.sessions: dict[str, NodeLink] = {}
         self._held: dict[tuple[str, int], tuple[int, str, Result]] = {}  # (task, chunk) → (attempt, node, result)
         self._confirmations: set[asyncio.Task] = set()
