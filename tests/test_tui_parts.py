@@ -337,12 +337,10 @@ def test_the_header_gives_up_the_fingerprint_before_the_totals() -> None:
 
 
 def test_the_footer_keeps_quit_help_and_the_palette_and_fills_up_with_keys_that_apply() -> None:
-    from textual.widgets._footer import FooterKey
+    from console.tui.footer import Key, key_width, keys_that_fit
 
-    from console.tui.footer import key_width, keys_that_fit
-
-    def key(k: str, action: str, label: str, disabled: bool = False) -> FooterKey:
-        return FooterKey(k, k, label, action, disabled=disabled)
+    def key(k: str, action: str, label: str, disabled: bool = False) -> Key:
+        return Key(k, k, label, action, "", disabled)
 
     keys = [key("s", "submit", "Submit"), key("d", "drain", "Drain", disabled=True),
             key("k", "kick", "Kick"), key("?", "help", "Help"), key("q", "quit", "Quit"),
