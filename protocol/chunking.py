@@ -30,8 +30,8 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum, IntEnum
-from heapq import merge
 from itertools import islice
+from operator import itemgetter
 from typing import Protocol
 
 from protocol.dispatch_events import ChunkState, ChunkView
@@ -83,6 +83,8 @@ class Outcome(IntEnum):
     ABANDONED = 3
 
 
+_START = itemgetter(1)
+"""A ChunkView's start."""
 _CLOSED_STATES = {
     Outcome.DONE: ChunkState.DONE,
     Outcome.DONE_AFTER_FAILURE: ChunkState.RETRIED,
@@ -298,7 +300,11 @@ class TaskChunks:
 
     def views(self) -> list[ChunkView]:
         """Every item range of the task in item order: carved chunks, done-before ranges, the rest."""
-        return list(merge(self._carved_views(), self._uncarved_views(), key=lambda view: view.start))
+        views = list(self._carved_views())
+        views += (ChunkView(-1, start, stop, ChunkState.DONE, 0) for start, stop in self._done_before)
+        views += (ChunkView(-1, start, stop, ChunkState.QUEUED, 0) for start, stop in self._gaps)
+        views.sort(key=_START)  # each part is in item order already: the sort merges them
+        return views
 
     def _carve(self, total_slots: int) -> Chunk:
         gap = self._gaps[0]
@@ -319,17 +325,14 @@ class TaskChunks:
         return chunk
 
     def _carved_views(self) -> Iterator[ChunkView]:
+        open_, opened, attempts = self._open, int(Outcome.OPEN), self._attempts
         for number, (start, stop, outcome) in enumerate(zip(self._starts, self._stops, self._outcomes)):
-            if outcome == Outcome.OPEN:
-                chunk = self._open[number]
+            if outcome == opened:
+                chunk = open_[number]
                 yield ChunkView(number, start, stop, chunk.state(), chunk.attempts)
-            else:
-                yield ChunkView(number, start, stop, _CLOSED_STATES[Outcome(outcome)], self._attempts[number])
+            else:  # the table holds plain numbers, which find their Outcome's entry
+                yield ChunkView(number, start, stop, _CLOSED_STATES[outcome], attempts[number])
 
-    def _uncarved_views(self) -> Iterator[ChunkView]:
-        done = (ChunkView(-1, start, stop, ChunkState.DONE, 0) for start, stop in self._done_before)
-        queued = (ChunkView(-1, start, stop, ChunkState.QUEUED, 0) for start, stop in self._gaps)
-        return merge(done, queued, key=lambda view: view.start)
 
 
 def _pick(queue: deque[Chunk], tag: Queue, suits: Callable[[Chunk], bool]) -> Chunk | None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 
 class TaskState(StrEnum):
@@ -443,10 +443,13 @@ class TaskView:
     """Why no connected node gets its chunks (no node has its operation or requirements), or ""."""
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkView:
+class ChunkView(NamedTuple):
     """One range of a task's items; chunk -1 marks items not carved into chunks (queued, or
-    done before a restart)."""
+    done before a restart).
+
+    A named tuple, not a dataclass like the other views: a chunk map holds one per chunk,
+    thousands, and is made anew for every look at it.
+    """
 
     chunk: int
     start: int
