@@ -95,6 +95,21 @@ async def test_header_shows_the_bound_address_host_key_and_totals(tmp_path: Path
         assert "tasks 0 running, 1 queued" in text
 
 
+async def test_a_running_console_makes_its_full_collections_itself_and_gives_them_back(tmp_path: Path) -> None:
+    import gc
+
+    from console.tui.collector import NEVER
+
+    before = gc.get_threshold()
+    app = make_app(tmp_path)
+    app.collector.every_s = 0.0  # one after every refresh tick
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(lambda: app.collector.collections >= 2, 10, "full collections after refreshes")
+        assert gc.get_threshold()[2] == NEVER and gc.get_freeze_count() > 0
+        await pilot.pause()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
 async def test_a_port_in_use_ends_the_console_with_one_line_and_status_3(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -27,6 +27,7 @@ from textual.widgets import DataTable
 from textual_fspicker import FileSave, Filters
 
 from console.tui import formatting as fmt
+from console.tui.collector import QuietCollector
 from console.engine.eventlog import format_event
 from console.engine.frontend import FrontEndError
 from console.engine.records import Event, NodeRow, TaskRow
@@ -158,6 +159,7 @@ class ConsoleApp(App[None]):
         self._ending: tuple[int, str] | None = None
         """An exit asked for before the main screen was up: taken when it is."""
         self._binding_state: tuple = ()
+        self.collector = QuietCollector()
 
     def get_default_screen(self) -> Screen:
         return self.main
@@ -181,7 +183,8 @@ class ConsoleApp(App[None]):
         self.source.on_event(self._new_events.append)
         self.refresh_views()
         if self.live:
-            self.set_interval(self.refresh_s, self.refresh_views, name="refresh")
+            self.set_interval(self.refresh_s, self._tick, name="refresh")
+            self.collector.start()  # full collections between refreshes from now on
 
     def _identify(self, identity: Identity) -> HostIdentity:
         host, port = identity.address
@@ -199,6 +202,7 @@ class ConsoleApp(App[None]):
         await self.source.stop()
 
     async def on_unmount(self) -> None:
+        self.collector.stop()
         await self._stop_host()
 
     def _end(self, status: int, message: str) -> None:
@@ -220,6 +224,12 @@ class ConsoleApp(App[None]):
             self.exit(return_code=status, message=text)
             return
         self.refresh_views()
+
+    def _tick(self) -> None:
+        self.refresh_views()
+        # Once the tick's refresh is drawn, the loop waits for the next: a full collection
+        # due then delays no key (one made on a key's refresh would delay that key).
+        self.call_after_refresh(self.collector.after_refresh)
 
     def refresh_views(self) -> None:
         """Read the front-end once and bring every visible screen up to date."""

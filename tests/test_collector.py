@@ -1,0 +1,65 @@
+"""The console's full garbage collections: after refreshes, never in the middle of a key."""
+
+from __future__ import annotations
+
+import gc
+
+from console.tui.collector import NEVER, QuietCollector
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_full_collections_wait_for_a_refresh_and_the_collector_gets_them_back_at_stop() -> None:
+    before = gc.get_threshold()
+    clock = Clock()
+    collector = QuietCollector(every_s=10.0, clock=clock)
+    collector.start()
+    try:
+        assert collector.active and gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (before[0], before[1], NEVER)  # younger generations as before
+        clock.now += 9.9
+        collector.after_refresh()
+        assert collector.collections == 0  # not due yet
+        clock.now += 0.2
+        collector.after_refresh()
+        collector.after_refresh()  # due once, made once
+        assert collector.collections == 1
+        clock.now += 10.0
+        collector.after_refresh()
+        assert collector.collections == 2
+    finally:
+        collector.stop()
+    assert not collector.active
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    collector.stop()  # twice is harmless
+    assert gc.get_threshold() == before
+
+
+def test_a_cycle_that_reached_the_oldest_generation_is_collected_after_a_refresh() -> None:
+    import weakref
+
+    class Node:
+        pass
+
+    clock = Clock()
+    collector = QuietCollector(every_s=1.0, clock=clock)
+    collector.start()
+    try:
+        first, second = Node(), Node()
+        first.other, second.other = second, first
+        gc.collect(1)  # still referenced: it survives into the oldest generation
+        gone = weakref.ref(first)
+        del first, second
+        gc.collect(1)
+        assert gone() is not None  # garbage now, which only a full collection finds
+        clock.now += 1.0
+        collector.after_refresh()
+        assert gone() is None
+    finally:
+        collector.stop()
