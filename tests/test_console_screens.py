@@ -178,3 +178,33 @@ async def test_a_key_that_stops_applying_is_dimmed_in_place(tmp_path: Path) -> N
         assert app.task_screen.selected_node_id == "edge-08"
         assert drain.has_class("-disabled") and drain._disabled
         assert list(footer.children) == keys and footer.rebuilds == built
+
+
+def _drawn(app: ConsoleApp) -> str:
+    """The screen as drawn, without the ids Textual gives each export."""
+    import re
+
+    return re.sub(r"terminal-\d+", "terminal", app.export_screenshot())
+
+
+async def test_a_kept_screen_shown_again_draws_as_it_did_and_follows_a_new_theme(tmp_path: Path) -> None:
+    app = still_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("tab", "down", "enter")
+        await wait_until(lambda: isinstance(app.screen, TaskDetailScreen) and app.screen.ready, 5, "the task screen")
+        await pilot.press("down")  # the shares table, focused, with its cursor on the second row
+        await pilot.pause()
+        first = _drawn(app)
+        table = app.task_screen.query_one("#shares")
+        dark = table.styles.background
+        await pilot.press("escape", "enter")
+        await pilot.pause()
+        assert app.screen is app.task_screen and _drawn(app) == first
+        await pilot.press("escape")
+        await pilot.pause()
+        app.theme = "textual-light" if app.current_theme.dark else "textual-dark"  # while it is hidden
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is app.task_screen and table.styles.background != dark
+        assert _drawn(app) != first

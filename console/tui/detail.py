@@ -22,6 +22,7 @@ from console.tui import formatting as fmt
 from console.tui.footer import FittedFooter
 from console.engine.records import TaskRow
 from console.tui.tables import TASK_STATE_STYLE, Cells, Column, KeyedTable, task_rate
+from console.tui.kept import Kept
 from protocol.dispatch_events import ChunkState, ChunkView
 
 CHUNK_STYLE = {
@@ -213,7 +214,7 @@ def share_cells(node: str, items: int, total: int) -> Cells:
     return ((node, ""), (fmt.count(items), ""), (share, "cyan"))
 
 
-class TaskDetailScreen(Screen[None]):
+class TaskDetailScreen(Kept, Screen[None]):
     """One task: where it stands, which chunks are where, and who computed them."""
 
     DEFAULT_CSS = """

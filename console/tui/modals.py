@@ -15,6 +15,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from console.tui.kept import Kept
+
 MODAL_CSS = """
 MODAL {
     align: center middle;
@@ -114,7 +116,7 @@ class ProblemsModal(ModalScreen[None]):
         self.dismiss(None)
 
 
-class HelpModal(ModalScreen[None]):
+class HelpModal(Kept, ModalScreen[None]):
     """Every key the console answers to, and what it does."""
 
     DEFAULT_CSS = MODAL_CSS.replace("MODAL", "HelpModal") + """

@@ -17,6 +17,7 @@ from console.tui import formatting as fmt
 from console.tui.detail import Summary
 from console.tui.footer import FittedFooter
 from console.tui.tables import CONNECTED_NODE_STATES, NODE_STATE_STYLE
+from console.tui.kept import Kept
 
 NODE_EVENT_LINES = 500
 REJECTED_KINDS = frozenset({"invalid", "blame"})
@@ -75,7 +76,7 @@ def event_text(event: Event) -> Text:
     return text
 
 
-class NodeDetailScreen(Screen[None]):
+class NodeDetailScreen(Kept, Screen[None]):
     """One node: the keys for nodes (drain, kick, release, restart) apply to it."""
 
     DEFAULT_CSS = """
