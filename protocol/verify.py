@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Protocol
 
 import numpy as np
@@ -483,7 +483,7 @@ class _Check:
     def recompute(self, offset: int, value: np.ndarray) -> Invalid | None:
         """Compare with a float64 recomputation, within the forward error bound of the operation."""
         op, full = self.task.operation, self.task.return_mode == "full"
-        item = {name: array.astype(np.float64) for name, array in self._item(offset).items()}
+        item = {name: array.astype(np.float64, copy=False) for name, array in self._item(offset).items()}
         if op not in TOLERANCES:
             return self._recompute_declared(offset, item, value, full)
         a = item["a"]
@@ -542,11 +542,12 @@ class _Check:
         """log|det| lies in [Σ log(σᵢ − δ), Σ log(σᵢ + δ)] (Weyl); the sign is fixed while σ_min > δ."""
         n = a.shape[-1]
         sigma = np.linalg.svd(a, compute_uv=False)
-        delta = self.tau * n * float(np.linalg.norm(a))
+        delta = self.tau * n * math.sqrt(float(np.vdot(a, a)))  # ‖a‖_F
         log_scale = n * math.log(sa)
-        high = float(np.log(sigma + delta).sum()) + log_scale
-        low = float(np.log(np.maximum(sigma - delta, 0.0)).sum()) + log_scale  # -inf when it may be 0
-        tiny = math.log(float(np.finfo(self.task.result_dtype).tiny))
+        # Sums of n logs in scalar math: numpy's sum of a few numbers costs more than the logs.
+        high = math.fsum(np.log(sigma + delta).tolist()) + log_scale
+        low = math.fsum(np.log(np.maximum(sigma - delta, 0.0)).tolist()) + log_scale  # -inf when it may be 0
+        tiny = _log_tiny(self.task.result_dtype)
         if v == 0.0:
             if low <= tiny:
                 return None
@@ -559,6 +560,12 @@ class _Check:
             if math.copysign(1.0, v) != sign:
                 return Invalid(f"item {self.start + offset}: det has the wrong sign", self.tolerance)
         return None
+
+
+@cache
+def _log_tiny(dtype: np.dtype) -> float:
+    """log of the dtype's smallest normal number: a |det| below it may round to 0."""
+    return math.log(float(np.finfo(dtype).tiny))
 
 
 def _reference(operation: str, item: dict[str, np.ndarray]) -> np.ndarray:
