@@ -87,11 +87,11 @@ class FittedFooter(Footer):
         """How many times the keys were built anew (each costs a layout of the footer)."""
 
     def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
         keys = self._bound_keys()
         if keys is None:  # grouped keys (not used here): as Textual's footer shows them
             yield from super().compose()
-            return
-        if not self._bindings_ready:
             return
         self.rebuilds += 1
         self.styles.grid_size_columns = sum(1 for k in keys if PALETTE not in k.action)
@@ -107,8 +107,6 @@ class FittedFooter(Footer):
         """The keys Textual's footer would show, in its order (the first binding of each
         action, then the palette's); None when some are grouped. Building a footer key is
         building a widget: deciding whether the shown ones still hold needs none."""
-        if not self._bindings_ready:
-            return []
         active = self.screen.active_bindings
         keys: dict[str, Key] = {}
         for _, binding, enabled, tooltip in active.values():
