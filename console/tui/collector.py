@@ -10,7 +10,8 @@ So, once the console has started: what start-up made is frozen (no collection se
 it again), the collector makes no full collection on its own, and the console makes one
 itself every ``FULL_EVERY_S``, straight after a refresh — when the loop has just drawn
 and waits for its next tick. Younger generations are collected as usual, so short-lived
-cycles go as quickly as before.
+cycles go as quickly as before. A frozen object that later ends up in a garbage cycle
+stays until the console exits: at most what existed when it started.
 """
 
 from __future__ import annotations
