@@ -334,7 +334,6 @@ class TaskChunks:
                 yield ChunkView(number, start, stop, _CLOSED_STATES[outcome], attempts[number])
 
 
-
 def _pick(queue: deque[Chunk], tag: Queue, suits: Callable[[Chunk], bool]) -> Chunk | None:
     """Take the first live entry near the head of a queue that suits the node, if any."""
     while queue and queue[0].queue is not tag:
