@@ -17,6 +17,9 @@ DEFAULT_PROBATION = 5
 """Confirmed results a node needs, after joining or after an invalid result, before only a sample is replicated."""
 DEFAULT_REPLICA_RATE = 0.1
 """Share of a proven node's results that a second computation confirms."""
+_DRAWS = random.SystemRandom()
+"""The operating system's randomness: no seed to guess, and no share in the ``random``
+module's generator, which other code may seed or draw from."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class ReplicationPolicy:
 
     probation: int = DEFAULT_PROBATION
     rate: float = DEFAULT_REPLICA_RATE
-    chance: Callable[[], float] = field(default=random.random, compare=False)
+    chance: Callable[[], float] = field(default=_DRAWS.random, compare=False)
     """Uniform draws in [0, 1); tests pass their own."""
 
     def __post_init__(self) -> None:
