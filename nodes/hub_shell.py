@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from protocol import dispatcher as d
 from protocol import hub as h
@@ -45,6 +46,8 @@ of wall time on average in a W3 run at load 4, against 1 µs alone)."""
 CHECK_TIMES_KEPT = 1024
 """Kinds of check (tasks) whose time is remembered, at most (the oldest are forgotten first)."""
 
+Checked = TypeVar("Checked")
+
 
 class NodeLink(Protocol):
     """What the shell needs from a connected node's session."""
@@ -59,12 +62,12 @@ ChunkId = tuple[str, int, int]
 """(task id, chunk, attempt) as this hub's Dispatcher knows the chunk."""
 
 
-def _timed_judge(target: object, start: int, stop: int, result: Result, sample: int) -> tuple[Invalid | None, float]:
-    """``judge`` a result, and the CPU time it took on its thread (a wait for the interpreter
+def _timed(check: Callable[..., Checked], *args: object, **kwargs: object) -> tuple[Checked, float]:
+    """What a check says, and the CPU time it took on its thread (a wait for the interpreter
     lock, or a preempted loop on a busy machine, is not the check's cost)."""
     began = time.thread_time()
-    problem = judge(target, start, stop, result, sample=sample)  # type: ignore[arg-type]
-    return problem, time.thread_time() - began
+    outcome = check(*args, **kwargs)
+    return outcome, time.thread_time() - began
 
 
 class HubShell:
@@ -188,17 +191,20 @@ class HubShell:
         return typical is not None and typical <= INLINE_CHECK_S
 
     async def _judge(self, kind: str, target: object, start: int, stop: int, result: Result) -> Invalid | None:
-        """``judge`` on the loop when checks of its kind are quick (timed one in ``TIME_EVERY``), else on a thread."""
+        return await self._check(kind, judge, target, start, stop, result, sample=self.verify_sample)
+
+    async def _check(self, kind: str, check: Callable[..., Checked], *args: object, **kwargs: object) -> Checked:
+        """Run a check on the loop when checks of its kind are quick (timed one in ``TIME_EVERY``), else on a thread."""
         self._checks += 1
         quick = self._quick(kind)
         if quick and self._checks % TIME_EVERY:
-            return judge(target, start, stop, result, sample=self.verify_sample)  # type: ignore[arg-type]
+            return check(*args, **kwargs)
         if quick:
-            problem, took = _timed_judge(target, start, stop, result, self.verify_sample)
+            outcome, took = _timed(check, *args, **kwargs)
         else:
-            problem, took = await asyncio.to_thread(_timed_judge, target, start, stop, result, self.verify_sample)
+            outcome, took = await asyncio.to_thread(_timed, check, *args, **kwargs)
         self._note_check(kind, took)
-        return problem
+        return outcome
 
     async def _against_held(self, chunk: ChunkId, target: object, start: int, stop: int,
                             result: Result) -> tuple[Invalid | None, h.HeldVerdict | None]:
@@ -256,7 +262,9 @@ class HubShell:
             return
         _, node_id, result = held
         target, start, stop = self.face_check_target((task_id, chunk, attempt))
-        comparison = await asyncio.to_thread(_compare_with_own, target, start, stop, result)
+        # Its own kind of check: computing a chunk costs more than checking one.
+        comparison = await self._check(f"{self.face_check_kind(task_id)} computed", _compare_with_own,
+                                       target, start, stop, result)
         if comparison.first:
             self._reject(node_id, result, comparison.first)
         self.carry_out(self.hub.held_checked(task_id, chunk, attempt, valid=not comparison.first, node_id=node_id,

@@ -1,6 +1,7 @@
 """Where the shell runs a result's check: on the event loop once checks of its kind are known
-to be quick, on a thread until then — and a chain link counts all of an upstream task's
-chunks as one kind, though each is a task of its own there."""
+to be quick, on a thread until then — the same for its own computation of a held result's
+chunk — and a chain link counts all of an upstream task's chunks as one kind, though each
+is a task of its own there."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ async def test_a_kind_of_check_goes_to_a_thread_once_then_stays_on_the_loop(monk
     threaded = []
     real = hub_shell.asyncio.to_thread
 
-    async def counted(function, *args):
+    async def counted(function, *args, **kwargs):
         threaded.append(function)
-        return await real(function, *args)
+        return await real(function, *args, **kwargs)
 
     monkeypatch.setattr(hub_shell.asyncio, "to_thread", counted)
     shell = hub_shell.HubShell()
@@ -37,6 +38,29 @@ async def test_a_kind_of_check_goes_to_a_thread_once_then_stays_on_the_loop(monk
     assert len(threaded) == 1  # the first, while its cost was unknown
     assert await shell._judge("another kind", TASK, 0, 10, result(0)) is None
     assert len(threaded) == 2
+
+
+async def test_the_shell_computes_a_held_chunk_on_a_thread_until_it_knows_that_is_quick(monkeypatch) -> None:
+    threaded = []
+    real = hub_shell.asyncio.to_thread
+
+    async def counted(function, *args, **kwargs):
+        threaded.append(function)
+        return await real(function, *args, **kwargs)
+
+    monkeypatch.setattr(hub_shell.asyncio, "to_thread", counted)
+    shell = hub_shell.HubShell()
+    verdicts = []
+    monkeypatch.setattr(shell, "face_check_target", lambda chunk: (TASK, chunk[1] * 10, chunk[1] * 10 + 10))
+    monkeypatch.setattr(shell.hub, "held_checked", lambda *args, valid, **kwargs: verdicts.append((args[1], valid)) or [])
+    for chunk in range(4):
+        held = result(chunk)
+        if chunk == 3:  # a lie: found on the loop as on a thread
+            held.result[4] += 1.0
+        shell._held[("t", chunk)] = (1, "n1", held)
+        await shell.confirm_held("t", chunk, 1)
+    assert verdicts == [(0, True), (1, True), (2, True), (3, False)]
+    assert threaded == [hub_shell._timed]  # the first, while its cost was unknown
 
 
 def test_a_link_counts_an_upstream_tasks_chunks_as_one_kind() -> None:
