@@ -669,9 +669,14 @@ class Dispatcher(Replicas):
             if self._outlasts_deadline(node, task, chunk, now):
                 task.chunks.put_back(chunk)
                 continue
-            # The task goes to the back of the line: among equals, the next one comes first.
+            # The task goes to the back of the line: among equals, the next one comes first. A
+            # task with nothing left to hand out (a chain link's one-chunk tasks) leaves it now
+            # rather than after another pass; ``_wake`` brings it back if a chunk returns.
             self._runnable.remove(task)
-            self._runnable.append(task)
+            if task.chunks.has_work():
+                self._runnable.append(task)
+            else:
+                task.runnable = False
             self._issue(task, chunk, node, now, out)
             return True
         return False
