@@ -63,3 +63,36 @@ def test_a_cycle_that_reached_the_oldest_generation_is_collected_after_a_refresh
         assert gone() is None
     finally:
         collector.stop()
+
+
+def test_what_survives_a_collection_is_frozen_until_the_next_sweep_searches_it() -> None:
+    import weakref
+
+    class Node:
+        pass
+
+    clock = Clock()
+    collector = QuietCollector(every_s=1.0, clock=clock, sweep_every_s=5.0)
+    collector.start()
+    try:
+        first, second = Node(), Node()
+        first.other, second.other = second, first
+        clock.now += 1.0
+        frozen = gc.get_freeze_count()
+        collector.after_refresh()  # the cycle is still referenced: it survives, and is frozen
+        assert gc.get_freeze_count() > frozen
+        gone = weakref.ref(first)
+        del first, second
+        for _ in range(3):  # collections that search only what came since
+            clock.now += 1.0
+            collector.after_refresh()
+            assert gone() is not None
+        assert (collector.collections, collector.sweeps) == (4, 0)
+        clock.now += 1.0
+        collector.after_refresh()  # five seconds since start: the sweep searches the frozen objects
+        assert gone() is None
+        assert (collector.collections, collector.sweeps) == (5, 1)
+        assert gc.get_freeze_count() > 0  # and what survived the sweep is frozen again
+    finally:
+        collector.stop()
+    assert gc.get_freeze_count() == 0
