@@ -24,7 +24,8 @@ from protocol.dispatch_events import (
     Tick,
 )
 from protocol.dispatcher import Dispatcher
-from protocol.replication import ReplicationPolicy
+from protocol import replication
+from protocol.replication import OsDraws, ReplicationPolicy
 from tests.test_dispatcher import assigned, of_type, result, task
 
 
@@ -229,3 +230,25 @@ def test_a_replica_of_an_installed_operation_needs_a_node_that_has_it() -> None:
     out = d.handle(result("a", first), 1)
     # "plain" cannot confirm it: the shell is asked to
     assert of_type(out, ConfirmHeld) == [ConfirmHeld("a", "t", 0, 1)]
+
+
+def test_draws_come_from_the_operating_system_a_block_at_a_time(monkeypatch) -> None:
+    reads = []
+    real = replication.os.urandom
+
+    def counted(size: int) -> bytes:
+        reads.append(size)
+        return real(size)
+
+    monkeypatch.setattr(replication.os, "urandom", counted)
+    draws = OsDraws(block=64)
+    values = [draws() for _ in range(64)]
+    assert reads == [8 * 64]  # one read for the block
+    assert all(0.0 <= value < 1.0 for value in values) and len(set(values)) == 64
+    assert all(value * 2**53 == int(value * 2**53) for value in values)  # 53 random bits each
+    draws()
+    assert reads == [8 * 64, 8 * 64]  # the next block when the first is used up
+    draws._forget()  # what a forked child does first: it never draws its parent's bytes
+    draws()
+    assert len(reads) == 3
+    assert 0.3 < sum(OsDraws()() for _ in range(4000)) / 4000 < 0.7
