@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import nodes.hub_shell as hub_shell
 from nodes.kernels import compute
 from nodes.relay import Relay
@@ -23,15 +25,23 @@ def result(chunk: int) -> Result:
     return Result("t", chunk, 1, out.ok, out.result, out.norms, 0.001)
 
 
-async def test_a_kind_of_check_goes_to_a_thread_once_then_stays_on_the_loop(monkeypatch) -> None:
-    threaded = []
+@pytest.fixture
+def threaded(monkeypatch) -> list:
+    """What the shell hands to a thread, in order; every check measured at 10 µs of CPU (a
+    process's first calls into LAPACK can take longer than the 1 ms that decides)."""
+    handed = []
     real = hub_shell.asyncio.to_thread
 
     async def counted(function, *args, **kwargs):
-        threaded.append(function)
+        handed.append(function)
         return await real(function, *args, **kwargs)
 
     monkeypatch.setattr(hub_shell.asyncio, "to_thread", counted)
+    monkeypatch.setattr(hub_shell, "_timed", lambda check, *args, **kwargs: (check(*args, **kwargs), 1e-5))
+    return handed
+
+
+async def test_a_kind_of_check_goes_to_a_thread_once_then_stays_on_the_loop(threaded) -> None:
     shell = hub_shell.HubShell()
     for chunk in range(4):
         assert await shell._judge("one kind", TASK, chunk * 10, chunk * 10 + 10, result(chunk)) is None
@@ -40,15 +50,7 @@ async def test_a_kind_of_check_goes_to_a_thread_once_then_stays_on_the_loop(monk
     assert len(threaded) == 2
 
 
-async def test_the_shell_computes_a_held_chunk_on_a_thread_until_it_knows_that_is_quick(monkeypatch) -> None:
-    threaded = []
-    real = hub_shell.asyncio.to_thread
-
-    async def counted(function, *args, **kwargs):
-        threaded.append(function)
-        return await real(function, *args, **kwargs)
-
-    monkeypatch.setattr(hub_shell.asyncio, "to_thread", counted)
+async def test_the_shell_computes_a_held_chunk_on_a_thread_until_it_knows_that_is_quick(threaded, monkeypatch) -> None:
     shell = hub_shell.HubShell()
     verdicts = []
     monkeypatch.setattr(shell, "face_check_target", lambda chunk: (TASK, chunk[1] * 10, chunk[1] * 10 + 10))
