@@ -37,6 +37,7 @@ class OsDraws:
 
     def _forget(self) -> None:
         self._words = iter(())
+        self._lock = threading.Lock()  # another thread may have held it at the fork
 
     def __call__(self) -> float:
         with self._lock:
