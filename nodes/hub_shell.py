@@ -185,6 +185,21 @@ class HubShell:
         self.settle(node_id, chunk, result, problem, verdict, trusted=trusted)
         await self.face_drained()
 
+    def settle_trusted(self, node_id: str, result: Result) -> bool:
+        """Settle a trusted result (a chain link's own pool) now, without a task of its own; False
+        when a held result of its chunk waits to be compared with it: ``result`` does that.
+
+        For a face whose store never makes a session wait (``face_drained``): this does not wait.
+        """
+        chunk = self.face_chunk(node_id, result)
+        if chunk is None or not self.hub.wants(*chunk):
+            self.run(d.HeartbeatReceived(node_id))
+        elif chunk[:2] in self._held:
+            return False
+        else:
+            self.settle(node_id, chunk, result, trusted=True)
+        return True
+
     def _quick(self, kind: str) -> bool:
         """Whether checks of this kind take so little that they run on the event loop."""
         typical = self._check_s.get(kind)

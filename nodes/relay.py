@@ -212,6 +212,9 @@ class Relay(HubShell):
         if isinstance(message, Credit):  # its executor grew or shrank (a Dask cluster)
             self.carry_out(self.hub.credit(self.name, message.window, message.slots, self.now()))
         elif isinstance(message, Result):
+            if self.settle_trusted(self.name, message):
+                return
+            # A held result of its chunk to compare it with: that may take a thread.
             job = asyncio.get_running_loop().create_task(self.result(self.name, message, trusted=True))
             self._own_results.add(job)
             job.add_done_callback(self._own_results.discard)

@@ -1,7 +1,8 @@
 """Where the shell runs a result's check: on the event loop once checks of its kind are known
 to be quick, on a thread until then — the same for its own computation of a held result's
-chunk — and a chain link counts all of an upstream task's chunks as one kind, though each
-is a task of its own there."""
+chunk; a trusted result (a link's own pool) is settled at once, unless it must be compared
+— and a chain link counts all of an upstream task's chunks as one kind, though each is a
+task of its own there."""
 
 from __future__ import annotations
 
@@ -72,3 +73,15 @@ def test_a_link_counts_an_upstream_tasks_chunks_as_one_kind() -> None:
     kinds = {Relay.face_check_kind(link, f"u{n}") for n in range(3)}  # type: ignore[arg-type]
     assert kinds == {"tq3x7kd2m5vbn"}
     assert Relay.face_check_kind(link, "gone") == "gone"  # type: ignore[arg-type]
+
+
+def test_a_trusted_result_is_settled_at_once_unless_a_held_result_waits_to_be_compared(monkeypatch) -> None:
+    shell = hub_shell.HubShell()
+    settled = []
+    monkeypatch.setattr(shell.hub, "wants", lambda *chunk: True)
+    monkeypatch.setattr(shell, "settle", lambda node_id, chunk, result, **kwargs: settled.append((chunk, kwargs)))
+    assert shell.settle_trusted("own", result(0))
+    assert settled == [(("t", 0, 1), {"trusted": True})]  # no check, no task, no wait
+    shell._held[("t", 1)] = (2, "n1", result(1))  # another node's result, held for a second computation
+    assert not shell.settle_trusted("own", result(1))  # for ``result``, which compares the two
+    assert len(settled) == 1
