@@ -286,8 +286,9 @@ class Relay(HubShell):
         else:
             # A link behind this one names its own culprit; a plain node's claim means nothing.
             computed_by = self.hub.culprit(accepted.node_id, result.computed_by)
-        # A checked result with a name the hub knows: not checked again.
-        self._emit(Result.construct(**{**vars(result), "computed_by": computed_by}))
+        if computed_by != result.computed_by:  # a checked result with a name the hub knows: not checked again
+            result = Result.construct(**{**vars(result), "computed_by": computed_by})
+        self._emit(result)
 
     def face_output(self, output: h.Output) -> None:
         match output:
