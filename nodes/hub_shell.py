@@ -172,9 +172,8 @@ class HubShell:
         A ``trusted`` result (a chain link's own pool) skips the checks but still settles a held
         result of its chunk: it confirms it, or proves it wrong.
         """
-        chunk = self.face_chunk(node_id, result)
-        if chunk is None or not self.hub.wants(*chunk):
-            self.run(d.HeartbeatReceived(node_id))
+        chunk = self._wanted(node_id, result)
+        if chunk is None:
             return
         target, start, stop = self.face_check_target(chunk)
         kind = self.face_check_kind(chunk[0])
@@ -191,14 +190,21 @@ class HubShell:
 
         For a face whose store never makes a session wait (``face_drained``): this does not wait.
         """
+        chunk = self._wanted(node_id, result)
+        if chunk is not None and chunk[:2] in self._held:
+            return False
+        if chunk is not None:
+            self.settle(node_id, chunk, result, trusted=True)
+        return True
+
+    def _wanted(self, node_id: str, result: Result) -> ChunkId | None:
+        """The chunk a result is about, if the hub still wants a result for it; if not, None,
+        and the result counts as a sign of life."""
         chunk = self.face_chunk(node_id, result)
         if chunk is None or not self.hub.wants(*chunk):
             self.run(d.HeartbeatReceived(node_id))
-        elif chunk[:2] in self._held:
-            return False
-        else:
-            self.settle(node_id, chunk, result, trusted=True)
-        return True
+            return None
+        return chunk
 
     def _quick(self, kind: str) -> bool:
         """Whether checks of this kind take so little that they run on the event loop."""
