@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 from console.tui.collector import NEVER, QuietCollector
 
@@ -13,6 +14,17 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Node:
+    pass
+
+
+def cycle() -> list[Node]:
+    """Two objects that refer to each other, held by the list returned: a cycle once it is dropped."""
+    first, second = Node(), Node()
+    first.other, second.other = second, first  # type: ignore[attr-defined]
+    return [first]
 
 
 def test_full_collections_wait_for_a_refresh_and_the_collector_gets_them_back_at_stop() -> None:
@@ -42,20 +54,14 @@ def test_full_collections_wait_for_a_refresh_and_the_collector_gets_them_back_at
 
 
 def test_a_cycle_that_reached_the_oldest_generation_is_collected_after_a_refresh() -> None:
-    import weakref
-
-    class Node:
-        pass
-
     clock = Clock()
     collector = QuietCollector(every_s=1.0, clock=clock)
     collector.start()
     try:
-        first, second = Node(), Node()
-        first.other, second.other = second, first
+        held = cycle()
         gc.collect(1)  # still referenced: it survives into the oldest generation
-        gone = weakref.ref(first)
-        del first, second
+        gone = weakref.ref(held[0])
+        del held
         gc.collect(1)
         assert gone() is not None  # garbage now, which only a full collection finds
         clock.now += 1.0
@@ -66,23 +72,17 @@ def test_a_cycle_that_reached_the_oldest_generation_is_collected_after_a_refresh
 
 
 def test_what_survives_a_collection_is_frozen_until_the_next_sweep_searches_it() -> None:
-    import weakref
-
-    class Node:
-        pass
-
     clock = Clock()
     collector = QuietCollector(every_s=1.0, clock=clock, sweep_every_s=5.0)
     collector.start()
     try:
-        first, second = Node(), Node()
-        first.other, second.other = second, first
+        held = cycle()
         clock.now += 1.0
         frozen = gc.get_freeze_count()
         collector.after_refresh()  # the cycle is still referenced: it survives, and is frozen
         assert gc.get_freeze_count() > frozen
-        gone = weakref.ref(first)
-        del first, second
+        gone = weakref.ref(held[0])
+        del held
         for _ in range(3):  # collections that search only what came since
             clock.now += 1.0
             collector.after_refresh()
