@@ -1,9 +1,11 @@
 """A chain link: a node that accepts nodes behind it and passes part of its work on.
 
-The link is the same hub and shell as the console (``nodes.hub_shell``), over the chunks
-its upstream assigns it: each upstream chunk is one task of one chunk, handed whole to
-the link's own worker pool or to a node behind it. Assignments travel on unchanged — the
-same task id, chunk and attempt — so results go up without translation. When a link
+The link's own worker pool takes the chunks its upstream assigns while it has room, as a
+plain node's pool does. The rest go through the same hub and shell as the console's
+(``nodes.hub_shell``): each is one task of one chunk there, handed to a node behind the link
+or, when none has room, to the own pool; the own pool also computes the replicas that check
+the nodes behind. Assignments travel on unchanged — the same task id, chunk and attempt —
+so results go up without translation. When a link
 dies its upstream requeues everything the link held; the nodes behind it fail over to
 their next upstream and start afresh there.
 
@@ -47,6 +49,9 @@ SENT_UP_KEPT = 4096
 """Results passed upstream whose computing node is remembered, for a ``rejected`` to find it."""
 GENERATED_KEPT = 64
 """Upstream tasks whose generated inputs are kept for checks."""
+OWN_HUB_WINDOW_PER_SLOT = 2
+"""Chunks the hub may hand the own pool, per slot, beyond those the pool takes straight from
+upstream: replicas of results from nodes behind, and chunks no node behind has room for."""
 
 
 @dataclass
@@ -63,14 +68,18 @@ class RelaySettings:
 
 
 class _OwnPool:
-    """The link's own worker pool, as a session of its hub."""
+    """The link's own worker pool, as a session of its hub.
+
+    What the hub sends it goes before the chunks the pool took straight from upstream: a
+    replica there has a held result, and its chunk's upstream result, waiting for it.
+    """
 
     def __init__(self, local: LocalWork) -> None:
         self.local = local
 
     def send(self, message: object) -> None:
         if isinstance(message, Assign):
-            self.local.assign(message)
+            self.local.assign(message, first=True)
         elif isinstance(message, Cancel):
             self.local.cancel(key_of(message))
 
@@ -97,6 +106,7 @@ class Relay(HubShell):
         self.allowed: set[str] = set()
         self.allowed_lines: tuple[str, ...] = ()
         self._emit: Emit = lambda message: None
+        self._direct: dict[ChunkKey, Assign] = {}  # upstream chunks the own pool took straight
         self._by_task: dict[str, Assign] = {}  # this link's task id → the upstream's assignment
         self._by_key: dict[ChunkKey, str] = {}
         self._holders: dict[ChunkKey, dict[str, int]] = {}  # upstream chunk → node → attempt here
@@ -107,7 +117,7 @@ class Relay(HubShell):
         self._sent_up: OrderedDict[ChunkKey, str] = OrderedDict()  # upstream chunk → node that computed it
         self._seq = 0
         self._last_capacity = (-1, -1)
-        self._capacity_seen = -1  # the hub's capacity_changes when it was last reported
+        self._capacity_seen = (-1, -1)  # (the hub's capacity_changes, the own pool's window) last reported
         self._last_report: tuple = ()
         self._last_report_at = 0.0
 
@@ -123,11 +133,12 @@ class Relay(HubShell):
 
     @property
     def window(self) -> int:
-        return sum(record.window for record in self.hub.nodes.values())
+        """What the own pool takes straight, and what the hub hands out (the own pool's part included)."""
+        return self.local.window + sum(record.window for record in self.hub.nodes.values())
 
     @property
     def held(self) -> int:
-        return len(self._by_task)
+        return len(self._direct) + len(self._by_task)
 
     def attach(self, emit: Emit) -> None:
         self._emit = emit
@@ -136,8 +147,8 @@ class Relay(HubShell):
         await self.local.start()
         self.hub.admit(self.name, "", address=OWN_POOL, slots=self.local.slots, now=self.now())
         self.sessions[self.name] = _OwnPool(self.local)
-        self.carry_out(self.hub.join(self.name, self.local.slots, self.local.window, self.now(),
-                                     operations=installed_operations()))
+        self.carry_out(self.hub.join(self.name, self.local.slots, self._own_hub_window(self.local.slots),
+                                     self.now(), operations=installed_operations()))
         self.start_ticking()
 
     async def close(self) -> None:
@@ -151,7 +162,12 @@ class Relay(HubShell):
 
     def assign(self, assign: Assign) -> None:
         key = key_of(assign)
-        if key in self._by_key:
+        if key in self._by_key or key in self._direct:
+            return
+        if len(self._direct) < self.local.window:
+            # Room in the own pool: straight there, as on a plain node; its result needs no check here.
+            self._direct[key] = assign
+            self.local.assign(assign)
             return
         self._seq += 1
         task_id = f"u{self._seq}"
@@ -162,12 +178,17 @@ class Relay(HubShell):
                                  replicate=replicated(assign.operation, assign.return_mode)))
 
     def cancel(self, key: ChunkKey) -> None:
+        if self._direct.pop(key, None) is not None:
+            self.local.cancel(key)
+            return
         task_id = self._by_key.get(key)
         if task_id is not None:
             self.run(d.TaskCancelled(task_id))
 
     def upstream_lost(self) -> None:
         """Everything assigned from above was requeued there: stop working on it here."""
+        for key in list(self._direct):
+            self.cancel(key)
         for task_id in list(self._by_task):
             self.run(d.TaskCancelled(task_id))
 
@@ -209,8 +230,14 @@ class Relay(HubShell):
 
     def _from_own_pool(self, message: object) -> None:
         """The link's own pool answered: trusted, no check (but it settles a held result of its chunk)."""
-        if isinstance(message, Credit):  # its executor grew or shrank (a Dask cluster)
-            self.carry_out(self.hub.credit(self.name, message.window, message.slots, self.now()))
+        if isinstance(message, Credit):
+            if message.slots is None:  # its window changed: what it takes straight
+                self._report_window()
+            else:  # its executor grew or shrank (a Dask cluster)
+                self.carry_out(self.hub.credit(self.name, self._own_hub_window(message.slots), message.slots,
+                                               self.now()))
+        elif isinstance(message, (Result, Failed)) and self._direct.pop(key_of(message), None) is not None:
+            self._emit(message)  # taken straight: answered as a plain node answers
         elif isinstance(message, Result):
             if self.settle_trusted(self.name, message):
                 return
@@ -318,11 +345,15 @@ class Relay(HubShell):
 
     # -- reports upstream -------------------------------------------------------------------
 
+    def _own_hub_window(self, slots: int) -> int:
+        return slots * OWN_HUB_WINDOW_PER_SLOT
+
     def _report_window(self) -> None:
-        """Tell the upstream when nodes behind this link change how much it can take."""
-        if self.hub.capacity_changes == self._capacity_seen:
+        """Tell the upstream when the own pool or the nodes behind this link change how much it can take."""
+        seen = (self.hub.capacity_changes, self.local.window)
+        if seen == self._capacity_seen:
             return  # nothing joined, left or sent a credit since: not worth adding up again
-        self._capacity_seen = self.hub.capacity_changes
+        self._capacity_seen = seen
         capacity = (self.window, self.slots)
         if capacity != self._last_capacity:
             self._last_capacity = capacity

@@ -142,12 +142,17 @@ class LocalWork:
         self._window = max(self._window, self.base_window)
         self._emit(Credit(self.window, slots))
 
-    def assign(self, assign: Assign) -> None:
+    def assign(self, assign: Assign, *, first: bool = False) -> None:
+        """Queue a chunk; ``first`` puts it before those queued (a chain link's replica that a held
+        result waits for)."""
         key = key_of(assign)
         if key in self._held:
             return  # the same attempt twice: it is being computed
         self._held[key] = _Held(assign)
-        self._queue.append(key)
+        if first:
+            self._queue.appendleft(key)
+        else:
+            self._queue.append(key)
         if assign.task_id not in self._chunk_s and self._window > self.base_window:
             self._set_window(self.base_window)  # a task not measured yet: hold no more of it
         self._start_jobs()

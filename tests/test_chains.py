@@ -277,8 +277,9 @@ async def test_a_liar_behind_a_link_is_blamed_and_the_link_never_is(host: Host, 
     await _start_behind(liar)
     try:
         await wait_until(lambda: "liar" in _rows(host), timeout=10, what="the liar to show behind A")
-        document = {"name": "det-behind-link", "operation": "det", "chunk_size": 2,
-                    "inputs": {"a": {"generate": {"count": 400, "shape": [8, 8], "seed": 76}}}}
+        # Chunks of about 10 ms: the link's own pool holds few, and the liar gets work all along.
+        document = {"name": "det-behind-link", "operation": "det", "chunk_size": 10,
+                    "inputs": {"a": {"generate": {"count": 400, "shape": [200, 200], "seed": 76}}}}
         task_id = await host.frontend.submit(parse_task(document), "operator")
         summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
         assert summary["state"] == "done"
