@@ -2,12 +2,12 @@
 
 The link's own worker pool takes the chunks its upstream assigns while it has room, as a
 plain node's pool does. The rest go through the same hub and shell as the console's
-(``nodes.hub_shell``): each is one task of one chunk there, handed to a node behind the link
-or, when none has room, to the own pool; the own pool also computes the replicas that check
-the nodes behind. Assignments travel on unchanged — the same task id, chunk and attempt —
-so results go up without translation. When a link
-dies its upstream requeues everything the link held; the nodes behind it fail over to
-their next upstream and start afresh there.
+(``nodes.hub_shell``): each is one task of one chunk there, handed to a node behind the
+link or, when none has room, to the own pool; the own pool also computes the replicas that
+check the nodes behind. Assignments travel on unchanged — the same task id, chunk and
+attempt — so results go up without translation. When a link dies its upstream requeues
+everything the link held; the nodes behind it fail over to their next upstream and start
+afresh there.
 
 Trust flows from the console. The console certifies the link's host key, and nodes
 behind the link check that certificate against the one key they pin, the console's.

@@ -70,8 +70,10 @@ arrive before a worker runs dry (a round trip is about a millisecond)."""
 MAX_WINDOW_PER_SLOT = 48
 """Chunks held per slot, at most, however short they are."""
 WINDOW_STEADY = 8
-"""A window that would change by an eighth or less stays as it is: chunk times jitter, and each
-change costs a ``credit`` and a round of the upstream's dispatching."""
+"""A window grows only by more than an eighth, and shrinks only to less than half: chunk times
+jitter (a worker that loses its core takes several times as long), each change costs a
+``credit`` and a round of the upstream's dispatching, and holding up to twice the work a slot
+needs costs nothing. A task not measured yet still drops the window at once."""
 TIMES_KEPT = 256
 """Tasks whose chunk time is remembered, at most (the oldest are forgotten first)."""
 
@@ -249,7 +251,7 @@ class LocalWork:
         slowest = max(self._chunk_s[task] for task in tasks)
         per_slot = min(MAX_WINDOW_PER_SLOT, int(HELD_TARGET_S / max(slowest, 1e-6)))
         window = max(self.base_window, self.slots * per_slot)
-        if abs(window - self._window) * WINDOW_STEADY > self._window:
+        if (window - self._window) * WINDOW_STEADY > self._window or window * 2 < self._window:
             self._set_window(window)
 
     def _set_window(self, window: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import types
 
 import numpy as np
 import pytest
@@ -110,6 +111,24 @@ async def until(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def test_the_window_holds_through_jitter_and_follows_a_real_change() -> None:
+    work = LocalWork(types.SimpleNamespace(slots=1), prefetch=1)
+    sent: list[object] = []
+    work.attach(sent.append)
+
+    def window_after(chunk_s: float) -> int:
+        work._chunk_s["t"] = chunk_s  # the task's chunk time, as if measured so all along
+        work._resize_window()
+        return work.window
+
+    assert window_after(0.0003) == MAX_WINDOW_PER_SLOT  # 20 ms of work would be 66 chunks
+    assert window_after(0.0006) == MAX_WINDOW_PER_SLOT  # 33 would do: not worth a credit
+    assert window_after(0.0015) == 13  # less than half: down
+    assert window_after(0.0014) == 13  # 14 is within an eighth
+    assert window_after(0.0003) == MAX_WINDOW_PER_SLOT
+    assert [m.window for m in sent if isinstance(m, Credit)] == [MAX_WINDOW_PER_SLOT, 13, MAX_WINDOW_PER_SLOT]
 
 
 async def test_short_chunks_widen_the_window_and_a_new_task_narrows_it_again() -> None:

@@ -6,6 +6,8 @@ Runs, alternately and --repeat times each, one task on:
 and prints the median wall times and the ratio chain / direct. The task is compute-bound
 (``--shape w1``: invert 384×384, norms, 25 items per chunk; target ≤ 1.10) or
 dispatch-bound (``--shape w3``: det of 8×8, full results, 10 items per chunk; target ≤ 1.2).
+Each run also prints the CPU time every process used during the task (on Linux): the
+front-end, each node's agent, and its workers; on two cores the time follows their sum.
 
     python tests/benchmarks/bench_chain.py [--shape w1|w3] [--items 600] [--repeat 3] [--json OUT.json]
 """
@@ -31,6 +33,21 @@ from console.engine.host import Host  # noqa: E402
 from console.ssh.server import ServerSettings  # noqa: E402
 from console.engine.statedir import StateDir  # noqa: E402
 from protocol.taskfile import parse_task  # noqa: E402
+
+
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """(the process's own CPU seconds, its live children's) from /proc; NaN where unreadable."""
+    def own(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own(pid), sum(own(int(child)) for child in children)
 
 
 def _free_port() -> int:
@@ -63,8 +80,9 @@ def task_document(name: str, shape: str, items: int, seed: int) -> dict:
             "inputs": {"a": {"generate": {"count": items, "shape": [kind["n"], kind["n"]], "seed": seed}}}}
 
 
-async def run_one(shape: str, items: int, seed: int, task: str = "w1") -> float:
-    """Seconds for one task of ``task``'s shape, its nodes connected ``shape`` ("direct" or "chain")."""
+async def run_one(shape: str, items: int, seed: int, task: str = "w1", cpu: dict | None = None) -> float:
+    """Seconds for one task of ``task``'s shape, its nodes connected ``shape`` ("direct" or "chain");
+    ``cpu``, if given, gets each process's CPU seconds during the task."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         host = Host(StateDir(folder / "state"), ServerSettings(port=0))
@@ -72,14 +90,11 @@ async def run_one(shape: str, items: int, seed: int, task: str = "w1") -> float:
         try:
             port = host.server.address[1]
             if shape == "direct":
-                _node(host, folder, "N1", port)
-                _node(host, folder, "N2", port)
-                want = {"N1", "N2"}
+                nodes = {"N1": _node(host, folder, "N1", port), "N2": _node(host, folder, "N2", port)}
             else:
                 link = _free_port()
-                _node(host, folder, "A", port, listen=link)
-                _node(host, folder, "B", link)
-                want = {"A", "B"}
+                nodes = {"A": _node(host, folder, "A", port, listen=link), "B": _node(host, folder, "B", link)}
+            want = set(nodes)
             deadline = time.monotonic() + 60
             while {r.name for r in host.frontend.node_rows()} < want or \
                     sum(r.slots for r in host.frontend.node_rows() if not r.via) < 2:
@@ -87,11 +102,19 @@ async def run_one(shape: str, items: int, seed: int, task: str = "w1") -> float:
                     raise RuntimeError(f"{shape}: nodes did not connect")
                 await asyncio.sleep(0.05)
             document = task_document(shape, task, items, seed)
+            processes = {"front-end": os.getpid(), **{name: proc.pid for name, proc in nodes.items()}}
+            before = {name: _cpu_s(pid) for name, pid in processes.items()}
             began = time.perf_counter()
             task_id = await host.frontend.submit(parse_task(document), "operator")
             summary = await host.frontend.wait(task_id)
             elapsed = time.perf_counter() - began
             assert summary["state"] == "done", summary
+            if cpu is not None:
+                for name, pid in processes.items():
+                    (own, workers), (own_before, workers_before) = _cpu_s(pid), before[name]
+                    cpu[name] = own - own_before
+                    if name != "front-end":  # the front-end's children are no node's workers
+                        cpu[f"{name} workers"] = workers - workers_before
             return elapsed
         finally:
             await host.stop()
@@ -107,8 +130,11 @@ async def main() -> None:
     times: dict[str, list[float]] = {"direct": [], "chain": []}
     for run in range(args.repeat):
         for shape in ("direct", "chain"):
-            times[shape].append(await run_one(shape, args.items, 100 + run, args.shape))
-            print(f"run {run + 1}: {shape:6} {times[shape][-1]:.2f} s", flush=True)
+            cpu: dict[str, float] = {}
+            times[shape].append(await run_one(shape, args.items, 100 + run, args.shape, cpu))
+            used = ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items())
+            print(f"run {run + 1}: {shape:6} {times[shape][-1]:.2f} s; CPU s: {used}; all {sum(cpu.values()):.2f}",
+                  flush=True)
     direct, chain = statistics.median(times["direct"]), statistics.median(times["chain"])
     load = os.getloadavg()[0]
     print(f"\nmedian direct {direct:.2f} s, chain {chain:.2f} s, ratio chain/direct {chain / direct:.3f} "
