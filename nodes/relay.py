@@ -168,7 +168,11 @@ class Relay(HubShell):
             # Room in the own pool: straight there, as on a plain node; its result needs no check here.
             self._direct[key] = assign
             self.local.assign(assign)
-            return
+        else:
+            self._through_hub(key, assign)
+
+    def _through_hub(self, key: ChunkKey, assign: Assign) -> None:
+        """Make an upstream chunk a task of this link's hub, for a node behind the link or the own pool."""
         self._seq += 1
         task_id = f"u{self._seq}"
         self._by_task[task_id] = assign
@@ -236,8 +240,8 @@ class Relay(HubShell):
             else:  # its executor grew or shrank (a Dask cluster)
                 self.carry_out(self.hub.credit(self.name, self._own_hub_window(message.slots), message.slots,
                                                self.now()))
-        elif isinstance(message, (Result, Failed)) and self._direct.pop(key_of(message), None) is not None:
-            self._emit(message)  # taken straight: answered as a plain node answers
+        elif isinstance(message, (Result, Failed)) and key_of(message) in self._direct:
+            self._answered_straight(message)
         elif isinstance(message, Result):
             if self.settle_trusted(self.name, message):
                 return
@@ -247,6 +251,15 @@ class Relay(HubShell):
             job.add_done_callback(self._own_results.discard)
         elif isinstance(message, Failed) and (chunk := self.face_chunk(self.name, message)) is not None:
             self.run(d.ChunkFailed(self.name, *chunk, message.reason, message.retryable))
+
+    def _answered_straight(self, message: Result | Failed) -> None:
+        """A chunk the own pool took straight: its result goes up as a plain node's does; a failure
+        gets this link's tries through the hub, on a node behind if one has room."""
+        assign = self._direct.pop(key_of(message))
+        if isinstance(message, Failed) and message.retryable:
+            self._through_hub(key_of(message), assign)
+        else:
+            self._emit(message)
 
     # -- the face: what only a link does -----------------------------------------------------
 

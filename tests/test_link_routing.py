@@ -12,7 +12,7 @@ import pytest
 
 from nodes.executor import Resized
 from nodes.pool import ChunkDone, ChunkError, ChunkJob, compute_chunk
-from nodes.relay import OWN_HUB_WINDOW_PER_SLOT, Relay, RelaySettings
+from nodes.relay import OWN_HUB_WINDOW_PER_SLOT, RELAY_ATTEMPTS, Relay, RelaySettings
 from nodes.work import LocalWork, key_of
 from protocol.messages import Assign, Failed, Result
 from tests.conftest import wait_until
@@ -107,7 +107,8 @@ async def test_the_own_pool_takes_what_it_has_room_for_straight_and_the_hub_the_
     assert sorted(answered) == list(range(room + 3))
     for chunk, result in answered.items():
         assert result.computed_by == "" and result.ok.all()
-        np.testing.assert_allclose(result.result, [expected_item(DOCUMENT, i) for i in range(chunk * 10, chunk * 10 + 10)])
+        expected = [expected_item(DOCUMENT, i) for i in range(chunk * 10, chunk * 10 + 10)]
+        np.testing.assert_allclose(result.result, expected)
     await wait_until(lambda: relay.held == 0, 5, "the link to forget what it answered")
 
 
@@ -141,11 +142,13 @@ async def test_a_cancel_or_a_lost_upstream_reaches_the_chunks_taken_straight(lin
     assert sorted(results(upstream)) == [1]
 
 
-async def test_a_chunk_taken_straight_that_fails_is_reported_failed_upstream(link) -> None:
+async def test_a_chunk_taken_straight_that_fails_gets_the_hubs_tries_before_it_is_failed_upstream(link) -> None:
     relay, executor, upstream = link
     relay.assign(assignment(0, operation="no-such-operation"))
     await settled(executor, upstream, 1)
     failed = [m for m in upstream if isinstance(m, Failed)]
     assert [key_of(m) for m in failed] == [key_of(assignment(0))]
     assert "no such kernel" in failed[0].reason and failed[0].retryable
-    assert relay.held == 0
+    tries = [job for group in executor.submitted for job in group]
+    assert len(tries) == 1 + RELAY_ATTEMPTS  # straight, then the hub's tries (on the own pool: nobody is behind)
+    await wait_until(lambda: relay.held == 0, 5, "the link to forget the chunk")
