@@ -143,6 +143,7 @@ def isolated_host():
     """A network namespace joined to this one by a veth pair: a machine that cannot see 127.0.0.1 here."""
     name = f"cc{os.getpid() % 100000}"
     outside, inside = f"{name}a", f"{name}b"
+    _remove_stale_namespaces()
     setup = [
         ["ip", "netns", "add", name],
         ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
@@ -164,6 +165,19 @@ def isolated_host():
     finally:
         subprocess.run(["ip", "link", "del", outside], capture_output=True, timeout=10)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def _remove_stale_namespaces() -> None:
+    """Those a killed run left, with the address every run gives its veth pair."""
+    try:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    for line in listed.splitlines():
+        stale = line.split()[0] if line.split() else ""
+        if re.fullmatch(r"cc\d+", stale) and not os.path.exists(f"/proc/{stale[2:]}"):
+            subprocess.run(["ip", "link", "del", f"{stale}a"], capture_output=True, timeout=10)
+            subprocess.run(["ip", "netns", "del", stale], capture_output=True, timeout=10)
 
 
 async def test_a_node_that_can_reach_only_a_link_still_computes(host: Host, tmp_path, isolated_host) -> None:
@@ -223,8 +237,9 @@ async def test_a_lying_node_behind_a_link_is_quarantined_by_the_link_and_stays_o
     first = liar()
     await _start_behind(first)
     try:
-        document = {"name": "behind-link", "operation": "invert", "chunk_size": 5,
-                    "inputs": {"a": {"generate": {"count": 200, "shape": [20, 20], "seed": 74}}}}
+        # Chunks of about 10 ms: the link's own pool holds few, and the liar gets work all along.
+        document = {"name": "behind-link", "operation": "invert", "chunk_size": 10,
+                    "inputs": {"a": {"generate": {"count": 400, "shape": [200, 200], "seed": 74}}}}
         task_id = await host.frontend.submit(parse_task(document), "operator")
         summary = await asyncio.wait_for(host.frontend.wait(task_id), 90)
         assert summary["state"] == "done"
