@@ -1,10 +1,10 @@
 """A chain link: a node that accepts nodes behind it and passes part of its work on.
 
-The link's own worker pool takes the chunks its upstream assigns while it has room, as a
-plain node's pool does. The rest go through the same hub and shell as the console's
-(``nodes.hub_shell``): each is one task of one chunk there, handed to a node behind the
-link or, when none has room, to the own pool; the own pool also computes the replicas that
-check the nodes behind. Assignments travel on unchanged — the same task id, chunk and
+While its chunks are short, the link's own worker pool takes the chunks its upstream assigns
+as long as it has room, as a plain node's pool does. The rest, and every chunk while they
+are long, go through the same hub and shell as the console's (``nodes.hub_shell``): each is
+one task of one chunk there, handed to a node behind the link or to the own pool, which
+also computes the replicas that check the nodes behind. Assignments travel on unchanged — the same task id, chunk and
 attempt — so results go up without translation. When a link dies its upstream requeues
 everything the link held; the nodes behind it fail over to their next upstream and start
 afresh there.
@@ -50,8 +50,8 @@ SENT_UP_KEPT = 4096
 GENERATED_KEPT = 64
 """Upstream tasks whose generated inputs are kept for checks."""
 OWN_HUB_WINDOW_PER_SLOT = 2
-"""Chunks the hub may hand the own pool, per slot, beyond those the pool takes straight from
-upstream: replicas of results from nodes behind, and chunks no node behind has room for."""
+"""While the own pool takes chunks straight: the chunks the hub may hand it besides, per slot —
+replicas of results from nodes behind, and chunks no node behind has room for."""
 
 
 @dataclass
@@ -134,7 +134,19 @@ class Relay(HubShell):
     @property
     def window(self) -> int:
         """What the own pool takes straight, and what the hub hands out (the own pool's part included)."""
-        return self.local.window + sum(record.window for record in self.hub.nodes.values())
+        return self._straight_window() + sum(record.window for record in self.hub.nodes.values())
+
+    def _straight_window(self) -> int:
+        """Upstream chunks the own pool takes straight: its window while its chunks are short (for
+        them the hub's bookkeeping costs about as much as the computing), none while they are long
+        (the hub then balances the own pool with the nodes behind, at no cost that matters)."""
+        return self.local.window if self.local.window > self.local.base_window else 0
+
+    def _own_hub_window(self) -> int:
+        """The own pool's window at the hub."""
+        if self._straight_window():
+            return self.local.slots * OWN_HUB_WINDOW_PER_SLOT
+        return self.local.window
 
     @property
     def held(self) -> int:
@@ -147,8 +159,8 @@ class Relay(HubShell):
         await self.local.start()
         self.hub.admit(self.name, "", address=OWN_POOL, slots=self.local.slots, now=self.now())
         self.sessions[self.name] = _OwnPool(self.local)
-        self.carry_out(self.hub.join(self.name, self.local.slots, self._own_hub_window(self.local.slots),
-                                     self.now(), operations=installed_operations()))
+        self.carry_out(self.hub.join(self.name, self.local.slots, self._own_hub_window(), self.now(),
+                                     operations=installed_operations()))
         self.start_ticking()
 
     async def close(self) -> None:
@@ -164,7 +176,7 @@ class Relay(HubShell):
         key = key_of(assign)
         if key in self._by_key or key in self._direct:
             return
-        if len(self._direct) < self.local.window:
+        if len(self._direct) < self._straight_window():
             # Room in the own pool: straight there, as on a plain node; its result needs no check here.
             self._direct[key] = assign
             self.local.assign(assign)
@@ -234,12 +246,14 @@ class Relay(HubShell):
 
     def _from_own_pool(self, message: object) -> None:
         """The link's own pool answered: trusted, no check (but it settles a held result of its chunk)."""
-        if isinstance(message, Credit):
-            if message.slots is None:  # its window changed: what it takes straight
-                self._report_window()
-            else:  # its executor grew or shrank (a Dask cluster)
-                self.carry_out(self.hub.credit(self.name, self._own_hub_window(message.slots), message.slots,
-                                               self.now()))
+        if isinstance(message, Credit):  # its window changed, or its executor grew or shrank (a Dask cluster)
+            record = self.hub.nodes.get(self.name)
+            if record is None:
+                return  # not joined yet: it joins with what the pool has then
+            if message.slots is None and record.window == self._own_hub_window():
+                self._report_window()  # what it takes straight changed, or nothing at all
+            else:
+                self.carry_out(self.hub.credit(self.name, self._own_hub_window(), message.slots, self.now()))
         elif isinstance(message, (Result, Failed)) and key_of(message) in self._direct:
             self._answered_straight(message)
         elif isinstance(message, Result):
@@ -357,9 +371,6 @@ class Relay(HubShell):
             self._last_report_at = now
 
     # -- reports upstream -------------------------------------------------------------------
-
-    def _own_hub_window(self, slots: int) -> int:
-        return slots * OWN_HUB_WINDOW_PER_SLOT
 
     def _report_window(self) -> None:
         """Tell the upstream when the own pool or the nodes behind this link change how much it can take."""

@@ -1,5 +1,6 @@
-"""Where a chain link puts its upstream's chunks: its own pool takes what it has room for
-straight, as a plain node's pool does, and the hub has the rest, for the nodes behind."""
+"""Where a chain link puts its upstream's chunks: while they are short, its own pool takes what
+it has room for straight, as a plain node's pool does, and the hub has the rest, for the nodes
+behind; while they are long, the hub has them all."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.reference import expected_item
 pytestmark = pytest.mark.timeout(30)
 
 TASK = "tq3x7kd2m5vbn"
-DOCUMENT = {"name": "t", "operation": "det", "inputs": {"a": {"generate": {"count": 100, "shape": [4, 4], "seed": 3}}}}
+DOCUMENT = {"name": "t", "operation": "det", "inputs": {"a": {"generate": {"count": 1000, "shape": [4, 4], "seed": 3}}}}
 GENERATED = {"a": {**DOCUMENT["inputs"]["a"]["generate"], "distribution": "normal", "dtype": "float64"}}
 
 
@@ -89,13 +90,31 @@ async def settled(executor: HeldExecutor, upstream: list[object], count: int) ->
     await asyncio.wait_for(answered(), 10)
 
 
+def measured_short(relay: Relay) -> None:
+    """The own pool has found the task's chunks short: its window widens, and it takes chunks straight."""
+    relay.local._measured(TASK, 0.0001)
+    relay.local._resize_window()
+
+
 def results(upstream: list[object]) -> dict[int, Result]:
     return {m.chunk: m for m in upstream if isinstance(m, Result)}
 
 
-async def test_the_own_pool_takes_what_it_has_room_for_straight_and_the_hub_the_rest(link) -> None:
+async def test_long_chunks_all_go_through_the_hub(link) -> None:
     relay, executor, upstream = link
-    room = relay.local.window  # 3: one slot and two chunks beyond it
+    assert relay.window == relay.local.window == 3  # the own pool's, at the hub: one slot and two beyond
+    for chunk in range(3):
+        relay.assign(assignment(chunk))
+    assert not relay._direct and len(relay._by_task) == 3
+    await settled(executor, upstream, 3)
+    assert sorted(results(upstream)) == [0, 1, 2]
+
+
+async def test_the_own_pool_takes_short_chunks_it_has_room_for_straight_and_the_hub_the_rest(link) -> None:
+    relay, executor, upstream = link
+    measured_short(relay)
+    room = relay.local.window
+    assert room > 3
     assert relay.window == room + OWN_HUB_WINDOW_PER_SLOT * executor.slots  # what the upstream is told
     for chunk in range(room + 3):
         relay.assign(assignment(chunk))
@@ -114,9 +133,10 @@ async def test_the_own_pool_takes_what_it_has_room_for_straight_and_the_hub_the_
 
 async def test_what_the_hub_hands_the_own_pool_goes_before_what_it_took_straight(link) -> None:
     relay, executor, upstream = link
+    measured_short(relay)
     for chunk in range(3):
         relay.assign(assignment(chunk))  # two computing (a job each), one queued
-    relay.assign(assignment(3))  # through the hub
+    relay._through_hub(key_of(assignment(3)), assignment(3))  # as when the own pool is full
     executor.release()
     await wait_until(lambda: len(executor.submitted) >= 3, 5, "the next job")
     assert [job.start for job in executor.submitted[2]][:2] == [30, 20]
@@ -124,6 +144,7 @@ async def test_what_the_hub_hands_the_own_pool_goes_before_what_it_took_straight
 
 async def test_a_cancel_or_a_lost_upstream_reaches_the_chunks_taken_straight(link) -> None:
     relay, executor, upstream = link
+    measured_short(relay)
     for chunk in range(3):
         relay.assign(assignment(chunk))  # 0 and 1 computing, 2 queued
     relay.cancel(key_of(assignment(2)))
@@ -144,6 +165,7 @@ async def test_a_cancel_or_a_lost_upstream_reaches_the_chunks_taken_straight(lin
 
 async def test_a_chunk_taken_straight_that_fails_gets_the_hubs_tries_before_it_is_failed_upstream(link) -> None:
     relay, executor, upstream = link
+    measured_short(relay)
     relay.assign(assignment(0, operation="no-such-operation"))
     await settled(executor, upstream, 1)
     failed = [m for m in upstream if isinstance(m, Failed)]
