@@ -4,10 +4,10 @@ While its chunks are short, the link's own worker pool takes the chunks its upst
 as long as it has room, as a plain node's pool does. The rest, and every chunk while they
 are long, go through the same hub and shell as the console's (``nodes.hub_shell``): each is
 one task of one chunk there, handed to a node behind the link or to the own pool, which
-also computes the replicas that check the nodes behind. Assignments travel on unchanged — the same task id, chunk and
-attempt — so results go up without translation. When a link dies its upstream requeues
-everything the link held; the nodes behind it fail over to their next upstream and start
-afresh there.
+also computes the replicas that check the nodes behind. Assignments travel on unchanged —
+the same task id, chunk and attempt — so results go up without translation. When a link
+dies its upstream requeues everything the link held; the nodes behind it fail over to
+their next upstream and start afresh there.
 
 Trust flows from the console. The console certifies the link's host key, and nodes
 behind the link check that certificate against the one key they pin, the console's.
@@ -106,7 +106,7 @@ class Relay(HubShell):
         self.allowed: set[str] = set()
         self.allowed_lines: tuple[str, ...] = ()
         self._emit: Emit = lambda message: None
-        self._direct: dict[ChunkKey, Assign] = {}  # upstream chunks the own pool took straight
+        self._straight: dict[ChunkKey, Assign] = {}  # upstream chunks the own pool took straight
         self._by_task: dict[str, Assign] = {}  # this link's task id → the upstream's assignment
         self._by_key: dict[ChunkKey, str] = {}
         self._holders: dict[ChunkKey, dict[str, int]] = {}  # upstream chunk → node → attempt here
@@ -150,7 +150,7 @@ class Relay(HubShell):
 
     @property
     def held(self) -> int:
-        return len(self._direct) + len(self._by_task)
+        return len(self._straight) + len(self._by_task)
 
     def attach(self, emit: Emit) -> None:
         self._emit = emit
@@ -174,11 +174,11 @@ class Relay(HubShell):
 
     def assign(self, assign: Assign) -> None:
         key = key_of(assign)
-        if key in self._by_key or key in self._direct:
+        if key in self._by_key or key in self._straight:
             return
-        if len(self._direct) < self._straight_window():
+        if len(self._straight) < self._straight_window():
             # Room in the own pool: straight there, as on a plain node; its result needs no check here.
-            self._direct[key] = assign
+            self._straight[key] = assign
             self.local.assign(assign)
         else:
             self._through_hub(key, assign)
@@ -194,7 +194,7 @@ class Relay(HubShell):
                                  replicate=replicated(assign.operation, assign.return_mode)))
 
     def cancel(self, key: ChunkKey) -> None:
-        if self._direct.pop(key, None) is not None:
+        if self._straight.pop(key, None) is not None:
             self.local.cancel(key)
             return
         task_id = self._by_key.get(key)
@@ -203,7 +203,7 @@ class Relay(HubShell):
 
     def upstream_lost(self) -> None:
         """Everything assigned from above was requeued there: stop working on it here."""
-        for key in list(self._direct):
+        for key in list(self._straight):
             self.cancel(key)
         for task_id in list(self._by_task):
             self.run(d.TaskCancelled(task_id))
@@ -254,7 +254,7 @@ class Relay(HubShell):
                 self._report_window()  # what it takes straight changed, or nothing at all
             else:
                 self.carry_out(self.hub.credit(self.name, self._own_hub_window(), message.slots, self.now()))
-        elif isinstance(message, (Result, Failed)) and key_of(message) in self._direct:
+        elif isinstance(message, (Result, Failed)) and key_of(message) in self._straight:
             self._answered_straight(message)
         elif isinstance(message, Result):
             if self.settle_trusted(self.name, message):
@@ -269,7 +269,7 @@ class Relay(HubShell):
     def _answered_straight(self, message: Result | Failed) -> None:
         """A chunk the own pool took straight: its result goes up as a plain node's does; a failure
         gets this link's tries through the hub, on a node behind if one has room."""
-        assign = self._direct.pop(key_of(message))
+        assign = self._straight.pop(key_of(message))
         if isinstance(message, Failed) and message.retryable:
             self._through_hub(key_of(message), assign)
         else:

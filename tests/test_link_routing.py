@@ -105,7 +105,7 @@ async def test_long_chunks_all_go_through_the_hub(link) -> None:
     assert relay.window == relay.local.window == 3  # the own pool's, at the hub: one slot and two beyond
     for chunk in range(3):
         relay.assign(assignment(chunk))
-    assert not relay._direct and len(relay._by_task) == 3
+    assert not relay._straight and len(relay._by_task) == 3
     await settled(executor, upstream, 3)
     assert sorted(results(upstream)) == [0, 1, 2]
 
@@ -118,7 +118,7 @@ async def test_the_own_pool_takes_short_chunks_it_has_room_for_straight_and_the_
     assert relay.window == room + OWN_HUB_WINDOW_PER_SLOT * executor.slots  # what the upstream is told
     for chunk in range(room + 3):
         relay.assign(assignment(chunk))
-    assert sorted(key[1] for key in relay._direct) == list(range(room))
+    assert sorted(key[1] for key in relay._straight) == list(range(room))
     assert len(relay._by_task) == 3  # through the hub: to the own pool too, as nobody else is there
     assert relay.held == room + 3
     await settled(executor, upstream, room + 3)
