@@ -191,10 +191,11 @@ class HubShell:
         For a face whose store never makes a session wait (``face_drained``): this does not wait.
         """
         chunk = self._wanted(node_id, result)
-        if chunk is not None and chunk[:2] in self._held:
+        if chunk is None:
+            return True
+        if chunk[:2] in self._held:
             return False
-        if chunk is not None:
-            self.settle(node_id, chunk, result, trusted=True)
+        self.settle(node_id, chunk, result, trusted=True)
         return True
 
     def _wanted(self, node_id: str, result: Result) -> ChunkId | None:

@@ -181,14 +181,14 @@ class Relay(HubShell):
             self._straight[key] = assign
             self.local.assign(assign)
         else:
-            self._through_hub(key, assign)
+            self._through_hub(assign)
 
-    def _through_hub(self, key: ChunkKey, assign: Assign) -> None:
+    def _through_hub(self, assign: Assign) -> None:
         """Make an upstream chunk a task of this link's hub, for a node behind the link or the own pool."""
         self._seq += 1
         task_id = f"u{self._seq}"
         self._by_task[task_id] = assign
-        self._by_key[key] = task_id
+        self._by_key[key_of(assign)] = task_id
         n = assign.stop - assign.start
         self.run(d.TaskSubmitted(task_id, n, n, RELAY_ATTEMPTS,
                                  replicate=replicated(assign.operation, assign.return_mode)))
@@ -271,7 +271,7 @@ class Relay(HubShell):
         gets this link's tries through the hub, on a node behind if one has room."""
         assign = self._straight.pop(key_of(message))
         if isinstance(message, Failed) and message.retryable:
-            self._through_hub(key_of(message), assign)
+            self._through_hub(assign)
         else:
             self._emit(message)
 

@@ -136,7 +136,7 @@ async def test_what_the_hub_hands_the_own_pool_goes_before_what_it_took_straight
     measured_short(relay)
     for chunk in range(3):
         relay.assign(assignment(chunk))  # two computing (a job each), one queued
-    relay._through_hub(key_of(assignment(3)), assignment(3))  # as when the own pool is full
+    relay._through_hub(assignment(3))  # as when the own pool is full
     executor.release()
     await wait_until(lambda: len(executor.submitted) >= 3, 5, "the next job")
     assert [job.start for job in executor.submitted[2]][:2] == [30, 20]
