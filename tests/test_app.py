@@ -243,7 +243,10 @@ async def test_delete_asks_naming_the_task_and_removes_a_finished_one(tmp_path: 
         await pilot.press("x")
         await shown(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirm modal")
         await pilot.press("y")
-        await wait_until(lambda: task_id not in app.host.frontend.tasks, 5, "the task to be deleted")
+        # The task leaves the list first; its files go on a thread, then its journal rows.
+        await wait_until(lambda: any(e.kind == "deleted" and e.task_id == task_id for e in app.host.frontend.events),
+                         5, "the task to be deleted")
+        assert task_id not in app.host.frontend.tasks
         assert not app.host.state.task_dir(task_id).exists()
         await shown(pilot, lambda: table.row_count == 0, "the row to go")
 
